@@ -1,0 +1,65 @@
+"""Shared helpers: compose configs through Hydra's compose API, or run the real CLI in a subprocess."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import List
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from grok.config import register_configs
+
+ROOT = Path(__file__).resolve().parents[1]
+register_configs()
+
+# A configuration that memorizes within ~100 epochs and groks within ~1000 on a CPU.
+GROKS_FAST = ["task.p=31", "train_frac=0.5", "optimizer.lr=3e-3", "model.d_model=64", "model.d_mlp=256"]
+
+
+def make_config(overrides: List[str] = ()):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def cli_env() -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_SILENT="true", PYTHONUNBUFFERED="1")
+    env.pop("WANDB_MODE", None)
+    return env
+
+
+def run_cli(args: List[str], cwd: Path, script: str = "train.py", timeout: float = 300, check: bool = False):
+    """Run `python <script> args...` in `cwd` and return the CompletedProcess (text output)."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / script), *args],
+        cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=timeout,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"{script} {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(autouse=True)
+def _single_thread(monkeypatch):
+    import torch
+
+    torch.set_num_threads(1)  # pytest -n 2 runs two workers on two cores
+
+
+def wandb_records(run_dir: Path) -> dict:
+    """Read a run's offline W&B files back with `wandb leet inspect` (no account, no network)."""
+    import json
+
+    (wandb_dir,) = (run_dir / "wandb").glob("offline-run-*")
+    wandb_cli = str(Path(sys.executable).parent / "wandb")
+    records = subprocess.run([wandb_cli, "leet", "inspect", "--json", str(wandb_dir)], capture_output=True,
+                             text=True, check=True, env=cli_env()).stdout
+    summary = subprocess.run([wandb_cli, "leet", "inspect", "--summary", "--json", str(wandb_dir)],
+                             capture_output=True, text=True, check=True, env=cli_env()).stdout
+    records = [json.loads(line) for line in records.splitlines() if line.strip()]
+    return {
+        "history": [r["history"]["item"] for r in records if r.get("type") == "history"],
+        "run": next(r["run"] for r in records if r.get("type") == "run"),
+        "summary": json.loads(summary),
+    }

@@ -1,0 +1,153 @@
+"""The command line, as a user runs it: `python train.py ...` in a subprocess, W&B read back from
+its offline files, bad input refused in one line, and a killed run resumed exactly."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import ROOT, cli_env, run_cli, wandb_records
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_divide_run_writes_every_output_and_a_wandb_run(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_cli(["task=divide", "train_frac=0.1", "task.p=11", "epochs=30", "save_every=20",
+                      "logger.group=demo", "logger.tags=[a,b]", f"hydra.run.dir={run_dir}"], cwd=tmp_path, check=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"], "nothing is written outside the run dir"
+    for name in ["config.yaml", "metrics.csv", "summary.json", "curves.png", ".hydra", "wandb"]:
+        assert (run_dir / name).exists(), name
+    assert (run_dir / "curves.png").read_bytes()[:8] == PNG_MAGIC
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["epoch_000020.pt", "epoch_000030.pt", "last.pt"]
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs"] == 30
+    assert (summary["n_train"], summary["n_test"]) == (11, 99), "divide has p(p-1) = 110 pairs"
+    for key in ["memorize_epoch", "grok_epoch", "train_loss", "train_acc", "test_loss", "test_acc",
+                "n_params", "wall_seconds", "epochs_per_second"]:
+        assert key in summary, key
+    metrics = (run_dir / "metrics.csv").read_text().splitlines()
+    assert metrics[0].startswith("epoch,train_loss,train_acc,test_loss,test_acc") and len(metrics) == 31
+
+    wandb = wandb_records(run_dir)
+    assert [row["epoch"] for row in wandb["history"]] == list(range(1, 31)), "one history row per epoch"
+    assert wandb["history"][-1]["test_acc"] == pytest.approx(summary["test_acc"])
+    assert wandb["summary"]["state"] == "finished" and wandb["summary"]["exit_code"] == 0
+    assert wandb["summary"]["config"]["task"] == {"name": "divide", "p": 11}
+    assert wandb["summary"]["summary"]["memorize_epoch"] == summary["memorize_epoch"]
+    assert wandb["summary"]["summary"]["curves"]["_type"] == "image-file"
+    assert wandb["run"]["run_group"] == "demo" and wandb["run"]["tags"] == ["a", "b"] and wandb["run"]["job_type"] == "train"
+
+
+def test_help_and_cfg_job_work_as_in_any_hydra_app(tmp_path):
+    help_text = run_cli(["--help"], cwd=tmp_path, check=True).stdout
+    for group in ["task:", "model:", "optimizer:", "logger:"]:
+        assert group in help_text
+    assert "noisy_label" in help_text
+    job = run_cli(["--cfg", "job", "task=divide", "train_frac=0.1"], cwd=tmp_path, check=True).stdout
+    assert "name: divide" in job and "train_frac: 0.1" in job
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train_frac=1.5"], "error: train_frac=1.5: must be in (0, 1)"),
+    (["task=divide", "task.p=12"], "error: task.p=12: task=divide needs a prime p"),
+    (["model.d_model=100", "model.n_heads=3"], "error: model.d_model=100: must be divisible by model.n_heads=3"),
+    (["epochs=0"], "error: epochs=0: must be >= 1"),
+    (["resume=true"], "error: resume: no checkpoint at"),
+])
+def test_bad_input_gives_one_line_a_nonzero_exit_and_no_finished_output(tmp_path, args, message):
+    run_dir = tmp_path / "run"
+    result = run_cli([*args, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith(message)
+    assert len([line for line in result.stderr.splitlines() if line.startswith("error:")]) == 1
+    assert not (run_dir / "metrics.csv").exists() and not (run_dir / "checkpoints").exists()
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["task=divde"], "Could not find 'task/divde'"),
+    (["train_fracc=0.5"], "train_fracc"),
+    (["task.pp=5"], "pp"),
+])
+def test_unknown_options_and_keys_are_refused_by_hydra(tmp_path, args, expected):
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode != 0 and expected in result.stderr
+    if args == ["task=divde"]:
+        assert "Available options" in result.stderr and "divide" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_wandb_failure_never_stops_training(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "wandb").write_text("a file where W&B wants its directory")
+    result = run_cli(["task.p=11", "epochs=5", f"hydra.run.dir={run_dir}"], cwd=tmp_path, check=True)
+    assert "W&B" in result.stderr
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+    assert len((run_dir / "metrics.csv").read_text().splitlines()) == 6
+
+
+def test_a_crashed_run_is_marked_failed_in_wandb(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_cli(["task.p=11", "epochs=50", "optimizer=sgd", "optimizer.lr=1e30", "optimizer.warmup_steps=0",
+                      f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert result.returncode != 0 and "diverged" in result.stderr
+    assert wandb_records(run_dir)["summary"]["exit_code"] == 1
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
+
+
+def _wait_for(path, timeout=120):
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def test_a_killed_run_resumes_to_exactly_the_uninterrupted_result(tmp_path):
+    args = ["task.p=23", "epochs=400", "save_every=100", "logger=none"]
+    run_cli([*args, f"hydra.run.dir={tmp_path / 'uninterrupted'}"], cwd=tmp_path, check=True)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={killed}"],
+                               cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for(killed / "checkpoints" / "epoch_000200.pt")
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "summary.json").exists(), "a killed run does not look finished"
+    rows_at_kill = len((killed / "metrics.csv").read_text().splitlines()) - 1
+    assert 200 <= rows_at_kill < 400
+
+    resumed = run_cli([*args, f"resume={killed}", f"hydra.run.dir={tmp_path / 'resume_call'}"], cwd=tmp_path, check=True)
+    assert (killed / "metrics.csv").read_bytes() == (tmp_path / "uninterrupted" / "metrics.csv").read_bytes()
+    summary = json.loads((killed / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs"] == 400
+
+
+def test_resume_with_a_different_experiment_is_refused(tmp_path):
+    run_dir = tmp_path / "run"
+    run_cli(["task.p=11", "epochs=3", "logger=none", f"hydra.run.dir={run_dir}"], cwd=tmp_path, check=True)
+    result = run_cli(["task.p=13", "epochs=6", "logger=none", f"resume={run_dir}", f"hydra.run.dir={tmp_path / 'again'}"],
+                     cwd=tmp_path)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith("error: resume: task=")
+
+
+def test_a_corrupt_checkpoint_is_refused_in_one_line(tmp_path):
+    run_dir = tmp_path / "run"
+    run_cli(["task.p=11", "epochs=3", "logger=none", f"hydra.run.dir={run_dir}"], cwd=tmp_path, check=True)
+    last = run_dir / "checkpoints" / "last.pt"
+    data = last.read_bytes()
+    os.unlink(last)  # last.pt is a hard link: replace it, don't write through it
+    last.write_bytes(data[: len(data) // 2])
+    result = run_cli(["task.p=11", "epochs=6", "logger=none", "resume=true", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert result.returncode != 0
+    assert "is corrupt or unreadable" in result.stderr.strip().splitlines()[-1]
+    assert "summary.json" not in [p.name for p in run_dir.iterdir()] or \
+        json.loads((run_dir / "summary.json").read_text())["status"] == "failed"

@@ -1,0 +1,80 @@
+"""Configuration: the defaults reproduce the literature, every group option composes, typos fail at
+start-up, and each bad value is refused with one line naming the field and what is allowed."""
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from grok.config import ConfigError, validate
+from tests.conftest import make_config
+
+
+def test_defaults_reproduce_the_literature_setting():
+    cfg = make_config()
+    assert (cfg.task.name, cfg.task.p, cfg.train_frac) == ("add", 97, 0.3)
+    assert cfg.model.name == "transformer"
+    assert (cfg.model.n_layers, cfg.model.d_model, cfg.model.n_heads, cfg.model.d_mlp) == (1, 128, 4, 512)
+    assert (cfg.model.act, cfg.model.layer_norm) == ("relu", False)
+    opt = cfg.optimizer
+    assert (opt.name, opt.lr, opt.weight_decay, list(opt.betas), opt.warmup_steps) == ("adamw", 1e-3, 1.0, [0.9, 0.98], 10)
+    assert cfg.batch_size is None, "full batch"
+    assert (cfg.device, cfg.eval_every, cfg.logger.name, cfg.logger.mode) == ("auto", 1, "wandb", "offline")
+    assert {"seed", "data_seed"} <= set(cfg), "model and data seeds are separate keys"
+
+
+@pytest.mark.parametrize("group,option", [
+    ("task", t) for t in ["add", "subtract", "multiply", "divide", "x2xyy2", "random", "noisy_label"]
+] + [("model", "transformer"), ("model", "mlp"), ("optimizer", "adamw"), ("optimizer", "adam"),
+     ("optimizer", "sgd"), ("logger", "wandb"), ("logger", "none")])
+def test_every_group_option_composes_and_validates(group, option):
+    cfg = make_config([f"{group}={option}"])
+    assert cfg[group].name == option
+    validate(cfg)
+
+
+def test_noisy_label_noise_is_a_sweepable_key():
+    assert make_config(["task=noisy_label"]).task.noise == 4
+    assert make_config(["task=noisy_label", "task.noise=0"]).task.noise == 0
+
+
+@pytest.mark.parametrize("override", ["train_fracc=0.5", "task.pp=11", "model.d_modle=64", "optimizer.momentum=0.9",
+                                      "task.noise=2"])
+def test_a_misspelled_or_foreign_key_fails_at_start_up(override):
+    with pytest.raises(ConfigCompositionException):
+        make_config([override])
+
+
+def test_a_value_of_the_wrong_type_fails_at_start_up():
+    with pytest.raises(ConfigCompositionException):
+        make_config(["epochs=many"])
+
+
+def test_an_unknown_group_option_fails():
+    with pytest.raises(ConfigCompositionException, match="divde"):
+        make_config(["task=divde"])
+
+
+BAD_VALUES = [
+    (["train_frac=1.5"], "train_frac=1.5: must be in (0, 1)"),
+    (["train_frac=0"], "train_frac=0.0: must be in (0, 1)"),
+    (["task.p=1"], "task.p=1: must be >= 2"),
+    (["task=divide", "task.p=12"], "task.p=12: task=divide needs a prime p"),
+    (["model.d_model=100", "model.n_heads=3"], "model.d_model=100: must be divisible by model.n_heads=3"),
+    (["epochs=0"], "epochs=0: must be >= 1"),
+    (["eval_every=0"], "eval_every=0: must be >= 1"),
+    (["batch_size=0"], "batch_size=0: must be >= 1, or null for full batch"),
+    (["model.act=tanh"], "model.act=tanh: must be one of relu, gelu"),
+    (["optimizer.lr=0"], "optimizer.lr=0.0: must be > 0"),
+    (["optimizer.betas=[0.9]"], "optimizer.betas=[0.9]: must be two numbers in [0, 1)"),
+    (["task=noisy_label", "task.noise=-1"], "task.noise=-1: must be >= 0"),
+    (["logger.mode=sometimes"], "logger.mode=sometimes: must be one of offline, online, disabled"),
+    (["device=tpu"], "device=tpu: must be auto, cpu, cuda or cuda:N"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD_VALUES)
+def test_bad_values_are_refused_with_one_line_naming_the_field(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        validate(make_config(overrides))
+    assert str(error.value) == message
+    assert "\n" not in str(error.value)

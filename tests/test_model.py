@@ -1,0 +1,129 @@
+"""Models: output shapes, every activation reachable by name, and the math equal to a second,
+loop-by-loop implementation written from the formulas; the loss is a float64 cross-entropy."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from grok.model import HookPoint, build_model, run_with_cache
+from grok.training import cross_entropy_f64
+from tests.conftest import make_config
+
+P = 13
+
+
+def model_and_tokens(*overrides, batch=6):
+    cfg = make_config(list(overrides))
+    torch.manual_seed(0)
+    model = build_model(cfg.model, n_vocab=P + 1, n_classes=P, n_ctx=3).double()
+    tokens = torch.cat([torch.randint(0, P, (batch, 2)), torch.full((batch, 1), P)], dim=1)
+    return model, tokens
+
+
+def reference_transformer(model, tokens, layer_norm=False):
+    """The transformer of seed 001 written out per example, per head and per position (float64)."""
+    ln = (lambda x, w, b: (x - x.mean()) / torch.sqrt(x.var(unbiased=False) + 1e-5) * w + b)
+    out = []
+    for seq in tokens:
+        x = torch.stack([model.W_E[t] + model.W_pos[i] for i, t in enumerate(seq)])  # (T, D)
+        for block in model.blocks:
+            a = block.attn
+            h_in = torch.stack([ln(r, block.ln1.w, block.ln1.b) for r in x]) if layer_norm else x
+            new = []
+            for q_pos in range(len(seq)):
+                attn = torch.zeros(x.shape[1], dtype=x.dtype)
+                for h in range(a.W_Q.shape[0]):
+                    q = h_in[q_pos] @ a.W_Q[h]
+                    scores = [q @ (h_in[k] @ a.W_K[h]) / math.sqrt(q.numel()) for k in range(q_pos + 1)]
+                    weights = torch.softmax(torch.stack(scores), 0)
+                    z = sum(w * (h_in[k] @ a.W_V[h]) for k, w in enumerate(weights))
+                    attn = attn + z @ a.W_O[h]
+                mid = x[q_pos] + attn
+                m_in = ln(mid, block.ln2.w, block.ln2.b) if layer_norm else mid
+                hidden = torch.relu(m_in @ block.mlp.W_in + block.mlp.b_in)
+                new.append(mid + hidden @ block.mlp.W_out + block.mlp.b_out)
+            x = torch.stack(new)
+        if layer_norm:
+            x = torch.stack([ln(r, model.ln_final.w, model.ln_final.b) for r in x])
+        out.append(x @ model.W_U)
+    return torch.stack(out)  # (B, T, C)
+
+
+@pytest.mark.parametrize("overrides", [[], ["model.n_layers=2"], ["model.n_layers=2", "model.layer_norm=true"]])
+def test_transformer_equals_a_per_head_per_position_reference(overrides):
+    model, tokens = model_and_tokens(*overrides)
+    expected = reference_transformer(model, tokens, layer_norm="model.layer_norm=true" in overrides)
+    with torch.no_grad():
+        assert torch.allclose(model(tokens, all_positions=True), expected, atol=1e-10)
+        assert torch.allclose(model(tokens), expected[:, -1], atol=1e-10), "the last-position path"
+
+
+def test_mlp_equals_embed_concat_hidden_unembed():
+    model, tokens = model_and_tokens("model=mlp")
+    x = torch.cat([model.W_E[tokens[:, 0]], model.W_E[tokens[:, 1]]], dim=1)
+    hidden = torch.relu(x @ model.mlp.W_in + model.mlp.b_in)
+    expected = (hidden @ model.mlp.W_out + model.mlp.b_out) @ model.W_U
+    with torch.no_grad():
+        assert torch.allclose(model(tokens), expected, atol=1e-12)
+
+
+def test_output_shapes():
+    model, tokens = model_and_tokens()
+    assert model(tokens).shape == (6, P)
+    assert model(tokens, all_positions=True).shape == (6, 3, P)
+    mlp, _ = model_and_tokens("model=mlp")
+    assert mlp(tokens).shape == (6, P)
+
+
+def test_default_transformer_has_the_literature_shape():
+    cfg = make_config()
+    model = build_model(cfg.model, n_vocab=98, n_classes=97, n_ctx=3)
+    blk = model.blocks[0]
+    assert len(model.blocks) == 1 and blk.attn.W_Q.shape == (4, 128, 32) and blk.mlp.W_in.shape == (128, 512)
+    assert not any("ln" in name for name, _ in model.named_parameters()), "no LayerNorm by default"
+
+
+def test_every_activation_is_reachable_by_name():
+    model, tokens = model_and_tokens()
+    logits, cache = run_with_cache(model, tokens)
+    for name in ["hook_embed", "hook_pos_embed", "blocks.0.hook_resid_pre", "blocks.0.attn.hook_q",
+                 "blocks.0.attn.hook_k", "blocks.0.attn.hook_v", "blocks.0.attn.hook_pattern",
+                 "blocks.0.attn.hook_z", "blocks.0.hook_attn_out", "blocks.0.hook_resid_mid",
+                 "blocks.0.mlp.hook_pre", "blocks.0.mlp.hook_post", "blocks.0.hook_mlp_out",
+                 "blocks.0.hook_resid_post"]:
+        assert name in cache, name
+    assert cache["blocks.0.attn.hook_q"].shape == (6, 4, 3, 32)  # (B, H, T, E)
+    pattern = cache["blocks.0.attn.hook_pattern"]
+    assert torch.allclose(pattern.sum(-1), torch.ones(6, 4, 3, dtype=pattern.dtype))
+    assert (pattern.triu(1) == 0).all(), "causal: no position attends to a later one"
+    assert torch.allclose(cache["blocks.0.hook_resid_post"] @ model.W_U, logits)
+    assert not any(module._forward_hooks for module in model.modules()), "hooks are removed afterwards"
+
+
+def test_a_hook_can_edit_an_activation():
+    model, tokens = model_and_tokens()
+    hook_point = dict(model.named_modules())["blocks.0.mlp.hook_post"]
+    assert isinstance(hook_point, HookPoint)
+    handle = hook_point.register_forward_hook(lambda mod, inp, out: torch.zeros_like(out))
+    with torch.no_grad():
+        ablated = model(tokens)
+    handle.remove()
+    assert not torch.allclose(ablated, model(tokens).detach())
+
+
+def test_loss_is_float64_cross_entropy():
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
+    labels = torch.tensor([0, 2])
+    loss = cross_entropy_f64(logits, labels)
+    assert loss.dtype == torch.float64
+    by_hand = [-(row[y] - math.log(sum(math.exp(v) for v in row))) for row, y in zip(logits.tolist(), labels.tolist())]
+    assert loss.item() == pytest.approx(sum(by_hand) / 2, rel=1e-12)
+
+
+def test_float64_loss_resolves_what_float32_rounds_to_zero():
+    confident = torch.tensor([[30.0, 0.0, 0.0]])  # true loss ~ 2 * e^-30 ~ 1.9e-13
+    label = torch.tensor([0])
+    assert F.cross_entropy(confident, label).item() == 0.0
+    assert cross_entropy_f64(confident, label).item() == pytest.approx(2 * math.exp(-30), rel=1e-6)

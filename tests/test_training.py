@@ -1,0 +1,126 @@
+"""Training: a small config really groks, runs are deterministic, the recorded metrics are those of
+the saved weights, early stop and minibatches behave as configured, and a diverging run fails."""
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+from grok.model import build_model
+from grok.run import run
+from grok.tasks import make_dataset
+from tests.conftest import GROKS_FAST, make_config
+
+
+def train(tmp_path: Path, *overrides: str, name: str = "run"):
+    out = tmp_path / name
+    out.mkdir()
+    cfg = make_config(["logger=none", "progress=false", *overrides])
+    return run(cfg, out), out
+
+
+def read_rows(run_dir: Path):
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def test_a_small_config_memorizes_first_and_groks_clearly_later(tmp_path):
+    summary, out = train(tmp_path, *GROKS_FAST, "epochs=2000", "stop.test_acc=0.99")
+    rows = read_rows(out)
+    assert summary["memorize_epoch"] is not None and summary["grok_epoch"] is not None
+    assert summary["grok_epoch"] >= summary["memorize_epoch"] + 200, summary
+    at_memorization = next(r for r in rows if r["epoch"] == summary["memorize_epoch"])
+    assert at_memorization["train_acc"] >= 0.99 and at_memorization["test_acc"] < 0.5
+    assert summary["stopped_early"] and summary["epochs"] == summary["grok_epoch"]
+
+
+def test_same_config_and_seeds_give_identical_metrics_bit_for_bit(tmp_path):
+    args = ["task.p=11", "epochs=40"]
+    train(tmp_path, *args, name="a")
+    train(tmp_path, *args, name="b")
+    train(tmp_path, *args, "seed=1", name="other_seed")
+    first = (tmp_path / "a" / "metrics.csv").read_bytes()
+    assert first == (tmp_path / "b" / "metrics.csv").read_bytes()
+    assert first != (tmp_path / "other_seed" / "metrics.csv").read_bytes()
+
+
+def test_model_seed_changes_weights_but_not_the_split(tmp_path):
+    a, _ = train(tmp_path, "task.p=11", "epochs=2", "seed=1", name="a")
+    b, _ = train(tmp_path, "task.p=11", "epochs=2", "seed=2", name="b")
+    assert (a["n_train"], a["n_test"]) == (b["n_train"], b["n_test"])
+
+
+def test_recorded_metrics_are_those_of_the_final_weights(tmp_path):
+    """Recompute the last row's test metrics from the final checkpoint, independently of the loop."""
+    summary, out = train(tmp_path, "task=noisy_label", "task.p=13", "task.noise=4", "epochs=30")
+    cfg = make_config(["task=noisy_label", "task.p=13", "task.noise=4"])
+    data = make_dataset(cfg.task, cfg.train_frac, cfg.data_seed)
+    model = build_model(cfg.model, data.n_vocab, data.n_classes, 3)
+    checkpoint = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    model.load_state_dict(checkpoint["model"])
+    with torch.no_grad():
+        logits = model(data.inputs[data.test_idx]).double()
+    noisy, clean = data.labels[data.test_idx], data.clean_labels[data.test_idx]
+    log_probs = logits - logits.logsumexp(-1, keepdim=True)
+    last = read_rows(out)[-1]
+    assert last["test_loss"] == pytest.approx(-log_probs[torch.arange(len(noisy)), noisy].mean().item(), rel=1e-9)
+    assert last["test_acc"] == pytest.approx((logits.argmax(-1) == noisy).double().mean().item())
+    assert last["test_acc_clean"] == pytest.approx((logits.argmax(-1) == clean).double().mean().item())
+    assert "train_acc_clean" in last and summary["test_acc_clean"] == last["test_acc_clean"]
+
+
+def test_every_epoch_records_losses_accuracies_lr_and_weight_norm(tmp_path):
+    _, out = train(tmp_path, "task.p=11", "epochs=12")
+    rows = read_rows(out)
+    assert [r["epoch"] for r in rows] == list(range(1, 13))
+    assert list(rows[0]) == ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "weight_norm"]
+    assert [r["lr"] for r in rows[:11]] == pytest.approx([k / 10 * 1e-3 for k in range(10)] + [1e-3]), "10-step warmup"
+
+
+def test_eval_every_records_every_nth_epoch_and_the_last(tmp_path):
+    _, out = train(tmp_path, "task.p=11", "epochs=23", "eval_every=5")
+    assert [r["epoch"] for r in read_rows(out)] == [5, 10, 15, 20, 23]
+
+
+def test_early_stop_waits_for_patience_consecutive_evaluations(tmp_path):
+    summary, out = train(tmp_path, "task.p=11", "epochs=300", "stop.test_acc=0.1", "stop.patience=3")
+    rows = read_rows(out)
+    hits = [r["test_acc"] >= 0.1 for r in rows]
+    first_stop = next(i for i in range(2, len(hits)) if all(hits[i - 2 : i + 1]))
+    assert len(rows) == first_stop + 1 and summary["stopped_early"]
+    assert (out / "checkpoints" / f"epoch_{len(rows):06d}.pt").exists(), "the stopping epoch is checkpointed"
+
+
+def test_early_stop_on_test_loss(tmp_path):
+    summary, out = train(tmp_path, *GROKS_FAST, "epochs=3000", "stop.test_loss=0.5")
+    assert summary["stopped_early"] and read_rows(out)[-1]["test_loss"] < 0.5
+    assert all(r["test_loss"] >= 0.5 for r in read_rows(out)[:-1])
+
+
+def test_minibatches_cover_the_train_set_each_epoch(tmp_path):
+    full, _ = train(tmp_path, "task.p=11", "epochs=5", name="full")
+    same, _ = train(tmp_path, "task.p=11", "epochs=5", "batch_size=100000", name="one_batch")
+    mini, _ = train(tmp_path, "task.p=11", "epochs=5", "batch_size=8", name="mini")
+    assert (full["train_loss"], full["test_loss"]) == (same["train_loss"], same["test_loss"])
+    assert mini["test_loss"] != full["test_loss"] and mini["status"] == "completed"
+
+
+def test_checkpoints_every_save_every_and_at_the_end_with_full_state(tmp_path):
+    _, out = train(tmp_path, "task.p=11", "epochs=25", "save_every=10")
+    names = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert names == ["epoch_000010.pt", "epoch_000020.pt", "epoch_000025.pt", "last.pt"]
+    checkpoint = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert checkpoint["state"]["epoch"] == 25
+    assert checkpoint["config"]["task"] == {"name": "add", "p": 11}
+    assert {"model", "optimizer", "scheduler", "rng"} <= set(checkpoint)
+    assert checkpoint["scheduler"]["last_epoch"] == 25
+
+
+def test_a_diverging_run_fails_and_says_so(tmp_path):
+    with pytest.raises(FloatingPointError, match="diverged"):
+        train(tmp_path, "task.p=11", "epochs=50", "optimizer=sgd", "optimizer.lr=1e30", "optimizer.warmup_steps=0")
+    import json
+
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and "diverged" in summary["error"]
