@@ -1,0 +1,308 @@
+"""`make bench`: epochs/s of the harness against the straightforward reference, measured in one run.
+
+For each experiment (the default one and `model=mlp`; others with --experiment) the harness's task,
+model and optimizer are built by its own code (Hydra compose, grok.tasks, grok.model, grok.optim) and
+an epoch is what train.py runs: grok.training.train_epoch (one full-batch step) + evaluate (the test
+pass), metrics read back to Python. benchmarks/reference.py trains from the same initial weights.
+The two alternate in rounds, so that both see the same load on a shared machine; the ratio is the
+median of the per-round ratios. FLOPs per epoch are those of the matrix products, counted with
+torch's FLOP formulas; "peak fraction" divides the FLOP rate by a large matmul's, measured here.
+Also: the start-up overhead of one job (`python train.py` to its first epoch, from its summary.json)
+and the default experiment's time to grok (from a finished run, --grok-run, or a new one, --grok).
+
+    python benchmarks/bench.py                          # writes outputs/bench/<date>/<time>/bench.json
+    python benchmarks/bench.py --grok-run outputs/grok_default --experiment "" --experiment "task.p=113"
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import reference  # noqa: E402
+from grok.config import ConfigError, register_configs, validate  # noqa: E402
+from grok.losses import LOSSES  # noqa: E402
+from grok.model import build_model  # noqa: E402
+from grok.optim import build_optimizer  # noqa: E402
+from grok.run import resolve_device  # noqa: E402
+from grok.speed import for_training, keep_freed_memory  # noqa: E402
+from grok.tasks import make_dataset  # noqa: E402
+from grok.training import Split, evaluate, train_epoch  # noqa: E402
+
+
+def compose(overrides: List[str]):
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=overrides)
+    validate(cfg)
+    return cfg
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_gflops(device: torch.device, n: int = 2048, repeats: int = 10) -> float:
+    """The best of `repeats` float32 (n x n) @ (n x n) products: what matrix products reach here."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    best = float("inf")
+    for _ in range(repeats + 2):
+        sync(device)
+        start = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+class MatmulFlops(TorchDispatchMode):
+    """Sums the FLOPs of the matrix products that run, by torch's own formulas (the registry behind
+    FlopCounterMode, which itself would attach global module hooks and so switch the harness's model
+    to its hooked path)."""
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is None:  # a composite op (matmul under inference_mode arrives whole): count its parts
+            with self:
+                out = func.decompose(*args, **kwargs)
+            if out is not NotImplemented:
+                return out
+        out = func(*args, **kwargs)
+        if formula is not None:
+            self.total += formula(*args, **kwargs, out_val=out)
+        return out
+
+
+def count_flops(epoch: Callable[[], None]) -> int:
+    with MatmulFlops() as counter:
+        epoch()
+    return counter.total
+
+
+def timed_block(epoch: Callable[[], None], seconds: float, device: torch.device) -> float:
+    """Epochs per second over a block of epochs lasting about `seconds`."""
+    n, start = 0, time.perf_counter()
+    while True:
+        epoch()
+        n += 1
+        sync(device)
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return n / elapsed
+
+
+def compose_for_reference(overrides: List[str]):
+    """The experiment's config, if the reference implements it (ConfigError otherwise)."""
+    cfg = compose(overrides)
+    model = cfg.model
+    if model.name == "transformer" and (model.n_layers != 1 or model.layer_norm or model.act != "relu"):
+        raise ConfigError("the reference is the default transformer: n_layers=1, layer_norm=false, act=relu")
+    if model.name not in ("transformer", "mlp") or (model.name == "mlp" and model.act != "relu"):
+        raise ConfigError(f"model={model.name}: the reference has the default transformer and the relu mlp")
+    if cfg.optimizer.name != "adamw" or cfg.batch_size is not None or cfg.loss.name != "cross_entropy":
+        raise ConfigError("the reference trains full batch with AdamW on the cross-entropy")
+    return cfg
+
+
+def setup(overrides: List[str], device: torch.device):
+    """Epoch functions from the same initial weights: the harness's (as trained, and uncompiled,
+    for counting FLOPs; the two share weights and optimizer) and the reference's."""
+    cfg = compose_for_reference(overrides)
+    model_cfg = cfg.model
+    data = make_dataset(cfg.task, cfg.train_frac, cfg.data_seed)
+    split = lambda idx: Split(data.inputs[idx].to(device), data.labels[idx].to(device),
+                              None if data.clean_labels is None else data.clean_labels[idx].to(device))
+    train, test = split(data.train_idx), split(data.test_idx)
+    torch.manual_seed(cfg.seed)
+    n_ctx = data.inputs.shape[1]
+    model = build_model(model_cfg, data.n_vocab, data.n_classes, n_ctx).to(device)
+    optimizer, scheduler = build_optimizer(cfg.optimizer, model.parameters())
+    generator = torch.Generator().manual_seed(cfg.seed)
+    trained = for_training(model, cfg.compile, device)  # what grok.training.train_loop trains
+
+    if model_cfg.name == "mlp":
+        ref = reference.ReferenceMLP(data.n_vocab, data.n_classes, n_ctx, model_cfg.d_model, model_cfg.d_mlp)
+    else:
+        ref = reference.ReferenceTransformer(data.n_vocab, data.n_classes, n_ctx, model_cfg.d_model,
+                                             model_cfg.n_heads, model_cfg.d_mlp)
+    reference.load_weights(ref, model.state_dict())
+    ref.to(device)
+    opt = cfg.optimizer
+    ref_optimizer, ref_scheduler = reference.optimizer_for(ref, opt.lr, opt.weight_decay, tuple(opt.betas),
+                                                           opt.warmup_steps)
+    loss_fn = LOSSES[cfg.loss.name]
+
+    def harness_epoch(module: torch.nn.Module = trained) -> None:
+        train_metrics = train_epoch(module, train, optimizer, scheduler, cfg.batch_size, generator, loss_fn)
+        test_metrics = evaluate(module, test, loss_fn)
+        for value in [*train_metrics.values(), *test_metrics.values()]:  # the loop reads them all back
+            value.item()
+
+    def reference_epoch() -> None:
+        reference.train_epoch(ref, ref_optimizer, ref_scheduler, (train.inputs, train.labels),
+                              (test.inputs, test.labels))
+
+    return harness_epoch, lambda: harness_epoch(model), reference_epoch
+
+
+def bench_experiment(overrides: List[str], device: torch.device, rounds: int, seconds: float, peak: float) -> Dict:
+    harness_epoch, uncompiled_harness_epoch, reference_epoch = setup(overrides, device)
+    # the same operations compiled or not; counted uncompiled, where each runs through the dispatcher
+    flops = {"harness": count_flops(uncompiled_harness_epoch), "reference": count_flops(reference_epoch)}
+    for _ in range(5):  # warm-up: first-call allocations, thread pools, compiling and recording CUDA graphs
+        harness_epoch()
+        reference_epoch()
+    rates: Dict[str, List[float]] = {"harness": [], "reference": []}
+    for i in range(rounds):
+        order = [("harness", harness_epoch), ("reference", reference_epoch)][:: 1 if i % 2 == 0 else -1]
+        for name, epoch in order:
+            rates[name].append(timed_block(epoch, seconds, device))
+    ratios = [h / r for h, r in zip(rates["harness"], rates["reference"])]
+    result = {"experiment": " ".join(overrides) or "default", "overrides": overrides,
+              "ratio": statistics.median(ratios), "ratio_per_round": ratios}
+    for name in ("harness", "reference"):
+        median = statistics.median(rates[name])
+        result[name] = {
+            "epochs_per_second": median,
+            "epochs_per_second_best": max(rates[name]),
+            "epochs_per_second_per_round": rates[name],
+            "gflop_per_epoch": flops[name] / 1e9,
+            "achieved_gflops": flops[name] * median / 1e9,
+            "peak_fraction": flops[name] * median / 1e9 / peak,
+        }
+    return result
+
+
+def startup_overhead(out: Path) -> Dict:
+    """One default job of one epoch, W&B on (offline): seconds from `python train.py` to its first epoch."""
+    run_dir = out / "startup_run"
+    env = dict(os.environ, WANDB_SILENT="true")
+    start = time.perf_counter()
+    subprocess.run([sys.executable, str(ROOT / "train.py"), "epochs=1", "progress=false", f"hydra.run.dir={run_dir}"],
+                   cwd=tempfile.gettempdir(), env=env, check=True, capture_output=True)
+    job_seconds = time.perf_counter() - start
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return {"seconds_to_first_epoch": summary.get("startup_seconds"), "job_wall_seconds_one_epoch": job_seconds,
+            "run_dir": str(run_dir)}
+
+
+def time_to_grok(run_dir: Path, reference_rate: Optional[float]) -> Dict:
+    """From a finished default run's summary.json: its grok epoch, and the training time to reach it."""
+    if not (run_dir / "summary.json").exists():
+        return {"run_dir": str(run_dir), "status": "no summary.json: not a finished run"}
+    summary = json.loads((run_dir / "summary.json").read_text())
+    result = {key: summary.get(key) for key in ("status", "grok_epoch", "memorize_epoch", "epochs", "epochs_per_second",
+                                                "train_seconds", "wall_seconds", "startup_seconds", "device")}
+    result["run_dir"] = str(run_dir)
+    if summary.get("grok_epoch"):
+        # a run stopped by stop.test_acc at the grok epoch trained exactly that long; otherwise pro rata
+        result["time_to_grok_seconds"] = summary["train_seconds"] * summary["grok_epoch"] / summary["epochs"]
+        if reference_rate:
+            result["reference_time_to_grok_seconds_estimate"] = summary["grok_epoch"] / reference_rate
+    return result
+
+
+def machine(device: torch.device) -> Dict:
+    cpu = platform.processor()
+    if Path("/proc/cpuinfo").exists():
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), cpu)
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "platform": platform.platform(), "load_average_1min_at_start": os.getloadavg()[0]}
+
+
+def main(argv: Optional[List[str]] = None) -> Dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--experiment", action="append", metavar="OVERRIDES",
+                        help='Hydra overrides, space separated ("" = the default experiment); repeatable. '
+                             'Default: "" and "model=mlp"')
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds per implementation (default: 5)")
+    parser.add_argument("--seconds", type=float, default=2.0, help="length of one timed round (default: 2)")
+    parser.add_argument("--out", type=Path, help="output directory (default: outputs/bench/<date>/<time>)")
+    parser.add_argument("--grok-run", type=Path, help="a finished default run's directory: report its time to grok")
+    parser.add_argument("--grok", action="store_true", help="run the default experiment to grokking first (long)")
+    parser.add_argument("--skip-startup", action="store_true", help="do not measure the per-job start-up overhead")
+    parser.add_argument("--threads", type=int, help="torch threads (default: PyTorch's, all cores)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as grok/run.py does; the reference, in the same process, gains from it too
+
+    now = datetime.now()
+    out = (args.out or ROOT / "outputs" / "bench" / now.strftime("%Y-%m-%d") / now.strftime("%H-%M-%S")).resolve()
+    device = resolve_device(args.device)
+    experiments = [e.split() for e in (args.experiment if args.experiment is not None else ["", "model=mlp"])]
+    for overrides in experiments:  # every bad experiment is refused before anything runs
+        compose_for_reference(overrides)
+    out.mkdir(parents=True, exist_ok=True)
+
+    report: Dict = {"machine": machine(device), "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])])}
+    report["matmul_gflops"] = peak = matmul_gflops(device)
+    print(f"{report['machine']['cpu']} ({report['machine']['cpu_count']} CPUs, {report['machine']['torch_threads']} "
+          f"torch threads), device {report['machine']['device']}: float32 matmul {peak:.0f} GFLOP/s")
+    report["experiments"] = []
+    for overrides in experiments:
+        result = bench_experiment(overrides, device, args.rounds, args.seconds, peak)
+        report["experiments"].append(result)
+        h, r = result["harness"], result["reference"]
+        print(f"{result['experiment']:>24}: harness {h['epochs_per_second']:6.1f} epochs/s "
+              f"({h['gflop_per_epoch']:.2f} GFLOP/epoch, {h['peak_fraction']:.0%} of peak) | reference "
+              f"{r['epochs_per_second']:5.2f} epochs/s ({r['gflop_per_epoch']:.2f} GFLOP/epoch, "
+              f"{r['peak_fraction']:.0%} of peak) | ratio {result['ratio']:.2f}")
+
+    if not args.skip_startup:
+        report["startup"] = startup_overhead(out)
+        print(f"per-job start-up: {report['startup']['seconds_to_first_epoch']:.2f} s to the first epoch "
+              f"(a whole 1-epoch job: {report['startup']['job_wall_seconds_one_epoch']:.1f} s)")
+    grok_run = args.grok_run
+    if args.grok:
+        grok_run = out / "grok_run"
+        subprocess.run([sys.executable, str(ROOT / "train.py"), "logger=none", "progress=false", "stop.test_acc=0.99",
+                        f"hydra.run.dir={grok_run}"], cwd=tempfile.gettempdir(), check=True)
+    if grok_run is not None:
+        default = next((e for e in report["experiments"] if not e["overrides"]), None)
+        report["grok"] = time_to_grok(grok_run, default and default["reference"]["epochs_per_second"])
+        g = report["grok"]
+        if g.get("time_to_grok_seconds"):
+            print(f"time to grok: epoch {g['grok_epoch']}, {g['time_to_grok_seconds'] / 60:.1f} min of training "
+                  f"at {g['epochs_per_second']:.1f} epochs/s ({grok_run})")
+        else:
+            print(f"{grok_run}: no time to grok ({g['status']})")
+    report["machine"]["load_average_1min_at_end"] = os.getloadavg()[0]
+    (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out / 'bench.json'}")
+    return report
+
+
+if __name__ == "__main__":
+    from hydra.errors import HydraException
+
+    try:
+        main()
+    except (ConfigError, HydraException) as error:  # a bad option or override: one line, no traceback
+        sys.exit(f"error: {error}")

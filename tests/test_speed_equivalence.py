@@ -1,0 +1,204 @@
+"""The fast harness does the reference's math (issue 5): from the same initial weights, its training
+steps and test passes (grok.training) give the losses and accuracies of benchmarks/reference.py, the
+straightforward implementation; and the models' table paths equal their plain, hooked paths."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from benchmarks import reference
+from grok.model import build_model, run_with_cache
+from grok.optim import build_optimizer
+from grok.speed import Compiled
+from grok.tasks import make_dataset
+from grok.training import Split, evaluate, train_epoch
+from tests.conftest import ROOT, make_config
+
+# p=31 on half the pairs: both the train (480) and test (481) batches take the table paths; a narrower
+# model keeps 4 x 100 epochs short (test_the_default_experiment_takes_the_reference_steps has the default)
+SMALL = ["task.p=31", "train_frac=0.5", "model.d_model=64", "model.d_mlp=256"]
+METRICS = ["train_loss", "train_acc", "test_loss", "test_acc"]
+
+
+def setup(overrides, dtype):
+    cfg = make_config(overrides)
+    data = make_dataset(cfg.task, cfg.train_frac, cfg.data_seed)
+    train, test = (Split(data.inputs[idx], data.labels[idx]) for idx in (data.train_idx, data.test_idx))
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, data.n_vocab, data.n_classes, data.inputs.shape[1])
+    m = cfg.model
+    ref = (reference.ReferenceMLP(data.n_vocab, data.n_classes, 3, m.d_model, m.d_mlp) if m.name == "mlp" else
+           reference.ReferenceTransformer(data.n_vocab, data.n_classes, 3, m.d_model, m.n_heads, m.d_mlp))
+    reference.load_weights(ref, model.state_dict())
+    return cfg, model.to(dtype), ref.to(dtype), train, test
+
+
+def harness_run(overrides, dtype, epochs):
+    cfg, model, _, train, test = setup(overrides, dtype)
+    optimizer, scheduler = build_optimizer(cfg.optimizer, model.parameters())
+    rows = []
+    for _ in range(epochs):
+        train_metrics = train_epoch(model, train, optimizer, scheduler, None, None)
+        test_metrics = evaluate(model, test)
+        rows.append([train_metrics["loss"], train_metrics["acc"], test_metrics["loss"], test_metrics["acc"]])
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def reference_run(overrides, dtype, epochs):
+    cfg, _, ref, train, test = setup(overrides, dtype)
+    opt = cfg.optimizer
+    optimizer, scheduler = reference.optimizer_for(ref, opt.lr, opt.weight_decay, tuple(opt.betas), opt.warmup_steps)
+    rows = [reference.train_epoch(ref, optimizer, scheduler, (train.inputs, train.labels), (test.inputs, test.labels))
+            for _ in range(epochs)]
+    return torch.tensor([[row[key] for key in METRICS] for row in rows], dtype=torch.float64)
+
+
+def relative(a, b):
+    return ((a - b).abs() / b.abs().clamp_min(1e-12)).max(dim=0).values  # per metric, over epochs
+
+
+def errors(run, exact):
+    """The largest deviation over the epochs: relative for the losses, absolute for the accuracies."""
+    absolute = (run - exact).abs().max(dim=0).values
+    return torch.where(torch.tensor(["loss" in key for key in METRICS]), relative(run, exact), absolute)
+
+
+@pytest.fixture(scope="module", params=["transformer", "mlp"])
+def trajectories(request):
+    """100 epochs of each implementation, in float64 (exact math) and float32 (as trained)."""
+    torch.set_num_threads(1)  # module fixtures run before conftest's per-test setting
+    overrides = [f"model={request.param}", *SMALL]
+    return {(impl, dtype): run(overrides, dtype, 100)
+            for impl, run in (("harness", harness_run), ("reference", reference_run))
+            for dtype in (torch.float64, torch.float32)}
+
+
+def test_in_float64_the_harness_and_the_reference_take_the_same_100_steps(trajectories):
+    harness, ref = trajectories["harness", torch.float64], trajectories["reference", torch.float64]
+    loss = [METRICS.index("train_loss"), METRICS.index("test_loss")]
+    acc = [METRICS.index("train_acc"), METRICS.index("test_acc")]
+    assert (relative(harness, ref)[loss] < 1e-9).all(), relative(harness, ref)
+    assert torch.allclose(harness[:, acc], ref[:, acc], rtol=0, atol=1e-6), "the same examples right, every epoch"
+    assert harness[-1, 1] > 0.5, "and they learned: train accuracy far above chance (1/31)"
+
+
+def test_in_float32_the_harness_strays_from_exact_math_no_more_than_the_reference(trajectories):
+    # float32 rounding grows over training (most where the test accuracy climbs); the reference's own
+    # float32 run sets the tolerance, give or take two examples of the 480 for the accuracies
+    exact = trajectories["reference", torch.float64]
+    harness_error = errors(trajectories["harness", torch.float32], exact)
+    reference_error = errors(trajectories["reference", torch.float32], exact)
+    assert (harness_error <= 3 * reference_error + torch.tensor([1e-5, 2 / 480, 1e-5, 2 / 480])).all(), (
+        harness_error, reference_error)
+    assert (harness_error < 0.03).all()
+
+
+@pytest.mark.parametrize("model", ["transformer", "mlp"])
+def test_the_default_experiment_takes_the_reference_steps(model):
+    """p=97, the default shapes, a few epochs in float64 through the warmup."""
+    harness = harness_run([f"model={model}"], torch.float64, 4)
+    ref = reference_run([f"model={model}"], torch.float64, 4)
+    assert (relative(harness, ref)[[0, 2]] < 1e-9).all()
+    assert torch.allclose(harness[:, [1, 3]], ref[:, [1, 3]], rtol=0, atol=1e-6)
+
+
+def autograd_ops(tensor):
+    """Names of the backward nodes behind `tensor`: how it was computed."""
+    seen, stack = set(), [tensor.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            stack.extend(next_node for next_node, _ in node.next_functions)
+    return {type(node).__name__ for node in seen}
+
+
+@pytest.mark.parametrize("overrides", [[], ["model.n_layers=2"], ["model.act=gelu"], ["model=mlp"]])
+def test_the_table_path_equals_the_hooked_path_in_values_and_gradients(overrides):
+    cfg = make_config(["task.p=31", *overrides])
+    data = make_dataset(cfg.task, 0.5, 0)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, data.n_vocab, data.n_classes, 3).double()
+    tokens = data.inputs  # all 961 pairs
+    for all_positions in ([False, True] if cfg.model.name == "transformer" else [False]):
+        fast = model(tokens, all_positions=all_positions)
+        assert "EmbeddingBagBackward0" in autograd_ops(fast), "no hook attached: the table path"
+        hook_point = dict(model.named_modules())["hook_embed"]
+        handle = hook_point.register_forward_hook(lambda module, inputs, output: None)
+        plain = model(tokens, all_positions=all_positions)
+        handle.remove()
+        assert "EmbeddingBagBackward0" not in autograd_ops(plain), "a hook attached: the plain path"
+        assert torch.allclose(fast, plain, rtol=0, atol=1e-12)
+        with torch.inference_mode():  # evaluation goes through the tables in slices (2883 rows: three)
+            assert torch.allclose(model(tokens, all_positions=all_positions), plain, rtol=0, atol=1e-12)
+        grads = [torch.autograd.grad(out.square().sum(), list(model.parameters())) for out in (fast, plain)]
+        assert all(torch.allclose(f, p, rtol=1e-10, atol=1e-10) for f, p in zip(*grads))
+
+
+def test_hooks_see_every_activation_of_a_large_batch():
+    cfg = make_config(["task.p=31"])
+    data = make_dataset(cfg.task, 0.5, 0)
+    model = build_model(cfg.model, data.n_vocab, data.n_classes, 3)
+    logits, cache = run_with_cache(model, data.inputs)
+    assert cache["blocks.0.mlp.hook_post"].shape == (len(data.inputs), 3, cfg.model.d_mlp)
+    hook_point = dict(model.named_modules())["blocks.0.mlp.hook_post"]
+    handle = hook_point.register_forward_hook(lambda module, inputs, output: torch.zeros_like(output))
+    ablated = model(data.inputs)
+    handle.remove()
+    with torch.no_grad():
+        expected = (cache["blocks.0.hook_resid_mid"] + model.blocks[0].mlp.b_out) @ model.W_U
+    assert torch.allclose(ablated, expected[:, -1], atol=1e-5), "the hook edited the large batch's MLP output"
+    assert torch.allclose(logits[:, -1], model(data.inputs), atol=1e-5)
+
+
+def test_a_compiled_model_trains_like_the_plain_one():
+    cfg, model, _, train, test = setup(SMALL, torch.float32)
+    twin = build_model(cfg.model, 32, 31, 3)
+    twin.load_state_dict(model.state_dict())
+    compiled = Compiled(twin, backend="eager")  # Dynamo traces the forward; no C++ toolchain needed
+    runs = []
+    for module, weights in ((model, model), (compiled, twin)):
+        optimizer, scheduler = build_optimizer(cfg.optimizer, weights.parameters())
+        runs.append([[*train_epoch(module, train, optimizer, scheduler, None, None).values(),
+                      *evaluate(module, test).values()] for _ in range(3)])
+    assert torch.allclose(torch.tensor(runs[0]), torch.tensor(runs[1]), rtol=1e-5, atol=1e-6)
+    assert compiled.compiled_forward is not None, "it compiled"
+
+
+def test_a_failing_compiler_falls_back_to_the_plain_model_with_a_warning():
+    _, model, _, _, test = setup(SMALL, torch.float32)
+
+    def broken_backend(graph, example_inputs):
+        raise RuntimeError("no compiler here")
+
+    compiled = Compiled(model, backend=broken_backend)
+    with pytest.warns(UserWarning, match="(?s)training continues uncompiled.*no compiler here"):
+        logits = compiled(test.inputs)
+    assert torch.equal(logits, model(test.inputs))
+    assert compiled.compiled_forward is None, "and it does not try again"
+
+
+PAGE_FAULTS_OF_A_SECOND_TENSOR = """
+import resource, sys, torch
+from grok.speed import keep_freed_memory
+if sys.argv[1] == "keep" and not keep_freed_memory():
+    sys.exit("not glibc")
+torch.ones(2**24 + 2**12)  # 64 MiB and a little (room for the aligned 64 MiB below), written, freed
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+torch.ones(2**24)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
+"""
+
+
+def test_freed_memory_is_reused_without_page_faults():
+    def faults(mode):  # a fresh process each, so that nothing else has shaped its heap
+        result = subprocess.run([sys.executable, "-c", PAGE_FAULTS_OF_A_SECOND_TENSOR, mode], capture_output=True,
+                                text=True, cwd=ROOT)
+        if result.returncode != 0:
+            pytest.skip(result.stderr.strip())
+        return int(result.stdout)
+
+    assert faults("default") > 10000, "glibc maps the second 64 MiB afresh: 16384 pages fault in"
+    assert faults("keep") < 1000
