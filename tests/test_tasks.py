@@ -9,14 +9,31 @@ from grok.config import ConfigError
 from grok.tasks import TASKS, make_dataset
 from tests.conftest import make_config
 
+def divide(a, b, p):
+    return next(c for c in range(p) if (c * b) % p == a)  # c with c*b = a
+
+
 FORMULAS = {
     "add": lambda a, b, p: (a + b) % p,
     "subtract": lambda a, b, p: (a - b) % p,
     "multiply": lambda a, b, p: (a * b) % p,
-    "divide": lambda a, b, p: next(c for c in range(p) if (c * b) % p == a),  # c with c*b = a
+    "divide": divide,
     "x2xyy2": lambda a, b, p: (a**2 + a * b + b**2) % p,
     "noisy_label": lambda a, b, p: (a + b) % p,  # the clean label
+    "x2y2": lambda a, b, p: (a**2 + b**2) % p,
+    "x2xyy2x": lambda a, b, p: (a**2 + a * b + b**2 + a) % p,
+    "x3xy": lambda a, b, p: (a**3 + a * b) % p,
+    "x3xy2y": lambda a, b, p: (a**3 + a * b**2 + b) % p,
+    "a2b": lambda a, b, p: (a**2 + b) % p,
+    "a3b": lambda a, b, p: (a**3 + b) % p,
+    "mix": lambda a, b, p: divide(a, b, p) if b % 2 == 1 else (a - b) % p,
+    "add_or_mul": lambda a, b, p: (a + b) % p if a % 2 == 0 else (a * b) % p,
+    "add_or_sub": lambda a, b, p: (a + b) % p if a % 2 == 0 else (a - b) % p,
+    "expr": lambda a, b, p: (a**2 + 3 * a * b) % p,  # conf/task/expr.yaml's example
 }
+NONZERO_B = {"divide", "mix"}
+PERMUTATION_TASKS = {"s5", "s5conj", "s5aba"}  # tests/test_permutations.py
+SEQUENCE_TASKS = {"digit_add", "calculator"}  # tests/test_sequences.py
 
 
 def dataset(task, train_frac=0.3, data_seed=0, **task_overrides):
@@ -26,9 +43,9 @@ def dataset(task, train_frac=0.3, data_seed=0, **task_overrides):
 
 @pytest.mark.parametrize("task", sorted(FORMULAS))
 def test_labels_match_the_formula_for_every_pair(task):
-    p = 7
+    p = 11
     data = dataset(task, p=p, **({"noise": 0} if task == "noisy_label" else {}))
-    pairs = [(a, b) for a in range(p) for b in range(p) if task != "divide" or b != 0]
+    pairs = [(a, b) for a in range(p) for b in range(p) if task not in NONZERO_B or b != 0]
     assert sorted(map(tuple, data.inputs[:, :2].tolist())) == pairs
     assert (data.inputs[:, 2] == p).all(), "the third token is '=', numbered p"
     for (a, b, _), label in zip(data.inputs.tolist(), data.labels.tolist()):
@@ -36,7 +53,7 @@ def test_labels_match_the_formula_for_every_pair(task):
 
 
 def test_every_registered_task_has_a_config_and_a_formula_or_table():
-    assert set(TASKS) == set(FORMULAS) | {"random"}
+    assert set(TASKS) == set(FORMULAS) | {"random"} | PERMUTATION_TASKS | SEQUENCE_TASKS
     for task in TASKS:
         assert make_config([f"task={task}"]).task.name == task
 
@@ -98,3 +115,28 @@ def test_noise_depends_on_data_seed():
 def test_train_frac_that_leaves_a_split_empty_is_an_error():
     with pytest.raises(ConfigError, match="train_frac=0.01"):
         dataset("add", train_frac=0.01, p=3)
+
+
+def test_label_noise_frac_replaces_that_fraction_of_training_labels_with_uniform_ones():
+    p, frac = 97, 0.2
+    data = dataset("add", p=p, label_noise_frac=frac)
+    a, b = data.inputs[:, 0], data.inputs[:, 1]
+    assert torch.equal(data.clean_labels, (a + b) % p)
+    changed = (data.labels != data.clean_labels).nonzero()[:, 0]
+    assert set(changed.tolist()) <= set(data.train_idx.tolist()), "test labels stay clean"
+    n_noisy = round(frac * len(data.train_idx))
+    # A uniform replacement equals the true label with probability 1/p.
+    assert n_noisy * (1 - 1 / p) - 4 * math.sqrt(n_noisy / p) <= len(changed) <= n_noisy
+    replaced = data.labels[changed].double()
+    assert abs(replaced.mean().item() - (p - 1) / 2) < 4 * p / math.sqrt(12 * len(changed)), "uniform over Z_p"
+
+
+def test_label_noise_depends_on_data_seed_and_zero_means_clean():
+    assert not torch.equal(dataset("add", p=13, label_noise_frac=0.5, data_seed=0).labels,
+                           dataset("add", p=13, label_noise_frac=0.5, data_seed=1).labels)
+    assert dataset("add", p=13, label_noise_frac=0.0).clean_labels is None
+
+
+def test_label_noise_on_a_permutation_task_draws_from_the_n_factorial_elements():
+    data = dataset("s5", n=4, label_noise_frac=0.9)
+    assert data.labels.max() < 24 and len(set(data.labels[data.train_idx].tolist())) == 24

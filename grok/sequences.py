@@ -1,0 +1,140 @@
+"""Sequence tasks (seed 002): arithmetic written out character by character, learned as next-token
+prediction, and `generate`, the greedy decoder that answers a typed problem.
+
+A problem is the text `a+b=c.`: operands zero-padded to `task.digits` digits (so that a position
+means one place value), the answer's digits reversed when `task.reverse` (the order in which
+schoolbook addition produces them: 226+336=265.), and '.' closing the answer and padding every row
+to one length. Each character is one token of VOCAB, shared by all sequence tasks so that
+`generate` can read and write any of them; a digit's token is its value.
+
+The model reads tokens[:-1] and is scored on predicting tokens[1:] at the answer's positions only
+(its characters and the closing '.', which tells `generate` where to stop); positions that would
+predict the problem or the padding carry the label IGNORE, so they add nothing to loss or accuracy.
+An example counts as right only when its whole answer is.
+
+`calculator` writes + - * and / (the floor division a // b) as operator tokens. Rules: a negative
+result (only from -) is written '-' followed by its digits, the digits reversed with task.reverse
+(03-17=-41. for -14); a/0 is undefined, so those problems are left out, as `divide` leaves out b = 0.
+
+Data: every problem (10^(2·digits) operand pairs per operator) split by train_frac as in the
+binary-operation tasks, or with `task.n_problems` that many problems drawn at random and split by a
+hash of the problem, so a problem drawn twice never sits on both sides of the split.
+"""
+
+import operator
+from collections import defaultdict
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from grok.losses import IGNORE  # the label of a position that is not scored
+
+VOCAB = "0123456789+-*/=."
+EQUALS, END = VOCAB.index("="), VOCAB.index(".")
+MAX_LISTED = 10**6  # more problems than this must be sampled: set task.n_problems
+OPERATIONS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.floordiv}
+TASK_OPERATORS = {"digit_add": "+", "calculator": "+-*/"}
+
+_TOKEN_OF_BYTE = np.full(256, -1, dtype=np.int64)
+_TOKEN_OF_BYTE[np.frombuffer(VOCAB.encode("ascii"), dtype=np.uint8)] = np.arange(len(VOCAB))
+
+
+def encode(texts: Sequence[str]) -> Tensor:
+    """(N, L) tokens of texts that all have length L."""
+    flat = _TOKEN_OF_BYTE[np.frombuffer("".join(texts).encode("ascii", errors="replace"), dtype=np.uint8)]
+    if (flat < 0).any():
+        bad = sorted({c for text in texts for c in text if c not in VOCAB})
+        raise ValueError(f"characters {bad} are not tokens; the vocabulary is {VOCAB!r}")
+    return torch.from_numpy(flat.reshape(len(texts), -1))
+
+
+def decode(tokens: Tensor) -> str:
+    return "".join(VOCAB[t] for t in tokens.tolist())
+
+
+def problem_text(a: int, op: str, b: int, width: int, reverse: bool) -> str:
+    c = OPERATIONS[op](a, b)
+    digits = str(abs(c))[::-1] if reverse else str(abs(c))
+    return f"{a:0{width}d}{op}{b:0{width}d}={'-' if c < 0 else ''}{digits}."
+
+
+def count_problems(task_cfg) -> int:
+    """How many distinct problems the task has (a/0 excluded)."""
+    base = 10**task_cfg.digits
+    return len(TASK_OPERATORS[task_cfg.name]) * base * base - ("/" in TASK_OPERATORS[task_cfg.name]) * base
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer: a bijection of uint64 that scrambles every bit (wraps on purpose)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _hash_unit(op: np.ndarray, a: np.ndarray, b: np.ndarray, salt: int) -> Tensor:
+    """A number in [0, 1) that depends on the problem (op, a, b) and the salt alone."""
+    h = _mix64(np.full(len(a), salt, dtype=np.uint64) ^ op.astype(np.uint64))
+    h = _mix64(h ^ a.astype(np.uint64))
+    h = _mix64(h ^ b.astype(np.uint64))
+    return torch.from_numpy((h >> np.uint64(11)).astype(np.float64) / 2.0**53)
+
+
+def _operands(task_cfg, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[Tensor]]:
+    """(operator index, a, b, split hash or None) for every problem, or for n_problems drawn ones."""
+    operators, base = TASK_OPERATORS[task_cfg.name], 10**task_cfg.digits
+    divide = operators.find("/")
+    if task_cfg.n_problems is None:
+        op, a, b = (g.ravel() for g in np.meshgrid(np.arange(len(operators)), np.arange(base), np.arange(base),
+                                                    indexing="ij"))
+        keep = (op != divide) | (b != 0)
+        return op[keep], a[keep], b[keep], None
+    n = task_cfg.n_problems
+    op, a, b = rng.integers(0, len(operators), n), rng.integers(0, base, n), rng.integers(0, base, n)
+    if divide >= 0:
+        b = np.where(op == divide, rng.integers(1, base, n), b)  # a divisor is never 0
+    return op, a, b, _hash_unit(op, a, b, int(rng.integers(0, 2**63)))
+
+
+def make_problems(task_cfg, rng: np.random.Generator) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    """(inputs (N, T), labels (N, T) with IGNORE off the answer, split hash (N,) or None)."""
+    op, a, b, split_hash = _operands(task_cfg, rng)
+    operators = TASK_OPERATORS[task_cfg.name]
+    texts = [problem_text(x, operators[o], y, task_cfg.digits, task_cfg.reverse)
+             for o, x, y in zip(op.tolist(), a.tolist(), b.tolist())]
+    width = max(map(len, texts))
+    tokens = encode([text.ljust(width, ".") for text in texts])  # (N, L)
+    equals = (tokens == EQUALS).int().argmax(dim=1, keepdim=True)  # (N, 1)
+    end = (tokens == END).int().argmax(dim=1, keepdim=True)  # the answer's closing '.'
+    position = torch.arange(width - 1)[None, :]  # input position j predicts token j + 1
+    labels = tokens[:, 1:].masked_fill((position < equals) | (position >= end), IGNORE)
+    return tokens[:, :-1].contiguous(), labels, split_hash
+
+
+def _context_length(model: nn.Module) -> int:
+    """Learned positions end at the model's n_ctx; the gpt model records the length it trained on."""
+    return model.W_pos.shape[0] if hasattr(model, "W_pos") else model.n_ctx
+
+
+@torch.inference_mode()
+def generate(model: nn.Module, prompts: Union[str, List[str]], max_new_tokens: Optional[int] = None):
+    """Greedy decoding: extend each prompt ("226+336=") by its most likely next token until the model
+    writes '.', and return what it wrote before that, as the task writes answers ("265", reversed).
+    A list of prompts gives a list of answers; prompts of one length are decoded as one batch."""
+    texts = [prompts] if isinstance(prompts, str) else list(prompts)
+    device = next(model.parameters()).device
+    answers: List[str] = [""] * len(texts)
+    by_length = defaultdict(list)
+    for i, text in enumerate(texts):
+        by_length[len(text)].append(i)
+    for length, rows in by_length.items():
+        tokens = encode([texts[i] for i in rows]).to(device)  # (G, length)
+        steps = _context_length(model) - length + 1
+        for _ in range(steps if max_new_tokens is None else min(steps, max_new_tokens)):
+            tokens = torch.cat([tokens, model(tokens).argmax(dim=-1, keepdim=True)], dim=1)
+            if (tokens[:, length:] == END).any(dim=1).all():
+                break
+        for i, written in zip(rows, tokens[:, length:].cpu()):
+            answers[i] = decode(written).split(".")[0]
+    return answers[0] if isinstance(prompts, str) else answers
