@@ -1,4 +1,5 @@
-"""Where each evaluated epoch goes: `metrics.csv` always, Weights & Biases unless `logger=none`.
+"""Where each evaluated epoch goes: `metrics.csv` always, the progress measures (grok/analysis.py)
+to `analysis.csv`, and both as one row to Weights & Biases unless `logger=none`.
 
 A W&B failure (import, network, disk) never stops training: the W&B logger warns once and turns
 itself off, while `metrics.csv` and the rest of the run carry on.
@@ -11,8 +12,8 @@ from typing import Any, Dict, List, Optional
 
 
 class CSVLogger:
-    """One row per evaluated epoch. On resume, rows past the checkpoint's epoch are dropped first,
-    so a resumed run's file equals an uninterrupted run's byte for byte."""
+    """One row per logged epoch, the file created with the first. On resume, rows past the
+    checkpoint's epoch are dropped first, so a resumed run's file equals an uninterrupted run's."""
 
     def __init__(self, path: Path, resume_epoch: Optional[int] = None):
         self.path = path
@@ -27,29 +28,34 @@ class CSVLogger:
                     csv.writer(f, lineterminator="\n").writerows(kept)
         elif path.exists():
             path.unlink()
-        self.file = open(path, "a", newline="")
-        self.writer = csv.writer(self.file, lineterminator="\n")
+        self.file = None
 
     def log_epoch(self, row: Dict[str, Any]) -> None:
+        if self.file is None:
+            self.file = open(self.path, "a", newline="")
+            self.writer = csv.writer(self.file, lineterminator="\n")
         if self.fields is None:
             self.fields = list(row)
             self.writer.writerow(self.fields)
         self.writer.writerow([repr(row[key]) if isinstance(row[key], float) else row[key] for key in self.fields])
         self.file.flush()
 
-    def log_summary(self, summary: Dict[str, Any]) -> None:
-        pass
-
-    def log_image(self, key: str, path: Path) -> None:
-        pass
-
-    def finish(self, failed: bool) -> None:
-        self.file.close()
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
 
 
-def read_metrics(path: Path) -> List[Dict[str, float]]:
+def read_metrics(path: Path) -> List[Dict[str, Any]]:
+    """A CSVLogger's rows, numbers as floats (other values, like a list of frequencies, as text)."""
+
+    def value(text: str) -> Any:
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
     with open(path, newline="") as f:
-        return [{key: float(value) for key, value in row.items()} for row in csv.DictReader(f)]
+        return [{key: value(text) for key, text in row.items()} for row in csv.DictReader(f)]
 
 
 class WandbLogger:
@@ -99,16 +105,40 @@ class WandbLogger:
             # In the summary, not the history: the history holds exactly one row per evaluated epoch.
             self._guard("image", self.run.summary.update, {key: wandb.Image(str(path))})
 
+    def log_table(self, key: str, columns: List[str], rows: List[list]) -> None:
+        if self.run is not None:
+            import wandb
+
+            self._guard("table", self.run.log, {key: wandb.Table(columns=columns, data=rows)})
+
     def finish(self, failed: bool) -> None:
         if self.run is not None:
             self._guard("finish", self.run.finish, 1 if failed else 0)
 
 
 class Loggers:
-    """Fans every call out to each logger."""
+    """A run's loggers: `metrics.csv`, `analysis.csv` and W&B (None with `logger=none`)."""
 
-    def __init__(self, loggers: list):
-        self.loggers = loggers
+    def __init__(self, run_dir: Path, resume_epoch: Optional[int], wandb: Optional[WandbLogger]):
+        self.metrics = CSVLogger(run_dir / "metrics.csv", resume_epoch)
+        self.measures = CSVLogger(run_dir / "analysis.csv", resume_epoch)
+        self.wandb = wandb
 
-    def __getattr__(self, method: str):
-        return lambda *args: [getattr(logger, method)(*args) for logger in self.loggers]
+    def log_epoch(self, row: Dict[str, Any], measures: Dict[str, Any]) -> None:
+        self.metrics.log_epoch(row)
+        if measures:
+            self.measures.log_epoch({"epoch": row["epoch"], **measures})
+        if self.wandb is not None:
+            self.wandb.log_epoch({**row, **measures})  # one W&B history row per evaluated epoch
+
+    def log_summary(self, summary: Dict[str, Any], images: Dict[str, Path]) -> None:
+        if self.wandb is not None:
+            self.wandb.log_summary(summary)
+            for key, path in images.items():
+                self.wandb.log_image(key, path)
+
+    def finish(self, failed: bool) -> None:
+        self.metrics.close()
+        self.measures.close()
+        if self.wandb is not None:
+            self.wandb.finish(failed)

@@ -29,3 +29,51 @@ def plot_curves(rows: List[Dict[str, float]], memorize_epoch: Optional[int], gro
     ax_acc.set_ylabel("accuracy")
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_progress(rows: List[Dict[str, float]], measures: List[Dict[str, float]], path: Path) -> None:
+    """The progress measures over epochs beside the loss curves (Nanda et al. 2023, Prieto et al. 2025)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in rows]
+    at = [m["epoch"] for m in measures]
+    fig, (ax_loss, ax_sparsity, ax_collapse) = plt.subplots(1, 3, figsize=(15, 4), constrained_layout=True)
+    ax_loss.plot(epochs, [row["train_loss"] for row in rows], label="train")
+    ax_loss.plot(epochs, [row["test_loss"] for row in rows], label="test")
+    for key in ("restricted_loss", "excluded_loss"):
+        if measures and key in measures[0]:
+            ax_loss.plot(at, [m[key] for m in measures], linestyle="--", label=f"{key.split('_')[0]} (train)")
+    ax_loss.set(yscale="log", ylabel="loss", title="loss, restricted and excluded")
+    if measures and "fourier_gini" in measures[0]:
+        ax_sparsity.plot(at, [m["fourier_gini"] for m in measures], color="tab:purple", label="Gini of embedding Fourier norms")
+    ax_norm = ax_sparsity.twinx()
+    ax_norm.plot(epochs, [row["weight_norm"] for row in rows], color="gray", label="total weight norm")
+    ax_norm.set_ylabel("weight norm")
+    ax_sparsity.set(ylabel="Gini coefficient", title="sparsity in frequency, weight norm")
+    for key, label in (("zero_loss_frac", "float32 loss exactly 0"), ("saturated_frac", "softmax saturated")):
+        ax_collapse.plot(at, [m[key] for m in measures], label=label)
+    ax_collapse.set(ylabel="fraction of train examples", title="softmax collapse")
+    for ax in (ax_loss, ax_sparsity, ax_collapse):
+        ax.set_xscale("log")
+        ax.set_xlabel("epoch")
+        ax.legend(loc="best", fontsize=8)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_fourier_spectrum(norms: List[float], key_frequencies: List[int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 3.5), constrained_layout=True)
+    freqs = list(range(1, len(norms) + 1))
+    ax.bar(freqs, norms, color=["tab:red" if k in key_frequencies else "tab:blue" for k in freqs])
+    ax.set(xlabel="frequency k (w = 2 pi k / p)", ylabel="norm of the embedding",
+           title="token embedding in the Fourier basis (key frequencies in red)")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

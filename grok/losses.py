@@ -1,0 +1,35 @@
+"""Losses, computed in float64 (in float32, confident logits round the loss to 0; seed 001).
+
+- `cross_entropy`: log-softmax cross-entropy, the default.
+- `stablemax` (Prieto et al. 2025): softmax's exp replaced by s(x) = x + 1 for x >= 0 and
+  1 / (1 - x) below, which grows linearly instead of exponentially and so delays softmax collapse.
+Both take logits (..., C) and labels (...): one label per example, or per position for sequence
+tasks, where positions labelled IGNORE are not scored. They average over the scored labels.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+IGNORE = -100  # the label of a position that is not scored (torch's default ignore_index)
+
+
+def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    flat = logits.reshape(-1, logits.shape[-1]).to(torch.float64)
+    return F.cross_entropy(flat, labels.reshape(-1), ignore_index=IGNORE)
+
+
+def stablemax(logits: Tensor) -> Tensor:
+    x = logits.to(torch.float64)
+    s = torch.where(x >= 0, x + 1, 1 / (1 - x.clamp(max=0)))  # the clamp keeps the unused branch finite
+    return s / s.sum(dim=-1, keepdim=True)
+
+
+def stablemax_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    logits, labels = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
+    kept = labels != IGNORE
+    probs = stablemax(logits[kept])
+    return -probs.gather(-1, labels[kept][:, None]).log().mean()
+
+
+LOSSES = {"cross_entropy": cross_entropy, "stablemax": stablemax_cross_entropy}
