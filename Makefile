@@ -6,10 +6,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 PINS := torch==2.13.0 hydra-core==1.3.8 omegaconf==2.3.1 wandb==0.31.0 einops==0.8.2 numpy==2.4.6 \
-        tqdm==4.70.1 matplotlib==3.11.2 pytest==9.2.0 pytest-xdist==3.8.0
+        tqdm==4.70.1 matplotlib==3.11.2 pytest==9.2.0 pytest-xdist==3.8.0 \
+        hydra-submitit-launcher==1.2.0 submitit==1.5.4 \
+        hydra-joblib-launcher==1.2.0 joblib==1.6.0 hydra-optuna-sweeper==1.3.0 optuna==2.10.1
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test clean
+.PHONY: install train test bench clean
 
 install: $(STAMP)
 
@@ -23,7 +25,11 @@ train: $(STAMP)
 	$(PY) train.py $(ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --durations=10 $(ARGS)
+	$(PY) -m pytest -n 2 --dist loadfile --durations=10 $(ARGS)
+
+# epochs/s of the harness against benchmarks/reference.py, measured in one run (README "Performance")
+bench: $(STAMP)
+	$(PY) benchmarks/bench.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) outputs multirun *.egg-info

@@ -14,12 +14,15 @@ register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> dict:
+def main(cfg: DictConfig) -> float:
+    """Run one experiment; return its `objective` (what hydra/sweeper=optuna minimizes or maximizes)."""
     from grok.run import run  # imported here so that --help and --cfg stay fast
+    from grok.sweeps import objective
 
     hydra_cfg = HydraConfig.get()
     try:
-        return run(cfg, Path(hydra_cfg.runtime.output_dir), run_name=hydra_cfg.job.override_dirname or "default")
+        summary = run(cfg, Path(hydra_cfg.runtime.output_dir), run_name=hydra_cfg.job.override_dirname or "default")
+        return objective(summary, cfg)
     except ConfigError as error:
         if hydra_cfg.mode == RunMode.RUN:
             sys.exit(f"error: {error}")

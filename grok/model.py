@@ -1,4 +1,5 @@
-"""The models: a small decoder-only transformer (seeds 001/003) and an operand MLP (seed 004).
+"""The models: a small decoder-only transformer (seeds 001/003), an operand MLP (seed 004) and `gpt`,
+a pre-LayerNorm decoder with rotary positions (seed 002).
 
 Every intermediate activation passes through a named `HookPoint`, an identity module, so standard
 PyTorch forward hooks can read or edit it; `run_with_cache` collects them all. Shapes use
@@ -7,6 +8,12 @@ B = batch, T = positions, D = d_model, H = heads, E = d_head, M = d_mlp, V = voc
 Only the last position's logits enter the loss, so by default the last block computes queries,
 the MLP and the unembedding for the last position alone; keys and values still see every position.
 `all_positions=True` computes every position (what `run_with_cache` uses).
+
+The first layer only ever sees V x T distinct inputs (a token at a position). So for a large batch
+with no hook attached, `Transformer` (without LayerNorm) computes its first block from tables of those
+rows, and `OperandMLP` its hidden layer's input; each example then sums a few table rows. The same
+math, grouped differently (README "Performance"). A hook attached anywhere switches to the plain
+path, where every HookPoint sees its activation.
 """
 
 import math
@@ -25,6 +32,16 @@ class HookPoint(nn.Identity):
 
 def _init(*shape: int, fan_in: int) -> nn.Parameter:
     return nn.Parameter(torch.randn(*shape) / math.sqrt(fan_in))
+
+
+def hooks_attached(model: nn.Module) -> bool:
+    """Whether a hook waits on any submodule (or globally): then only the plain path calls it."""
+    from torch.nn.modules import module as registry
+
+    kinds = ("forward_hooks", "forward_pre_hooks", "backward_hooks", "backward_pre_hooks")
+    if any(getattr(registry, f"_global_{kind}") for kind in kinds):
+        return True
+    return any(getattr(m, f"_{kind}") for m in model.modules() if m is not model for kind in kinds)
 
 
 class LayerNorm(nn.Module):
@@ -74,9 +91,12 @@ class MLPBlock(nn.Module):
         self.hook_pre, self.hook_post = HookPoint(), HookPoint()
 
     def forward(self, x: Tensor) -> Tensor:
-        pre = self.hook_pre(x @ self.W_in + self.b_in)  # (..., M)
-        post = self.hook_post(self.act(pre))
-        return post @ self.W_out + self.b_out  # (..., D)
+        return self.from_pre(x @ self.W_in + self.b_in)
+
+    def from_pre(self, pre: Tensor) -> Tensor:
+        # pre-activations (..., M) -> (..., D)
+        post = self.hook_post(self.act(self.hook_pre(pre)))
+        return post @ self.W_out + self.b_out
 
 
 class Block(nn.Module):
@@ -112,12 +132,62 @@ class Transformer(nn.Module):
     def forward(self, tokens: Tensor, all_positions: bool = False) -> Tensor:
         # tokens: (B, T) -> logits (B, C), or (B, T, C) with all_positions
         T = tokens.shape[1]
-        x = self.hook_embed(self.W_E[tokens]) + self.hook_pos_embed(self.W_pos[:T])
-        for i, block in enumerate(self.blocks):
-            last_block = i == len(self.blocks) - 1
-            x = block(x, n_queries=1 if last_block and not all_positions else T)
+        n_queries = [T] * (len(self.blocks) - 1) + [T if all_positions else 1]  # per block
+        V, Q = self.W_E.shape[0], n_queries[0]
+        # the tables pay when the batch's B*Q rows through W_in outnumber theirs: (T + Q) * V of width D
+        tables = isinstance(self.ln_final, nn.Identity) and len(tokens) * Q >= (T + Q) * V
+        if tables and not hooks_attached(self):
+            x, start = self._first_block_by_tables(tokens, Q), 1
+        else:
+            x, start = self.hook_embed(self.W_E[tokens]) + self.hook_pos_embed(self.W_pos[:T]), 0
+        for block, n in zip(self.blocks[start:], n_queries[start:]):
+            x = block(x, n)
         logits = self.ln_final(x) @ self.W_U
         return logits if all_positions else logits[:, -1]
+
+    def _first_block_by_tables(self, tokens: Tensor, Q: int) -> Tensor:
+        """Block 0 at the last Q positions, without hooks or LayerNorm: Block.forward's math, grouped
+        by table rows. Its input W_E[token] + W_pos[position] is one of V x T rows, so q, k, v are
+        computed once per row and the attention scores once per (query row, key row) pair. After the
+        softmax, all up to the MLP's activation is linear: the residual stream and the pre-activations
+        are pattern-weighted sums of value rows (through W_O), plus the query's own row. embedding_bag
+        forms such sums without gathering the rows; its backward scatters gradients into the tables."""
+        attn, mlp = self.blocks[0].attn, self.blocks[0].mlp
+        (B, T), V, (H, _, E) = tokens.shape, self.W_E.shape[0], attn.W_Q.shape
+        pos, heads = torch.arange(T, device=tokens.device), torch.arange(H, device=tokens.device)
+        resid = self.W_E[:, None] + self.W_pos[:T]  # (V, T, D): token v at position t
+        q = torch.einsum("vtd,hde->vthe", resid[:, T - Q :], attn.W_Q)  # (V, Q, H, E)
+        k = torch.einsum("vtd,hde->vthe", resid, attn.W_K)  # (V, T, H, E)
+        v = torch.einsum("vtd,hde->vthe", resid, attn.W_V)
+        pair_scores = torch.einsum("aqhe,bkhe->aqhbk", q, k) / math.sqrt(E)  # (V, Q, H, V, T)
+        query_tokens = tokens[:, T - Q :]  # (B, Q)
+        scores = pair_scores[query_tokens[:, :, None, None], pos[:Q, None, None], heads[:, None],
+                             tokens[:, None, None], pos]  # (B, Q, H, T)
+        pattern = scores.masked_fill((pos > pos[T - Q :, None])[:, None], float("-inf")).softmax(dim=-1)
+
+        # table rows: the value of (head h, key position t, token v) through W_O at (h*T + t)*V + v, then
+        # the query's own residual row (position q, token v) at H*T*V + q*V + v, which carries the biases
+        own_rows = resid[:, T - Q :].transpose(0, 1).flatten(0, 1)  # (Q*V, D)
+        value_index = (heads[:, None] * T + pos) * V + tokens[:, None, :]  # (B, H, T)
+        own_index = H * T * V + pos[:Q] * V + query_tokens  # (B, Q)
+        index = torch.cat([value_index[:, None].expand(B, Q, H, T).flatten(2), own_index[..., None]], dim=-1)
+        weights = torch.cat([pattern.flatten(2), pattern.new_ones(B, Q, 1)], dim=-1)  # (B, Q, H*T + 1), as index
+        index, weights = index.flatten(0, 1), weights.flatten(0, 1)  # one bag of H*T + 1 rows per query
+        value_rows = torch.einsum("vthe,hed->htvd", v, attn.W_O).flatten(0, 2)  # (H*T*V, D)
+        x_rows = torch.cat([value_rows, own_rows + mlp.b_out])
+        # a value row has rank E: through W_O and W_in it costs E*M per row, where D*M would follow W_O
+        value_pre = torch.einsum("vthe,hem->htvm", v, torch.einsum("hed,dm->hem", attn.W_O, mlp.W_in))
+        pre_rows = torch.cat([value_pre.flatten(0, 2), own_rows @ mlp.W_in + mlp.b_in])  # (H*T*V + Q*V, M)
+
+        def rest_of_block(index: Tensor, weights: Tensor) -> Tensor:
+            # -> (n, D): the residual stream after attention (+ b_out), + the MLP's output
+            bag = lambda rows: F.embedding_bag(index, rows, per_sample_weights=weights, mode="sum")
+            return torch.addmm(bag(x_rows), mlp.act(bag(pre_rows)), mlp.W_out)
+
+        if torch.is_grad_enabled():
+            return rest_of_block(index, weights).view(B, Q, -1)
+        # inference: in slices whose (slice, M) activations stay in cache from one step to the next
+        return torch.cat([rest_of_block(*part) for part in zip(index.split(1024), weights.split(1024))]).view(B, Q, -1)
 
 
 class OperandMLP(nn.Module):
@@ -133,11 +203,100 @@ class OperandMLP(nn.Module):
 
     def forward(self, tokens: Tensor, all_positions: bool = False) -> Tensor:
         # tokens: (B, T) -> logits (B, C); an MLP has no per-position outputs
-        x = self.hook_embed(self.W_E[tokens[:, :-1]].flatten(1))  # (B, (T-1)*D)
+        operands = tokens[:, :-1]  # (B, O)
+        (V, D), O = self.W_E.shape, operands.shape[1]
+        if len(tokens) >= V and not hooks_attached(self):
+            # concat(W_E[a], W_E[b]) @ W_in = W_E[a] @ W_in[:D] + W_E[b] @ W_in[D:]: one (O, V, M) table
+            # of every operand's term, and each example sums O rows of it (embedding_bag: gather + sum)
+            table = torch.einsum("vd,odm->ovm", self.W_E, self.mlp.W_in.view(O, D, -1)).flatten(0, 1)
+            rows = operands + V * torch.arange(O, device=tokens.device)  # (B, O) rows of the (O*V, M) table
+            return self.mlp.from_pre(F.embedding_bag(rows, table, mode="sum") + self.mlp.b_in) @ self.W_U
+        x = self.hook_embed(self.W_E[operands].flatten(1))  # (B, O*D)
         return self.mlp(x) @ self.W_U
 
 
-MODELS = {"transformer": Transformer, "mlp": OperandMLP}
+# ----------------------------------------------------------------------------- gpt (seed 002)
+def rotate(x: Tensor) -> Tensor:
+    """Rotary position embedding (Su et al. 2021) of queries or keys x (B, H, T, E): at position t
+    the pair (x[i], x[i + E/2]) turns by the angle t * 10000^(-2i/E), so q·k sees only t_q - t_k."""
+    T, half = x.shape[-2], x.shape[-1] // 2
+    freq = 10000.0 ** (-torch.arange(half, device=x.device, dtype=x.dtype) / half)  # (E/2,)
+    angle = torch.arange(T, device=x.device, dtype=x.dtype)[:, None] * freq  # (T, E/2)
+    cos, sin = angle.cos(), angle.sin()
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class RotaryAttention(nn.Module):
+    """Causal multi-head attention; one q/k/v projection without bias, rotary q and k."""
+
+    def __init__(self, d_model: int, n_heads: int):
+        super().__init__()
+        self.n_heads = n_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.out = nn.Linear(d_model, d_model)
+        self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()  # q, k after rotation
+        self.hook_scores, self.hook_pattern, self.hook_z = HookPoint(), HookPoint(), HookPoint()
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)  # (B, H, T, E)
+        q, k, v = self.hook_q(rotate(q)), self.hook_k(rotate(k)), self.hook_v(v)
+        future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
+        scores = self.hook_scores((q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).masked_fill(future, float("-inf")))
+        z = self.hook_z(self.hook_pattern(scores.softmax(dim=-1)) @ v)  # (B, H, T, E)
+        return self.out(z.transpose(1, 2).reshape(B, T, D))
+
+
+class GPTBlock(nn.Module):
+    """Pre-LayerNorm: x + attn(ln1(x)), then x + mlp(ln2(x))."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
+        self.attn = RotaryAttention(cfg.d_model, cfg.n_heads)
+        self.fc_in, self.fc_out = nn.Linear(cfg.d_model, cfg.d_mlp), nn.Linear(cfg.d_mlp, cfg.d_model)
+        self.act = ACTIVATIONS[cfg.act]
+        self.hook_resid_pre, self.hook_resid_mid, self.hook_resid_post = HookPoint(), HookPoint(), HookPoint()
+        self.hook_attn_out, self.hook_mlp_pre, self.hook_mlp_post, self.hook_mlp_out = (HookPoint() for _ in range(4))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.hook_resid_pre(x)  # (B, T, D)
+        x = self.hook_resid_mid(x + self.hook_attn_out(self.attn(self.ln1(x))))
+        hidden = self.hook_mlp_post(self.act(self.hook_mlp_pre(self.fc_in(self.ln2(x)))))  # (B, T, M)
+        return self.hook_resid_post(x + self.hook_mlp_out(self.fc_out(hidden)))
+
+
+class GPT(nn.Module):
+    """Seed 002's decoder: token embedding (no position embedding: rotary attention places tokens),
+    `n_layers` pre-LayerNorm blocks, a final LayerNorm, unembedding. GPT-2 initialisation: weights
+    N(0, 0.02), the two projections that write into the residual stream (attn.out, fc_out)
+    N(0, 0.02 / sqrt(2 n_layers)), biases 0, LayerNorm gains 1."""
+
+    def __init__(self, cfg, n_vocab: int, n_classes: int, n_ctx: int):
+        super().__init__()
+        self.n_ctx = n_ctx  # the input length it is built for; rotary positions would run past it
+        self.embed = nn.Embedding(n_vocab, cfg.d_model)
+        self.blocks = nn.ModuleList(GPTBlock(cfg) for _ in range(cfg.n_layers))
+        self.ln_final = nn.LayerNorm(cfg.d_model)
+        self.unembed = nn.Linear(cfg.d_model, n_classes)
+        self.hook_embed = HookPoint()
+        for name, param in self.named_parameters():
+            if name.endswith("bias"):
+                nn.init.zeros_(param)
+            elif ".ln" not in name and not name.startswith("ln"):
+                residual_writer = name.endswith(("attn.out.weight", "fc_out.weight"))
+                nn.init.normal_(param, std=0.02 / math.sqrt(2 * cfg.n_layers) if residual_writer else 0.02)
+
+    def forward(self, tokens: Tensor, all_positions: bool = False) -> Tensor:
+        # tokens: (B, T) -> logits (B, C), or (B, T, C) with all_positions
+        x = self.hook_embed(self.embed(tokens))  # (B, T, D)
+        for block in self.blocks:
+            x = block(x)
+        return self.unembed(self.ln_final(x if all_positions else x[:, -1]))
+
+
+MODELS = {"transformer": Transformer, "mlp": OperandMLP, "gpt": GPT}
 
 
 def build_model(cfg, n_vocab: int, n_classes: int, n_ctx: int) -> nn.Module:

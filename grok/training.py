@@ -1,9 +1,13 @@
 """The training loop: full-batch (or minibatch) steps, evaluation, grokking detection, early stop.
 
 An epoch's train metrics come from that epoch's own forward pass(es), before the update, and its test
-metrics from the weights after it (seeds 003/004 record them the same way). The loss is a float64
-cross-entropy: in float32, log_softmax of confident logits rounds to multiples of ~1.2e-7, which
-gives loss spikes and bad gradients late in training (seed 001).
+metrics from the weights after it (seeds 003/004 record them the same way). The loss (grok/losses.py,
+`loss=cross_entropy|stablemax`) is computed in float64. Every `analysis.every` evaluated epochs the
+progress measures of grok/analysis.py are taken on the train set.
+
+Binary-operation tasks have one label per example, scored on the last position's logits. Sequence
+tasks (grok/sequences.py) have a label per position, IGNORE where nothing is scored: the loss is the
+mean over the scored positions, and an example is right only when all of its scored positions are.
 """
 
 import math
@@ -12,20 +16,26 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from grok.analysis import progress_measures
+from grok.losses import IGNORE, LOSSES, cross_entropy
+from grok.slurm import Preempted
+from grok.speed import for_training
+
 MEMORIZED, GROKKED = 0.99, 0.99  # accuracy thresholds for memorize_epoch and grok_epoch
+EVAL_TOKENS = 2**17  # evaluate in chunks of about this many tokens, so large test sets fit in memory
 
 
-def cross_entropy_f64(logits: Tensor, labels: Tensor) -> Tensor:
-    return F.cross_entropy(logits.to(torch.float64), labels)
+def predict(model: nn.Module, inputs: Tensor, labels: Tensor) -> Tensor:
+    """The logits the labels score: the last position's (B, C), or every position's (B, T, C)."""
+    return model(inputs, all_positions=labels.dim() == 2)
 
 
 @dataclass
 class Split:
     inputs: Tensor  # (N, T)
-    labels: Tensor  # (N,)
+    labels: Tensor  # (N,), or (N, T) for sequence tasks
     clean_labels: Optional[Tensor] = None  # (N,), noisy tasks only
 
 
@@ -56,10 +66,14 @@ class TrainState:
 
 
 def _accuracy(logits: Tensor, labels: Tensor) -> Tensor:
-    return (logits.argmax(dim=-1) == labels).to(torch.float64).mean()
+    right = logits.argmax(dim=-1) == labels
+    if labels.dim() == 2:  # a sequence is right when every scored position is
+        right = (right | (labels == IGNORE)).all(dim=1)
+    return right.to(torch.float64).mean()
 
 
-def train_epoch(model: nn.Module, split: Split, optimizer, scheduler, batch_size: Optional[int], generator) -> Dict[str, Tensor]:
+def train_epoch(model: nn.Module, split: Split, optimizer, scheduler, batch_size: Optional[int], generator,
+                loss_fn: Callable = cross_entropy) -> Dict[str, Tensor]:
     """One pass over the train split; returns loss and accuracies averaged over its examples."""
     model.train()
     n = len(split.labels)
@@ -68,8 +82,8 @@ def train_epoch(model: nn.Module, split: Split, optimizer, scheduler, batch_size
     totals: Dict[str, Tensor] = {}
     for batch in batches:
         inputs, labels = split.inputs[batch], split.labels[batch]
-        logits = model(inputs)
-        loss = cross_entropy_f64(logits, labels)
+        logits = predict(model, inputs, labels)
+        loss = loss_fn(logits, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -84,39 +98,57 @@ def train_epoch(model: nn.Module, split: Split, optimizer, scheduler, batch_size
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, split: Split) -> Dict[str, Tensor]:
+def evaluate(model: nn.Module, split: Split, loss_fn: Callable = cross_entropy) -> Dict[str, Tensor]:
+    """Loss and accuracies over the split, in chunks of EVAL_TOKENS weighted by their examples."""
     model.eval()
-    logits = model(split.inputs)
-    metrics = {"loss": cross_entropy_f64(logits, split.labels), "acc": _accuracy(logits, split.labels)}
-    if split.clean_labels is not None:
-        metrics["acc_clean"] = _accuracy(logits, split.clean_labels)
-    return metrics
+    n, chunk = len(split.labels), max(1, EVAL_TOKENS // split.inputs.shape[1])
+    totals: Dict[str, Tensor] = {}
+    for start in range(0, n, chunk):
+        part = slice(start, start + chunk)
+        labels = split.labels[part]
+        logits = predict(model, split.inputs[part], labels)
+        metrics = {"loss": loss_fn(logits, labels), "acc": _accuracy(logits, labels)}
+        if split.clean_labels is not None:
+            metrics["acc_clean"] = _accuracy(logits, split.clean_labels[part])
+        for key, value in metrics.items():
+            totals[key] = totals.get(key, 0) + len(labels) / n * value
+    return totals
 
 
-def weight_norm(model: nn.Module) -> float:
-    return torch.linalg.vector_norm(torch.stack([p.detach().norm() for p in model.parameters()])).item()
+def weight_norm(model: nn.Module) -> Tensor:
+    return torch.linalg.vector_norm(torch.stack([p.detach().norm() for p in model.parameters()]))
 
 
 def train_loop(cfg, model, optimizer, scheduler, train: Split, test: Split, state: TrainState, generator,
-               log_epoch: Callable[[Dict], None], save: Callable[[], None]) -> None:
-    """Train from state.epoch + 1 to cfg.epochs, or to the early stop; `save` writes a checkpoint."""
+               log_epoch: Callable[[Dict, Dict], None], save: Callable[[], None], preemption) -> None:
+    """Train from state.epoch + 1 to cfg.epochs, or to the early stop; `save` writes a checkpoint.
+    When `preemption.requested` turns true, the loop checkpoints the epoch it finished and raises."""
     from tqdm import tqdm
 
     bar = tqdm(total=cfg.epochs, initial=state.epoch, disable=not cfg.progress, unit="epoch", dynamic_ncols=True)
     last_postfix = 0.0
+    loss_fn = LOSSES[cfg.loss.name]
+    analyse = cfg.analysis.name != "none" and train.labels.dim() == 1  # measures for binary operations
+    trained = for_training(model, cfg.compile, next(model.parameters()).device)  # compiled where it pays
     tick = time.perf_counter()
     try:
         for epoch in range(state.epoch + 1, cfg.epochs + 1):
             lr = optimizer.param_groups[0]["lr"]
-            train_metrics = train_epoch(model, train, optimizer, scheduler, cfg.batch_size, generator)
+            train_metrics = train_epoch(trained, train, optimizer, scheduler, cfg.batch_size, generator, loss_fn)
             state.epoch = epoch
             if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-                test_metrics = evaluate(model, test)
+                test_metrics = evaluate(trained, test, loss_fn)
                 row = {"epoch": epoch}
-                row.update({f"train_{key}": value.item() for key, value in train_metrics.items()})
-                row.update({f"test_{key}": value.item() for key, value in test_metrics.items()})
-                row.update(lr=lr, weight_norm=weight_norm(model))
-                log_epoch(row)
+                names = [f"train_{key}" for key in train_metrics] + [f"test_{key}" for key in test_metrics]
+                values = [*train_metrics.values(), *test_metrics.values(), weight_norm(model)]
+                # one transfer from the device for the whole row: on a GPU each .item() would wait for it
+                *metrics, norm = torch.stack([value.double() for value in values]).tolist()
+                row.update(zip(names, metrics), lr=lr, weight_norm=norm)
+                measures = {}
+                if analyse and epoch % cfg.analysis.every == 0:
+                    measures = progress_measures(model, cfg.task.name, cfg.task.get("p"), train.inputs, train.labels,
+                                                 cfg.analysis.n_key_freqs)
+                log_epoch(row, measures)
                 if not math.isfinite(row["train_loss"]):
                     raise FloatingPointError(f"training diverged at epoch {epoch}: train_loss={row['train_loss']}")
                 state.update(row, cfg.stop)
@@ -125,13 +157,15 @@ def train_loop(cfg, model, optimizer, scheduler, train: Split, test: Split, stat
                     bar.set_postfix(train_loss=f"{row['train_loss']:.3g}", train_acc=f"{row['train_acc']:.3f}",
                                     test_loss=f"{row['test_loss']:.3g}", test_acc=f"{row['test_acc']:.3f}", refresh=False)
             bar.update()
-            if epoch % cfg.save_every == 0 or state.stopped_early:
+            if epoch % cfg.save_every == 0 or state.stopped_early or preemption.requested:
                 now = time.perf_counter()
                 state.train_seconds += now - tick
                 tick = now
                 save()
             if state.stopped_early:
                 break
+            if preemption.requested:
+                raise Preempted(f"preempted after epoch {epoch}; checkpoint saved")
     finally:
         state.train_seconds += time.perf_counter() - tick
         bar.close()

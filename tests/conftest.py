@@ -29,11 +29,12 @@ def cli_env() -> dict:
     return env
 
 
-def run_cli(args: List[str], cwd: Path, script: str = "train.py", timeout: float = 300, check: bool = False):
+def run_cli(args: List[str], cwd: Path, script: str = "train.py", timeout: float = 300, check: bool = False,
+            env: dict = None):
     """Run `python <script> args...` in `cwd` and return the CompletedProcess (text output)."""
     result = subprocess.run(
         [sys.executable, str(ROOT / script), *args],
-        cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=timeout,
+        cwd=cwd, env={**cli_env(), **(env or {})}, capture_output=True, text=True, timeout=timeout,
     )
     if check and result.returncode != 0:
         raise AssertionError(f"{script} {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
@@ -47,11 +48,13 @@ def _single_thread(monkeypatch):
     torch.set_num_threads(1)  # pytest -n 2 runs two workers on two cores
 
 
-def wandb_records(run_dir: Path) -> dict:
-    """Read a run's offline W&B files back with `wandb leet inspect` (no account, no network)."""
+def wandb_records(run_dir: Path, wandb_dir: Path = None) -> dict:
+    """Read a run's offline W&B files back with `wandb leet inspect` (no account, no network);
+    `wandb_dir` picks one segment where a resumed run has several."""
     import json
 
-    (wandb_dir,) = (run_dir / "wandb").glob("offline-run-*")
+    if wandb_dir is None:
+        (wandb_dir,) = (run_dir / "wandb").glob("offline-run-*")
     wandb_cli = str(Path(sys.executable).parent / "wandb")
     records = subprocess.run([wandb_cli, "leet", "inspect", "--json", str(wandb_dir)], capture_output=True,
                              text=True, check=True, env=cli_env()).stdout

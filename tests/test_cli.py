@@ -38,7 +38,7 @@ def test_a_divide_run_writes_every_output_and_a_wandb_run(tmp_path):
     assert [row["epoch"] for row in wandb["history"]] == list(range(1, 31)), "one history row per epoch"
     assert wandb["history"][-1]["test_acc"] == pytest.approx(summary["test_acc"])
     assert wandb["summary"]["state"] == "finished" and wandb["summary"]["exit_code"] == 0
-    assert wandb["summary"]["config"]["task"] == {"name": "divide", "p": 11}
+    assert wandb["summary"]["config"]["task"] == {"name": "divide", "p": 11, "label_noise_frac": 0.0}
     assert wandb["summary"]["summary"]["memorize_epoch"] == summary["memorize_epoch"]
     assert wandb["summary"]["summary"]["curves"]["_type"] == "image-file"
     assert wandb["run"]["run_group"] == "demo" and wandb["run"]["tags"] == ["a", "b"] and wandb["run"]["job_type"] == "train"
@@ -103,21 +103,25 @@ def test_a_crashed_run_is_marked_failed_in_wandb(tmp_path):
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
 
 
-def _wait_for(path, timeout=120):
+def _wait_until(condition, what, timeout=120):
     deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} never appeared"
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
+
+
+def _uninterrupted_and_started(args, tmp_path, run_dir):
+    """Run `args` to the end in tmp_path/uninterrupted, then start the same run into run_dir."""
+    run_cli([*args, f"hydra.run.dir={tmp_path / 'uninterrupted'}"], cwd=tmp_path, check=True)
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"],
+                            cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def test_a_killed_run_resumes_to_exactly_the_uninterrupted_result(tmp_path):
     args = ["task.p=23", "epochs=400", "save_every=100", "logger=none"]
-    run_cli([*args, f"hydra.run.dir={tmp_path / 'uninterrupted'}"], cwd=tmp_path, check=True)
-
     killed = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={killed}"],
-                               cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_for(killed / "checkpoints" / "epoch_000200.pt")
+    process = _uninterrupted_and_started(args, tmp_path, killed)
+    _wait_until((killed / "checkpoints" / "epoch_000200.pt").exists, "the epoch-200 checkpoint")
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (killed / "summary.json").exists(), "a killed run does not look finished"
@@ -151,3 +155,21 @@ def test_a_corrupt_checkpoint_is_refused_in_one_line(tmp_path):
     assert "is corrupt or unreadable" in result.stderr.strip().splitlines()[-1]
     assert "summary.json" not in [p.name for p in run_dir.iterdir()] or \
         json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
+
+
+def test_the_preemption_signal_checkpoints_the_current_epoch_and_resume_continues_exactly(tmp_path):
+    """Outside SLURM nobody requeues: the run checkpoints, then the signal's default action ends it."""
+    args = ["task.p=23", "epochs=400", "save_every=100000", "logger=none"]
+    run_dir = tmp_path / "run"
+    process = _uninterrupted_and_started(args, tmp_path, run_dir)
+    metrics = run_dir / "metrics.csv"
+    _wait_until(lambda: metrics.exists() and len(metrics.read_text().splitlines()) > 50, "50 epochs")
+    assert process.poll() is None, "still running when signalled"
+    process.send_signal(signal.SIGUSR2)
+    assert process.wait(timeout=60) == -signal.SIGUSR2
+    (checkpoint,) = (run_dir / "checkpoints").glob("epoch_*.pt")
+    assert int(checkpoint.stem[6:]) == len(metrics.read_text().splitlines()) - 1, "the last logged epoch is saved"
+    assert not (run_dir / "summary.json").exists()
+
+    run_cli([*args, "resume=true", f"hydra.run.dir={run_dir}"], cwd=tmp_path, check=True)
+    assert metrics.read_bytes() == (tmp_path / "uninterrupted" / "metrics.csv").read_bytes()

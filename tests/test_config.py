@@ -23,8 +23,10 @@ def test_defaults_reproduce_the_literature_setting():
 
 
 @pytest.mark.parametrize("group,option", [
-    ("task", t) for t in ["add", "subtract", "multiply", "divide", "x2xyy2", "random", "noisy_label"]
-] + [("model", "transformer"), ("model", "mlp"), ("optimizer", "adamw"), ("optimizer", "adam"),
+    ("task", t) for t in ["add", "subtract", "multiply", "divide", "x2xyy2", "random", "noisy_label", "x2y2",
+                          "x2xyy2x", "x3xy", "x3xy2y", "a2b", "a3b", "mix", "add_or_mul", "add_or_sub", "s5",
+                          "s5conj", "s5aba", "expr", "digit_add", "calculator"]
+] + [("model", "transformer"), ("model", "mlp"), ("model", "gpt"), ("optimizer", "adamw"), ("optimizer", "adam"),
      ("optimizer", "sgd"), ("logger", "wandb"), ("logger", "none")])
 def test_every_group_option_composes_and_validates(group, option):
     cfg = make_config([f"{group}={option}"])
@@ -69,6 +71,14 @@ BAD_VALUES = [
     (["task=noisy_label", "task.noise=-1"], "task.noise=-1: must be >= 0"),
     (["logger.mode=sometimes"], "logger.mode=sometimes: must be one of offline, online, disabled"),
     (["device=tpu"], "device=tpu: must be auto, cpu, cuda or cuda:N"),
+    (["task.label_noise_frac=1.0"], "task.label_noise_frac=1.0: must be in [0, 1)"),
+    (["task=mix", "task.p=15"], "task.p=15: task=mix needs a prime p"),
+    (["task=s5", "task.n=1"], "task.n=1: must be in 2..6 (S_n has n! elements, (n!)^2 pairs)"),
+    (["task=digit_add", "task.digits=0"], "task.digits=0: must be in 1..18"),
+    (["task=digit_add", "task.n_problems=1"], "task.n_problems=1: must be >= 2, or null for every problem"),
+    (["model=gpt", "model.d_model=12", "model.n_heads=4"],
+     "model.d_model=12: d_model / n_heads must be even for rotary positions"),
+    (["model=gpt", "model.n_layers=0"], "model.n_layers=0: must be >= 1"),
 ]
 
 

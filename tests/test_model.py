@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from grok.model import HookPoint, build_model, run_with_cache
-from grok.training import cross_entropy_f64
+from grok.losses import cross_entropy
 from tests.conftest import make_config
 
 P = 13
@@ -116,7 +116,7 @@ def test_a_hook_can_edit_an_activation():
 def test_loss_is_float64_cross_entropy():
     logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
     labels = torch.tensor([0, 2])
-    loss = cross_entropy_f64(logits, labels)
+    loss = cross_entropy(logits, labels)
     assert loss.dtype == torch.float64
     by_hand = [-(row[y] - math.log(sum(math.exp(v) for v in row))) for row, y in zip(logits.tolist(), labels.tolist())]
     assert loss.item() == pytest.approx(sum(by_hand) / 2, rel=1e-12)
@@ -126,4 +126,4 @@ def test_float64_loss_resolves_what_float32_rounds_to_zero():
     confident = torch.tensor([[30.0, 0.0, 0.0]])  # true loss ~ 2 * e^-30 ~ 1.9e-13
     label = torch.tensor([0])
     assert F.cross_entropy(confident, label).item() == 0.0
-    assert cross_entropy_f64(confident, label).item() == pytest.approx(2 * math.exp(-30), rel=1e-6)
+    assert cross_entropy(confident, label).item() == pytest.approx(2 * math.exp(-30), rel=1e-6)

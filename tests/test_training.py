@@ -112,7 +112,7 @@ def test_checkpoints_every_save_every_and_at_the_end_with_full_state(tmp_path):
     assert names == ["epoch_000010.pt", "epoch_000020.pt", "epoch_000025.pt", "last.pt"]
     checkpoint = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert checkpoint["state"]["epoch"] == 25
-    assert checkpoint["config"]["task"] == {"name": "add", "p": 11}
+    assert checkpoint["config"]["task"] == {"name": "add", "p": 11, "label_noise_frac": 0.0}
     assert {"model", "optimizer", "scheduler", "rng"} <= set(checkpoint)
     assert checkpoint["scheduler"]["last_epoch"] == 25
 
@@ -124,3 +124,19 @@ def test_a_diverging_run_fails_and_says_so(tmp_path):
 
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "failed" and "diverged" in summary["error"]
+
+
+def test_uniform_label_noise_records_clean_label_accuracy_and_keeps_test_labels_clean(tmp_path):
+    _, out = train(tmp_path, "task.p=13", "task.label_noise_frac=0.5", "epochs=30")
+    rows = read_rows(out)
+    assert {"train_acc_clean", "test_acc_clean"} <= set(rows[0])
+    assert all(r["test_acc"] == r["test_acc_clean"] for r in rows), "only training labels are noised"
+    assert any(r["train_acc"] != r["train_acc_clean"] for r in rows)
+
+
+@pytest.mark.parametrize("model", ["gpt", "transformer"])
+def test_a_sequence_task_trains_and_records_exact_match_accuracy(tmp_path, model):
+    summary, out = train(tmp_path, "task=calculator", "task.digits=1", f"model={model}", "model.d_model=32",
+                         "model.d_mlp=64", "epochs=3", "batch_size=64")
+    assert summary["status"] == "completed" and summary["n_train"] + summary["n_test"] == 4 * 100 - 10
+    assert list(read_rows(out)[0]) == ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "weight_norm"]
