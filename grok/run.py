@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from grok.checkpoint import load_checkpoint, save_checkpoint
-from grok.config import ConfigError, validate
+from grok.config import ConfigError, ProgressAnalysisConfig, validate
 from grok.analysis import embedding_spectrum, key_frequencies
 from grok.loggers import Loggers, WandbLogger, read_metrics
 from grok.model import build_model
@@ -139,7 +139,7 @@ def _run(cfg: DictConfig, out_dir: Path, run_name: str, preemption: PreemptionFl
         spectrum = embedding_spectrum(model, cfg.task.get("p"))
         if spectrum is not None:
             images["fourier_spectrum"] = run_dir / "fourier_spectrum.png"
-            n_key = cfg.analysis.get("n_key_freqs", 5)
+            n_key = cfg.analysis.get("n_key_freqs", ProgressAnalysisConfig.n_key_freqs)
             plot_fourier_spectrum(spectrum.tolist(), key_frequencies(spectrum, n_key), images["fourier_spectrum"])
         final = {key: value for key, value in rows[-1].items() if key != "epoch"}
         summary = {

@@ -72,6 +72,13 @@ def _accuracy(logits: Tensor, labels: Tensor) -> Tensor:
     return right.to(torch.float64).mean()
 
 
+def _metrics(loss: Tensor, logits: Tensor, labels: Tensor, clean_labels: Optional[Tensor]) -> Dict[str, Tensor]:
+    metrics = {"loss": loss, "acc": _accuracy(logits, labels)}
+    if clean_labels is not None:
+        metrics["acc_clean"] = _accuracy(logits, clean_labels)
+    return metrics
+
+
 def train_epoch(model: nn.Module, split: Split, optimizer, scheduler, batch_size: Optional[int], generator,
                 loss_fn: Callable = cross_entropy) -> Dict[str, Tensor]:
     """One pass over the train split; returns loss and accuracies averaged over its examples."""
@@ -89,9 +96,8 @@ def train_epoch(model: nn.Module, split: Split, optimizer, scheduler, batch_size
         optimizer.step()
         scheduler.step()
         weight = len(labels) / n
-        metrics = {"loss": loss.detach(), "acc": _accuracy(logits.detach(), labels)}
-        if split.clean_labels is not None:
-            metrics["acc_clean"] = _accuracy(logits.detach(), split.clean_labels[batch])
+        clean = None if split.clean_labels is None else split.clean_labels[batch]
+        metrics = _metrics(loss.detach(), logits.detach(), labels, clean)
         for key, value in metrics.items():
             totals[key] = totals.get(key, 0) + weight * value
     return totals
@@ -107,9 +113,8 @@ def evaluate(model: nn.Module, split: Split, loss_fn: Callable = cross_entropy) 
         part = slice(start, start + chunk)
         labels = split.labels[part]
         logits = predict(model, split.inputs[part], labels)
-        metrics = {"loss": loss_fn(logits, labels), "acc": _accuracy(logits, labels)}
-        if split.clean_labels is not None:
-            metrics["acc_clean"] = _accuracy(logits, split.clean_labels[part])
+        clean = None if split.clean_labels is None else split.clean_labels[part]
+        metrics = _metrics(loss_fn(logits, labels), logits, labels, clean)
         for key, value in metrics.items():
             totals[key] = totals.get(key, 0) + len(labels) / n * value
     return totals
