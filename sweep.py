@@ -1,6 +1,6 @@
 """Sweeps as one command (README.md, "Sweeps"):
 
-    python sweep.py NAME [overrides...] [--jobs N]       run conf/sweep/NAME.yaml, then summarize it
+    python sweep.py NAME [overrides...] [--jobs N | --batched]   run conf/sweep/NAME.yaml, then summarize it
     python sweep.py summarize SWEEP_DIR [--no-wandb]     sweep_summary.csv, figures, table, W&B summary run
     python sweep.py wandb NAME [overrides...] [--agent]  the equivalent W&B sweep (YAML); --agent runs it
 
@@ -46,6 +46,8 @@ def main(argv) -> int:
             parser.add_argument("--out", type=Path, help="where to write the YAML (default: outputs/sweeps/NAME/wandb_sweep.yaml)")
         else:
             parser.add_argument("--jobs", type=int, help="run N jobs at once (hydra/launcher=joblib)")
+            parser.add_argument("--batched", action="store_true",
+                                help="train the jobs together in this process, as stacked models (hydra/launcher=batched)")
         args = parser.parse_intermixed_args(argv[1:] if command == "wandb" else argv)
     try:
         if command == "summarize":
@@ -63,7 +65,9 @@ def main(argv) -> int:
 
         if args.jobs is not None and args.jobs < 1:
             raise SweepError(f"--jobs={args.jobs}: must be >= 1")
-        sweep_dir, returncode = run_sweep(args.name, args.overrides, args.jobs)
+        if args.jobs is not None and args.batched:
+            raise SweepError("--jobs and --batched: choose one (a batched sweep runs in one process)")
+        sweep_dir, returncode = run_sweep(args.name, args.overrides, args.jobs, args.batched)
         status = _summarize(sweep_dir, log_wandb=True)
         if returncode != 0 and status == 0:
             print(f"error: train.py exited with {returncode}; see {sweep_dir / 'multirun.log'}", file=sys.stderr)

@@ -77,6 +77,7 @@ class WandbLogger:
             id=run_id,
             name=run_name,
             resume="allow",
+            reinit="create_new",  # a batched sweep (grok/batched.py) holds one run per job in one process
             config=config,
             settings=wandb.Settings(console="off", silent=True, x_disable_stats=True, disable_git=True),
         )

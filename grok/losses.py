@@ -26,10 +26,11 @@ def stablemax(logits: Tensor) -> Tensor:
 
 
 def stablemax_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    # a mask, not boolean indexing: torch.vmap (grok/batched.py) needs shapes that do not depend on values
     logits, labels = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
     kept = labels != IGNORE
-    probs = stablemax(logits[kept])
-    return -probs.gather(-1, labels[kept][:, None]).log().mean()
+    picked = stablemax(logits).gather(-1, labels.clamp(min=0)[:, None])[:, 0]
+    return -torch.where(kept, picked.log(), 0).sum() / kept.sum()
 
 
 LOSSES = {"cross_entropy": cross_entropy, "stablemax": stablemax_cross_entropy}

@@ -9,7 +9,7 @@ import json
 import os
 import time
 import traceback
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -23,8 +23,7 @@ from grok.loggers import Loggers, WandbLogger, read_metrics
 from grok.model import build_model
 from grok.optim import build_optimizer
 from grok.plots import plot_curves, plot_fourier_spectrum, plot_progress
-from grok.slurm import (Preempted, PreemptionFlag, checkpoint_on_preemption, requeued_checkpoint, slurm_cpus,
-                        stable_run_id)
+from grok.slurm import Preempted, checkpoint_on_preemption, requeued_checkpoint, slurm_cpus, stable_run_id
 from grok.speed import keep_freed_memory
 from grok.tasks import make_dataset
 from grok.training import Split, TrainState, train_loop
@@ -64,113 +63,150 @@ def _check_same_experiment(cfg: DictConfig, saved: Dict[str, Any]) -> None:
             raise ConfigError(f"resume: {key}={current[key]} differs from the checkpoint's {key}={saved.get(key)}")
 
 
+@dataclass
+class Experiment:
+    """One run's live parts: what the training loop (grok/training.py) reads and updates, and where
+    it writes. grok/batched.py trains several of them together; each keeps its own."""
+
+    cfg: DictConfig
+    run_dir: Path
+    device: torch.device
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    generator: torch.Generator  # minibatch order
+    train: Split
+    test: Split
+    state: TrainState
+    loggers: Loggers
+    started: float  # perf_counter() when the run began
+    startup_seconds: Optional[float]  # imports, Hydra, data, model, W&B: everything before the first epoch
+
+    def save(self) -> None:
+        cuda = self.device.type == "cuda"
+        save_checkpoint(self.run_dir / "checkpoints", self.state.epoch, {
+            # clone: a batched run's parameters are views into its batch's stacked tensors (grok/batched.py)
+            "model": {key: value.clone() for key, value in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "state": asdict(self.state),
+            "rng": {"torch": torch.get_rng_state(), "batches": self.generator.get_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if cuda else []},
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+        })
+
+
 def run(cfg: DictConfig, out_dir: Path, run_name: str = "run") -> Dict[str, Any]:
     """Run one experiment; return its summary. Failures write a 'failed' summary, then re-raise;
     a preempted run checkpoints, closes its loggers and hands the signal on (grok/slurm.py)."""
-    with checkpoint_on_preemption() as preemption:
-        return _run(cfg, out_dir, run_name, preemption)
-
-
-def _run(cfg: DictConfig, out_dir: Path, run_name: str, preemption: PreemptionFlag) -> Dict[str, Any]:
     started = time.perf_counter()
+    experiment = None
+    with checkpoint_on_preemption() as preemption:
+        try:
+            experiment = start(cfg, out_dir, run_name, started)
+            train_loop(experiment, preemption)
+            return finish(experiment)
+        except BaseException as error:
+            record_failure(error, cfg, out_dir, experiment)
+            raise
+
+
+def start(cfg: DictConfig, out_dir: Path, run_name: str, started: float) -> Experiment:
+    """Everything before the first epoch: validation, data, model, optimizer, checkpoint, loggers."""
     run_dir = Path(cfg.resume) if isinstance(cfg.resume, str) else out_dir
-    loggers: Optional[Loggers] = None
-    try:
-        validate(cfg)
-        threads = cfg.threads or slurm_cpus()
-        if threads is not None:  # set per job: jobs sharing a joblib worker set their own
-            torch.set_num_threads(threads)
-        resume = bool(cfg.resume) or requeued_checkpoint(run_dir)
-        checkpoint = load_checkpoint(run_dir) if resume else None
-        if checkpoint is not None:
-            _check_same_experiment(cfg, checkpoint["config"])
-            (run_dir / "summary.json").unlink(missing_ok=True)  # the run is no longer finished
-        device = resolve_device(cfg.device)
-        keep_freed_memory()  # no page faults on every epoch's activations (grok/speed.py)
+    validate(cfg)
+    threads = cfg.threads or slurm_cpus()
+    if threads is not None:  # set per job: jobs sharing a joblib worker set their own
+        torch.set_num_threads(threads)
+    resume = bool(cfg.resume) or requeued_checkpoint(run_dir)
+    checkpoint = load_checkpoint(run_dir) if resume else None
+    if checkpoint is not None:
+        _check_same_experiment(cfg, checkpoint["config"])
+        (run_dir / "summary.json").unlink(missing_ok=True)  # the run is no longer finished
+    device = resolve_device(cfg.device)
+    keep_freed_memory()  # no page faults on every epoch's activations (grok/speed.py)
 
-        data = make_dataset(cfg.task, cfg.train_frac, cfg.data_seed)
-        clean = data.clean_labels
-        to_split = lambda idx: Split(data.inputs[idx].to(device), data.labels[idx].to(device),
-                                     None if clean is None else clean[idx].to(device))
-        train, test = to_split(data.train_idx), to_split(data.test_idx)
+    data = make_dataset(cfg.task, cfg.train_frac, cfg.data_seed)
+    clean = data.clean_labels
+    to_split = lambda idx: Split(data.inputs[idx].to(device), data.labels[idx].to(device),
+                                 None if clean is None else clean[idx].to(device))
+    train, test = to_split(data.train_idx), to_split(data.test_idx)
 
-        torch.manual_seed(cfg.seed)
-        model = build_model(cfg.model, data.n_vocab, data.n_classes, data.inputs.shape[1]).to(device)
-        optimizer, scheduler = build_optimizer(cfg.optimizer, model.parameters())
-        generator = torch.Generator().manual_seed(cfg.seed)  # minibatch order
-        state = TrainState(wandb_run_id=stable_run_id())
-        if checkpoint is not None:
-            model.load_state_dict(checkpoint["model"])
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            scheduler.load_state_dict(checkpoint["scheduler"])
-            state = TrainState(**checkpoint["state"])
-            torch.set_rng_state(checkpoint["rng"]["torch"])
-            generator.set_state(checkpoint["rng"]["batches"])
-            if device.type == "cuda" and checkpoint["rng"]["cuda"]:
-                torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, data.n_vocab, data.n_classes, data.inputs.shape[1]).to(device)
+    optimizer, scheduler = build_optimizer(cfg.optimizer, model.parameters())
+    generator = torch.Generator().manual_seed(cfg.seed)
+    state = TrainState(wandb_run_id=stable_run_id())
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        state = TrainState(**checkpoint["state"])
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        generator.set_state(checkpoint["rng"]["batches"])
+        if device.type == "cuda" and checkpoint["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
 
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    wandb = None
+    if cfg.logger.name == "wandb":
         config = OmegaConf.to_container(cfg, resolve=True)
-        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-        wandb = WandbLogger(cfg.logger, config, run_dir, state.wandb_run_id, run_name) if cfg.logger.name == "wandb" else None
-        loggers = Loggers(run_dir, state.epoch if checkpoint else None, wandb)
+        wandb = WandbLogger(cfg.logger, config, run_dir, state.wandb_run_id, run_name)
+    loggers = Loggers(run_dir, state.epoch if checkpoint else None, wandb)
+    return Experiment(cfg, run_dir, device, model, optimizer, scheduler, generator, train, test, state, loggers,
+                      started, process_age())
 
-        def save() -> None:
-            save_checkpoint(run_dir / "checkpoints", state.epoch, {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "state": asdict(state),
-                "rng": {"torch": torch.get_rng_state(), "batches": generator.get_state(),
-                        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
-                "config": config,
-            })
 
-        startup_seconds = process_age()  # imports, Hydra, data, model, W&B: everything before the first epoch
-        train_loop(cfg, model, optimizer, scheduler, train, test, state, generator, loggers.log_epoch, save, preemption)
-        if state.epoch % cfg.save_every != 0 and not state.stopped_early:
-            save()  # the final checkpoint; the loop already saved on a round epoch or an early stop
+def finish(experiment: Experiment) -> Dict[str, Any]:
+    """After the last epoch: the final checkpoint, the figures, summary.json; returns the summary."""
+    cfg, state, run_dir, model = experiment.cfg, experiment.state, experiment.run_dir, experiment.model
+    if state.epoch % cfg.save_every != 0 and not state.stopped_early:
+        experiment.save()  # the final checkpoint; the loop already saved on a round epoch or an early stop
 
-        rows = read_metrics(run_dir / "metrics.csv")
-        images = {"curves": run_dir / "curves.png"}
-        plot_curves(rows, state.memorize_epoch, state.grok_epoch, images["curves"])
-        if (run_dir / "analysis.csv").exists():
-            images["progress"] = run_dir / "progress.png"
-            plot_progress(rows, read_metrics(run_dir / "analysis.csv"), images["progress"])
-        spectrum = embedding_spectrum(model, cfg.task.get("p"))
-        if spectrum is not None:
-            images["fourier_spectrum"] = run_dir / "fourier_spectrum.png"
-            n_key = cfg.analysis.get("n_key_freqs", ProgressAnalysisConfig.n_key_freqs)
-            plot_fourier_spectrum(spectrum.tolist(), key_frequencies(spectrum, n_key), images["fourier_spectrum"])
-        final = {key: value for key, value in rows[-1].items() if key != "epoch"}
-        summary = {
-            "status": "completed",
-            "memorize_epoch": state.memorize_epoch,
-            "grok_epoch": state.grok_epoch,
-            "epochs": state.epoch,
-            "stopped_early": state.stopped_early,
-            **final,
-            "n_train": len(train.labels),
-            "n_test": len(test.labels),
-            "n_params": sum(p.numel() for p in model.parameters()),
-            "device": str(device),
-            "threads": torch.get_num_threads(),
-            "train_seconds": state.train_seconds,
-            "wall_seconds": time.perf_counter() - started,
-            "startup_seconds": startup_seconds,
-            "epochs_per_second": state.epoch / max(state.train_seconds, 1e-9),
-            "wandb_run_id": state.wandb_run_id if cfg.logger.name == "wandb" else None,
-        }
-        loggers.log_summary(summary, images)
-        loggers.finish(False)
-        write_json(run_dir / "summary.json", summary)
-        return summary
-    except Preempted:
-        loggers.finish(False)  # the requeued job resumes this W&B run under the same id
-        raise
-    except BaseException as error:
-        if loggers is not None:
-            loggers.finish(True)
-        reason = str(error) if isinstance(error, ConfigError) else traceback.format_exc(limit=-3).strip()
-        target = run_dir if run_dir.is_dir() and not isinstance(error, ConfigError) else out_dir
-        write_json(target / "summary.json", {"status": "failed", "error": reason, "error_type": type(error).__name__})
-        raise
+    rows = read_metrics(run_dir / "metrics.csv")
+    images = {"curves": run_dir / "curves.png"}
+    plot_curves(rows, state.memorize_epoch, state.grok_epoch, images["curves"])
+    if (run_dir / "analysis.csv").exists():
+        images["progress"] = run_dir / "progress.png"
+        plot_progress(rows, read_metrics(run_dir / "analysis.csv"), images["progress"])
+    spectrum = embedding_spectrum(model, cfg.task.get("p"))
+    if spectrum is not None:
+        images["fourier_spectrum"] = run_dir / "fourier_spectrum.png"
+        n_key = cfg.analysis.get("n_key_freqs", ProgressAnalysisConfig.n_key_freqs)
+        plot_fourier_spectrum(spectrum.tolist(), key_frequencies(spectrum, n_key), images["fourier_spectrum"])
+    final = {key: value for key, value in rows[-1].items() if key != "epoch"}
+    summary = {
+        "status": "completed",
+        "memorize_epoch": state.memorize_epoch,
+        "grok_epoch": state.grok_epoch,
+        "epochs": state.epoch,
+        "stopped_early": state.stopped_early,
+        **final,
+        "n_train": len(experiment.train.labels),
+        "n_test": len(experiment.test.labels),
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "device": str(experiment.device),
+        "threads": torch.get_num_threads(),
+        "train_seconds": state.train_seconds,
+        "wall_seconds": time.perf_counter() - experiment.started,
+        "startup_seconds": experiment.startup_seconds,
+        "epochs_per_second": state.epoch / max(state.train_seconds, 1e-9),
+        "wandb_run_id": state.wandb_run_id if cfg.logger.name == "wandb" else None,
+    }
+    experiment.loggers.log_summary(summary, images)
+    experiment.loggers.finish(False)
+    write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def record_failure(error: BaseException, cfg: DictConfig, out_dir: Path, experiment: Optional[Experiment]) -> None:
+    """A run that stops without finishing: a preempted one closes its loggers (the requeued job
+    resumes its W&B run under the same id); any other writes a 'failed' summary.json."""
+    if experiment is not None:
+        experiment.loggers.finish(not isinstance(error, Preempted))
+    if isinstance(error, Preempted):
+        return
+    run_dir = Path(cfg.resume) if isinstance(cfg.resume, str) else out_dir
+    reason = str(error) if isinstance(error, ConfigError) else traceback.format_exc(limit=-3).strip()
+    target = run_dir if run_dir.is_dir() and not isinstance(error, ConfigError) else out_dir
+    write_json(target / "summary.json", {"status": "failed", "error": reason, "error_type": type(error).__name__})

@@ -135,10 +135,12 @@ def job_dirs(sweep_dir: Path) -> List[Path]:
     return sorted(found, key=lambda path: (not path.name.isdigit(), int(path.name) if path.name.isdigit() else 0, path.name))
 
 
-def run_sweep(name: str, overrides: Sequence[str], jobs: Optional[int] = None) -> Tuple[Path, int]:
+def run_sweep(name: str, overrides: Sequence[str], jobs: Optional[int] = None,
+              batched: bool = False) -> Tuple[Path, int]:
     """Run `train.py -m +sweep=NAME overrides` in a subprocess, with a progress bar over the whole
     sweep read from the job dirs; Hydra's own output goes to <sweep dir>/multirun.log.
     `jobs`: run that many at once through hydra/launcher=joblib, each with cores // jobs threads.
+    `batched`: train them together in one process (hydra/launcher=batched, grok/batched.py).
     Returns the sweep dir and train.py's exit status; raises SweepError if no job ran at all."""
     from tqdm import tqdm
 
@@ -152,6 +154,8 @@ def run_sweep(name: str, overrides: Sequence[str], jobs: Optional[int] = None) -
     if jobs is not None:
         args += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"]
         args += [] if "threads" in keys else [f"threads={max(1, (os.cpu_count() or 1) // jobs)}"]
+    if batched:
+        args += ["hydra/launcher=batched"]
     sweep_dir.mkdir(parents=True, exist_ok=True)
     log_path = sweep_dir / "multirun.log"
     print(f"sweep {name}: {total} jobs in {sweep_dir}", flush=True)

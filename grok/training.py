@@ -65,11 +65,14 @@ class TrainState:
         self.stopped_early = hit and self.stop_streak >= stop_cfg.patience
 
 
-def _accuracy(logits: Tensor, labels: Tensor) -> Tensor:
+def correct(logits: Tensor, labels: Tensor, sequences: bool) -> Tensor:
+    """Per example: whether its prediction is right; a sequence is right when every scored position is."""
     right = logits.argmax(dim=-1) == labels
-    if labels.dim() == 2:  # a sequence is right when every scored position is
-        right = (right | (labels == IGNORE)).all(dim=1)
-    return right.to(torch.float64).mean()
+    return (right | (labels == IGNORE)).all(dim=-1) if sequences else right
+
+
+def _accuracy(logits: Tensor, labels: Tensor) -> Tensor:
+    return correct(logits, labels, labels.dim() == 2).to(torch.float64).mean()
 
 
 def _metrics(loss: Tensor, logits: Tensor, labels: Tensor, clean_labels: Optional[Tensor]) -> Dict[str, Tensor]:
@@ -124,53 +127,67 @@ def weight_norm(model: nn.Module) -> Tensor:
     return torch.linalg.vector_norm(torch.stack([p.detach().norm() for p in model.parameters()]))
 
 
-def train_loop(cfg, model, optimizer, scheduler, train: Split, test: Split, state: TrainState, generator,
-               log_epoch: Callable[[Dict, Dict], None], save: Callable[[], None], preemption) -> None:
-    """Train from state.epoch + 1 to cfg.epochs, or to the early stop; `save` writes a checkpoint.
+def evaluation_due(cfg, epoch: int) -> bool:
+    return epoch % cfg.eval_every == 0 or epoch == cfg.epochs
+
+
+def close_epoch(run, epoch: int, lr: float, seconds: float, train_metrics: Dict[str, Tensor],
+                test_metrics: Optional[Dict[str, Tensor]], preemption) -> Optional[Dict[str, float]]:
+    """Everything after an epoch's step and test pass, for one run (grok/run.py's Experiment): its row
+    and progress measures to the loggers, grokking detection, checkpoint, early stop, preemption.
+    Returns the logged row (None when the epoch was not evaluated); raises on divergence."""
+    cfg, state = run.cfg, run.state
+    state.epoch, row = epoch, None
+    state.train_seconds += seconds
+    if test_metrics is not None:
+        row = {"epoch": epoch}
+        names = [f"train_{key}" for key in train_metrics] + [f"test_{key}" for key in test_metrics]
+        values = [*train_metrics.values(), *test_metrics.values(), weight_norm(run.model)]
+        # one transfer from the device for the whole row: on a GPU each .item() would wait for it
+        *metrics, norm = torch.stack([value.double() for value in values]).tolist()
+        row.update(zip(names, metrics), lr=lr, weight_norm=norm)
+        measures = {}
+        binary = run.train.labels.dim() == 1  # the measures are for binary operations
+        if cfg.analysis.name != "none" and binary and epoch % cfg.analysis.every == 0:
+            measures = progress_measures(run.model, cfg.task.name, cfg.task.get("p"), run.train.inputs,
+                                         run.train.labels, cfg.analysis.n_key_freqs)
+        run.loggers.log_epoch(row, measures)
+        if not math.isfinite(row["train_loss"]):
+            raise FloatingPointError(f"training diverged at epoch {epoch}: train_loss={row['train_loss']}")
+        state.update(row, cfg.stop)
+    if epoch % cfg.save_every == 0 or state.stopped_early or preemption.requested:
+        run.save()
+    if preemption.requested:
+        raise Preempted(f"preempted after epoch {epoch}; checkpoint saved")
+    return row
+
+
+def train_loop(run, preemption) -> None:
+    """Train `run` (grok/run.py's Experiment) from state.epoch + 1 to cfg.epochs, or to the early stop.
     When `preemption.requested` turns true, the loop checkpoints the epoch it finished and raises."""
     from tqdm import tqdm
 
+    cfg, state = run.cfg, run.state
     bar = tqdm(total=cfg.epochs, initial=state.epoch, disable=not cfg.progress, unit="epoch", dynamic_ncols=True)
     last_postfix = 0.0
     loss_fn = LOSSES[cfg.loss.name]
-    analyse = cfg.analysis.name != "none" and train.labels.dim() == 1  # measures for binary operations
-    trained = for_training(model, cfg.compile, next(model.parameters()).device)  # compiled where it pays
+    trained = for_training(run.model, cfg.compile, next(run.model.parameters()).device)  # compiled where it pays
     tick = time.perf_counter()
     try:
         for epoch in range(state.epoch + 1, cfg.epochs + 1):
-            lr = optimizer.param_groups[0]["lr"]
-            train_metrics = train_epoch(trained, train, optimizer, scheduler, cfg.batch_size, generator, loss_fn)
-            state.epoch = epoch
-            if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-                test_metrics = evaluate(trained, test, loss_fn)
-                row = {"epoch": epoch}
-                names = [f"train_{key}" for key in train_metrics] + [f"test_{key}" for key in test_metrics]
-                values = [*train_metrics.values(), *test_metrics.values(), weight_norm(model)]
-                # one transfer from the device for the whole row: on a GPU each .item() would wait for it
-                *metrics, norm = torch.stack([value.double() for value in values]).tolist()
-                row.update(zip(names, metrics), lr=lr, weight_norm=norm)
-                measures = {}
-                if analyse and epoch % cfg.analysis.every == 0:
-                    measures = progress_measures(model, cfg.task.name, cfg.task.get("p"), train.inputs, train.labels,
-                                                 cfg.analysis.n_key_freqs)
-                log_epoch(row, measures)
-                if not math.isfinite(row["train_loss"]):
-                    raise FloatingPointError(f"training diverged at epoch {epoch}: train_loss={row['train_loss']}")
-                state.update(row, cfg.stop)
-                if time.perf_counter() - last_postfix > 0.5:
-                    last_postfix = time.perf_counter()
-                    bar.set_postfix(train_loss=f"{row['train_loss']:.3g}", train_acc=f"{row['train_acc']:.3f}",
-                                    test_loss=f"{row['test_loss']:.3g}", test_acc=f"{row['test_acc']:.3f}", refresh=False)
+            lr = run.optimizer.param_groups[0]["lr"]
+            train_metrics = train_epoch(trained, run.train, run.optimizer, run.scheduler, cfg.batch_size,
+                                        run.generator, loss_fn)
+            test_metrics = evaluate(trained, run.test, loss_fn) if evaluation_due(cfg, epoch) else None
+            now = time.perf_counter()
+            row = close_epoch(run, epoch, lr, now - tick, train_metrics, test_metrics, preemption)
+            tick = now
+            if row is not None and time.perf_counter() - last_postfix > 0.5:
+                last_postfix = time.perf_counter()
+                bar.set_postfix(train_loss=f"{row['train_loss']:.3g}", train_acc=f"{row['train_acc']:.3f}",
+                                test_loss=f"{row['test_loss']:.3g}", test_acc=f"{row['test_acc']:.3f}", refresh=False)
             bar.update()
-            if epoch % cfg.save_every == 0 or state.stopped_early or preemption.requested:
-                now = time.perf_counter()
-                state.train_seconds += now - tick
-                tick = now
-                save()
             if state.stopped_early:
                 break
-            if preemption.requested:
-                raise Preempted(f"preempted after epoch {epoch}; checkpoint saved")
     finally:
-        state.train_seconds += time.perf_counter() - tick
         bar.close()

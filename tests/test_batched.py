@@ -1,0 +1,257 @@
+"""Batched sweeps (grok/batched.py, hydra/launcher=batched): runs that share shapes train together as
+one stacked model, and each still ends exactly as it would alone: its own split, labels and noise,
+its own steps, stopping, output directory, metrics.csv, checkpoint, W&B run and summary.json."""
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from grok import batched
+from grok.batched import Batch, Job, Member, run_batched, train_together
+from grok.loggers import read_metrics
+from grok.losses import IGNORE
+from grok.run import start, finish
+from grok.slurm import Preempted, PreemptionFlag
+from grok.tasks import make_dataset
+from grok.training import train_loop
+from tests.conftest import make_config, run_cli, wandb_records
+
+SMALL = ["task=noisy_label", "task.p=31", "model.d_model=32", "model.d_mlp=128", "optimizer.lr=3e-3", "logger=none", "progress=false",
+         "analysis=none", "epochs=200", "save_every=1000"]
+# Members of one batch: they differ in every key a sweep varies; all with label noise (0: clean labels)
+MEMBERS = [
+    ["task.noise=0", "train_frac=0.5", "stop.test_acc=0.25"],  # stops early
+    ["task.noise=0", "train_frac=0.3", "optimizer.weight_decay=0.3", "seed=1"],
+    ["task.noise=2", "train_frac=0.7", "data_seed=2", "optimizer.grokfast=ema"],
+    ["task.noise=4", "train_frac=0.5", "optimizer.orthograd=true", "optimizer.lr=1e-3"],
+    ["task.noise=2", "train_frac=0.6", "seed=2"],
+]
+PLAIN = SMALL[1:]  # (a + b) mod 31, no noise
+METRICS = ["train_loss", "train_acc", "train_acc_clean", "test_loss", "test_acc", "test_acc_clean", "weight_norm"]
+
+
+def experiments(root: Path, tag: str, dtype: torch.dtype, extra=()):
+    found = []
+    for i, overrides in enumerate(MEMBERS):
+        out_dir = root / f"{tag}{i}"
+        out_dir.mkdir(parents=True)
+        experiment = start(make_config(SMALL + overrides + list(extra)), out_dir, f"{tag}{i}", time.perf_counter())
+        experiment.model.to(dtype)  # the same Parameter objects: the optimizer built in start() still holds them
+        found.append(experiment)
+    return found
+
+
+def trajectories(root: Path, tag: str):
+    return [torch.tensor([[row[key] for key in METRICS] for row in read_metrics(root / f"{tag}{i}" / "metrics.csv")],
+                         dtype=torch.float64) for i in range(len(MEMBERS))]
+
+
+@pytest.fixture(scope="module")
+def batched_and_alone(tmp_path_factory):
+    """200 epochs of MEMBERS, trained together and one by one, in float64 (exact math) and float32."""
+    torch.set_num_threads(1)  # module fixtures run before conftest's per-test setting
+    root = tmp_path_factory.mktemp("batched")
+    for dtype, name in ((torch.float64, "64"), (torch.float32, "32")):
+        together = experiments(root, f"batched{name}_", dtype)
+        train_together([Member(i, e) for i, e in enumerate(together)], PreemptionFlag())
+        for experiment in experiments(root, f"alone{name}_", dtype):
+            train_loop(experiment, PreemptionFlag())
+            finish(experiment)
+    return root
+
+
+def test_in_float64_each_member_takes_the_steps_it_takes_alone(batched_and_alone):
+    together, alone = trajectories(batched_and_alone, "batched64_"), trajectories(batched_and_alone, "alone64_")
+    for i, (a, b) in enumerate(zip(together, alone)):
+        assert a.shape == b.shape, f"member {i}: as many epochs as alone"
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12), f"member {i}"
+    assert len(alone[0]) < 200 == len(alone[1]), "the early stopper left the batch; the others went on"
+    assert alone[1][-1, METRICS.index("train_acc")] > 0.9, "and they learned"
+
+
+def test_in_float32_members_stray_from_exact_math_no_more_than_runs_alone(batched_and_alone):
+    exact = trajectories(batched_and_alone, "alone64_")
+    together, alone = trajectories(batched_and_alone, "batched32_"), trajectories(batched_and_alone, "alone32_")
+    is_loss = torch.tensor(["loss" in key or "norm" in key for key in METRICS])
+    for i in range(len(MEMBERS)):
+        n = min(len(exact[i]), len(together[i]), len(alone[i]))  # an early stop may come an epoch sooner or later
+
+        def error(run):  # over the epochs: relative for losses and the weight norm, absolute for accuracies
+            absolute = (run[:n] - exact[i][:n]).abs().max(dim=0).values
+            return torch.where(is_loss, (absolute / exact[i][:n].abs().min(dim=0).values.clamp_min(1e-12)), absolute)
+
+        # float32 rounding grows over training; a run alone sets the tolerance, give or take 3 examples
+        n_examples = json.loads((batched_and_alone / f"alone32_{i}" / "summary.json").read_text())["n_train"]
+        slack = torch.where(is_loss, 1e-5, 3 / n_examples)
+        assert (error(together[i]) <= 3 * error(alone[i]) + slack).all(), (i, error(together[i]), error(alone[i]))
+
+
+def test_members_end_as_runs_alone_end(batched_and_alone):
+    for i in range(len(MEMBERS)):
+        together = json.loads((batched_and_alone / f"batched64_{i}" / "summary.json").read_text())
+        alone = json.loads((batched_and_alone / f"alone64_{i}" / "summary.json").read_text())
+        for key in ("status", "memorize_epoch", "grok_epoch", "epochs", "stopped_early", "n_train", "n_test", "n_params"):
+            assert together[key] == alone[key], (i, key)
+        files = {path.name for path in (batched_and_alone / f"batched64_{i}").iterdir()}
+        assert {"config.yaml", "metrics.csv", "checkpoints", "curves.png", "summary.json"} <= files
+
+
+def test_each_member_trains_on_its_own_split_labels_and_noise(tmp_path):
+    together = experiments(tmp_path, "m", torch.float32)
+    batch = Batch(together)
+    try:
+        for k, (overrides, experiment) in enumerate(zip(MEMBERS, together)):
+            cfg = make_config(SMALL + overrides)
+            data = make_dataset(cfg.task, cfg.train_frac, cfg.data_seed)  # what a run alone trains on
+            n = len(data.train_idx)
+            assert torch.equal(batch.train["inputs"][k, :n], data.inputs[data.train_idx])
+            assert torch.equal(batch.train["labels"][k, :n], data.labels[data.train_idx])
+            assert (batch.train["labels"][k, n:] == IGNORE).all(), "padding is never scored"
+            assert torch.equal(batch.test["labels"][k, : len(data.test_idx)], data.labels[data.test_idx])
+            assert torch.equal(batch.train["clean_labels"][k, :n], data.clean_labels[data.train_idx])
+            noisy = cfg.task.noise > 0
+            assert torch.equal(data.labels, data.clean_labels) != noisy, "the noise is in the labels trained on"
+            for name, param in experiment.model.named_parameters():
+                assert param.data_ptr() == batch.params[name][k].data_ptr(), "a member's weights are its slice"
+    finally:
+        batch.release()
+
+
+def test_a_member_that_diverges_fails_alone_and_the_others_finish(tmp_path):
+    jobs = [Job(make_config(PLAIN + ["epochs=20", *overrides]), tmp_path / str(i), str(i))
+            for i, overrides in enumerate([[], ["optimizer=sgd", "optimizer.lr=1e30"], ["seed=3"]])]
+    for job in jobs:
+        job.out_dir.mkdir()
+    results = run_batched(jobs)
+    assert isinstance(results[1], FloatingPointError)
+    assert json.loads((tmp_path / "1" / "summary.json").read_text())["status"] == "failed"
+    assert [results[i]["status"] for i in (0, 2)] == ["completed", "completed"]
+    assert results[0]["epochs"] == 20 and len(read_metrics(tmp_path / "0" / "metrics.csv")) == 20
+
+
+def test_jobs_are_grouped_by_shape_and_unbatchable_ones_run_alone(tmp_path, monkeypatch):
+    sizes = []
+    real_train_together = batched.train_together
+    monkeypatch.setattr(batched, "train_together",
+                        lambda members, preemption: sizes.append(len(members)) or real_train_together(members, preemption))
+    variants = [["seed=1"], ["task.p=37"], ["seed=2"], ["task.p=37", "seed=1"], ["batch_size=64"], ["train_frac=1.5"],
+                ["task=subtract"]]
+    jobs = [Job(make_config(PLAIN + ["epochs=5", *overrides]), tmp_path / str(i), str(i)) for i, overrides in enumerate(variants)]
+    for job in jobs:
+        job.out_dir.mkdir()
+    results = run_batched(jobs)
+    assert sorted(sizes) == [2, 3], "p=31 (add twice, subtract: one shape) and p=37; the minibatch job alone"
+    assert "train_frac" in str(results[5]), "a bad config fails its own job, with its one-line reason"
+    assert json.loads((tmp_path / "5" / "summary.json").read_text())["status"] == "failed"
+    assert all(results[i]["status"] == "completed" for i in (0, 1, 2, 3, 4, 6))
+
+
+def test_a_group_too_big_for_memory_is_split_into_batches_that_fit(tmp_path, monkeypatch):
+    sizes = []
+    real_train_together = batched.train_together
+    monkeypatch.setattr(batched, "train_together",
+                        lambda members, preemption: sizes.append(len(members)) or real_train_together(members, preemption))
+    jobs = [Job(make_config(PLAIN + ["epochs=5", f"seed={i}"]), tmp_path / str(i), str(i)) for i in range(5)]
+    for job in jobs:
+        job.out_dir.mkdir()
+    one_member = batched.member_bytes(start(jobs[0].cfg, tmp_path, "probe", 0.0))
+    monkeypatch.setattr(batched, "free_memory", lambda device: int(2.5 * one_member / batched.MEMORY_SHARE))
+    results = run_batched(jobs)
+    assert sizes == [2, 2, 1], "two members fit in the memory given"
+    assert all(result["status"] == "completed" for result in results)
+
+
+def test_a_batch_out_of_gpu_memory_goes_on_as_two_halves(tmp_path, monkeypatch):
+    # the GPU's out-of-memory error, raised for batches of more than two runs
+    real_backward = Batch.backward
+
+    def backward(self):
+        if len(self.experiments) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_backward(self)
+
+    reference = experiments(tmp_path / "whole", "r", torch.float64, ["epochs=30"])[1:]
+    train_together([Member(i, e) for i, e in enumerate(reference)], PreemptionFlag())
+    monkeypatch.setattr(Batch, "backward", backward)
+    halves = experiments(tmp_path / "halves", "h", torch.float64, ["epochs=30"])[1:]
+    with pytest.warns(UserWarning, match="ran out of GPU memory at epoch 1"):
+        train_together([Member(i, e) for i, e in enumerate(halves)], PreemptionFlag())
+    for i in range(1, 5):
+        whole, split = (read_metrics(tmp_path / d / f"{t}{i}" / "metrics.csv") for d, t in (("whole", "r"), ("halves", "h")))
+        assert len(whole) == len(split) == 30
+        assert all(row_w == pytest.approx(row_s, rel=1e-9) for row_w, row_s in zip(whole, split)), i
+
+
+GRID = ["+sweep=phase_diagram_small", "task.p=23", "model.d_model=32", "model.d_mlp=128", "epochs=30",
+        "train_frac=0.4,0.8", "optimizer.weight_decay=0.3,3", "save_every=30"]
+
+
+@pytest.mark.slow
+def test_the_batched_launcher_writes_each_job_as_the_basic_launcher_does(tmp_path):
+    batched_dir, basic_dir = tmp_path / "batched", tmp_path / "basic"
+    run_cli(["-m", *GRID, "hydra/launcher=batched", f"hydra.sweep.dir={batched_dir}"], tmp_path, check=True, timeout=600)
+    run_cli(["-m", *GRID, f"hydra.sweep.dir={basic_dir}"], tmp_path, check=True, timeout=600)
+    assert not (tmp_path / "outputs").exists(), "nothing outside the sweep dir"
+    run_ids = set()
+    for job in ["0", "1", "2", "3"]:
+        b, s = batched_dir / job, basic_dir / job
+        assert OmegaConf.load(b / ".hydra" / "overrides.yaml") == OmegaConf.load(s / ".hydra" / "overrides.yaml")
+        assert (b / "checkpoints" / "last.pt").is_file()
+        together, alone = read_metrics(b / "metrics.csv"), read_metrics(s / "metrics.csv")
+        assert [row["epoch"] for row in together] == [row["epoch"] for row in alone]
+        for row_b, row_s in zip(together, alone):
+            assert row_b["train_loss"] == pytest.approx(row_s["train_loss"], rel=1e-3)
+            assert row_b["test_acc"] == pytest.approx(row_s["test_acc"], abs=3 / 500)
+        records = wandb_records(b)
+        assert [row["epoch"] for row in records["history"]] == [row["epoch"] for row in together]
+        assert records["run"]["run_group"] == f"phase_diagram_small-{batched_dir.name}"
+        run_ids.add(records["run"]["run_id"])
+        summary = json.loads((b / "summary.json").read_text())
+        assert summary["status"] == "completed" and records["summary"]["summary"]["epochs"] == summary["epochs"] == 30
+        assert records["summary"]["state"] == "finished" and records["summary"]["exit_code"] == 0
+    assert len(run_ids) == 4, "a W&B run per job"
+
+    # a member's checkpoint is an ordinary one: the run goes on alone
+    job_overrides = [o for o in OmegaConf.load(batched_dir / "0" / ".hydra" / "overrides.yaml") if "epochs" not in o]
+    run_cli([*job_overrides, f"resume={batched_dir / '0'}", "epochs=40", "logger=none"], tmp_path, check=True)
+    assert [row["epoch"] for row in read_metrics(batched_dir / "0" / "metrics.csv")] == list(range(1, 41))
+
+    result = run_cli(["summarize", str(batched_dir), "--no-wandb"], tmp_path, script="sweep.py", check=True)
+    assert "completed" in result.stdout and (batched_dir / "sweep_summary.csv").is_file()
+
+
+class PreemptedAt:
+    """The flag SLURM's warning signal raises (grok/slurm.py), raised once the batch reaches `epoch`."""
+
+    def __init__(self, experiments, epoch):
+        self.experiments, self.epoch = experiments, epoch
+
+    @property
+    def requested(self):
+        return any(e.state.epoch >= self.epoch for e in self.experiments)
+
+
+def test_a_requeued_batch_goes_on_from_its_members_checkpoints(tmp_path, monkeypatch):
+    jobs = [Job(make_config(PLAIN + overrides), tmp_path / name, name)
+            for name, overrides in (("short", ["epochs=4"]), ("long", ["epochs=10"]), ("other", ["epochs=10", "seed=5"]))]
+    for job in jobs:
+        job.out_dir.mkdir()
+    members = [Member(i, start(job.cfg, job.out_dir, job.run_name, 0.0)) for i, job in enumerate(jobs)]
+    with pytest.raises(Preempted):
+        train_together(members, PreemptedAt([m.experiment for m in members], 6))
+    assert not (tmp_path / "long" / "summary.json").exists(), "preempted: checkpointed at epoch 6, not finished"
+
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # the requeued job runs the same sweep again
+    results = run_batched(jobs)
+    assert [r["epochs"] for r in results] == [4, 10, 10]
+    for name, epochs in (("short", 4), ("long", 10), ("other", 10)):
+        assert [row["epoch"] for row in read_metrics(tmp_path / name / "metrics.csv")] == list(range(1, epochs + 1))
+
+    monkeypatch.delenv("SLURM_RESTART_COUNT")
+    (tmp_path / "whole").mkdir(), (tmp_path / "two").mkdir()
+    uninterrupted = run_batched([Job(jobs[1].cfg, tmp_path / "whole", "whole"), Job(jobs[2].cfg, tmp_path / "two", "two")])
+    assert uninterrupted[0]["test_loss"] == pytest.approx(results[1]["test_loss"], rel=1e-5)
