@@ -33,7 +33,7 @@ from grok.losses import IGNORE, LOSSES
 from grok.run import Experiment, finish, record_failure, resolve_device, run, start
 from grok.slurm import Preempted, checkpoint_on_preemption
 from grok.tasks import make_dataset
-from grok.training import close_epoch, correct, evaluation_due
+from grok.training import close_epoch, correct, epoch_rows, evaluation_due
 
 MEMORY_SHARE = 0.5  # of the free memory, what a batch may plan to use
 
@@ -91,7 +91,7 @@ def run_batched(jobs: Sequence[Job], max_members: Optional[int] = None) -> List[
             capacity, batch = None, []  # members are started (W&B runs opened) one batch at a time
             for n, i in enumerate(indices):
                 try:
-                    batch.append(Member(i, start(jobs[i].cfg, jobs[i].out_dir, jobs[i].run_name, time.perf_counter())))
+                    batch.append(Member(i, _start(jobs[i])))
                 except Exception as error:
                     record_failure(error, jobs[i].cfg, jobs[i].out_dir, None)
                     results[i] = error
@@ -105,6 +105,14 @@ def run_batched(jobs: Sequence[Job], max_members: Optional[int] = None) -> List[
                         results[member.index] = member.result
                     batch = []
     return results  # type: ignore[return-value]
+
+
+def _start(job: Job) -> Experiment:
+    experiment = start(job.cfg, job.out_dir, job.run_name, time.perf_counter())
+    # vmap runs embedding_bag (the model's table path) once per run: that still pays on a CPU, where
+    # the tables save arithmetic, but not on a GPU, where a batch's launches cost more than its arithmetic
+    experiment.model.use_tables = experiment.device.type == "cpu"
+    return experiment
 
 
 def _run_alone(job: Job) -> Result:
@@ -138,7 +146,6 @@ class Batch:
     def __init__(self, experiments: List[Experiment]):
         self.experiments = experiments
         self.model = experiments[0].model  # any member's module: torch.func.functional_call swaps in the stack
-        self.model.use_tables = experiments[0].device.type == "cpu"  # vmap runs embedding_bag per run
         self.params = {name: torch.stack([dict(e.model.named_parameters())[name].detach() for e in experiments])
                        for name, _ in self.model.named_parameters()}
         for stacked in self.params.values():
@@ -208,6 +215,11 @@ class Batch:
             middle = (first + end) // 2
             return self.evaluate(first, middle) + self.evaluate(middle, end)
 
+    def weight_norms(self) -> Tensor:
+        """(K,): each member's grok.training.weight_norm, from the stack."""
+        norms = [stacked.detach().flatten(1).norm(dim=1) for stacked in self.params.values()]  # per tensor
+        return torch.linalg.vector_norm(torch.stack(norms), dim=0)
+
     def release(self) -> None:
         """Give each member's parameters storage of their own again."""
         for experiment in self.experiments:
@@ -259,13 +271,13 @@ def train_together(members: List[Member], preemption) -> None:
                 return
             batch.step()
             due = [evaluation_due(m.experiment.cfg, epoch) for m in active]
-            test_metrics = batch.evaluate() if any(due) else [None] * len(active)
+            rows = epoch_rows(train_metrics, batch.evaluate(), batch.weight_norms()) if any(due) else [None] * len(active)
             now = time.perf_counter()
             preempted, stopped = None, []
-            for member, lr, train, test, is_due in zip(active, lrs, train_metrics, test_metrics, due):
+            for member, lr, row, is_due in zip(active, lrs, rows, due):
                 experiment = member.experiment
                 try:
-                    close_epoch(experiment, epoch, lr, now - tick, train, test if is_due else None, preemption)
+                    close_epoch(experiment, epoch, lr, now - tick, row if is_due else None, preemption)
                     if experiment.state.stopped_early or epoch == experiment.cfg.epochs:
                         member.result = finish(experiment)
                         stopped.append(member)

@@ -13,7 +13,7 @@ mean over the scored positions, and an example is right only when all of its sco
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 from torch import Tensor, nn
@@ -131,21 +131,29 @@ def evaluation_due(cfg, epoch: int) -> bool:
     return epoch % cfg.eval_every == 0 or epoch == cfg.epochs
 
 
-def close_epoch(run, epoch: int, lr: float, seconds: float, train_metrics: Dict[str, Tensor],
-                test_metrics: Optional[Dict[str, Tensor]], preemption) -> Optional[Dict[str, float]]:
+def epoch_rows(train_metrics: List[Dict[str, Tensor]], test_metrics: List[Dict[str, Tensor]],
+               weight_norms: Tensor) -> List[Dict[str, float]]:
+    """The metrics of one epoch of K runs (K = 1 but in a batch, grok/batched.py) as K rows of numbers:
+    train_*, test_*, weight_norm. One transfer from the device for all: on a GPU each .item() waits."""
+    names = [f"train_{key}" for key in train_metrics[0]] + [f"test_{key}" for key in test_metrics[0]] + ["weight_norm"]
+    values = torch.stack([torch.stack([value.double() for value in [*train.values(), *test.values()]])
+                          for train, test in zip(train_metrics, test_metrics)])
+    return [dict(zip(names, row)) for row in torch.cat([values, weight_norms.double()[:, None]], dim=1).tolist()]
+
+
+def close_epoch(run, epoch: int, lr: float, seconds: float, values: Optional[Dict[str, float]],
+                preemption) -> Optional[Dict[str, float]]:
     """Everything after an epoch's step and test pass, for one run (grok/run.py's Experiment): its row
-    and progress measures to the loggers, grokking detection, checkpoint, early stop, preemption.
-    Returns the logged row (None when the epoch was not evaluated); raises on divergence."""
+    (`values` from epoch_rows; None when the epoch was not evaluated) and progress measures to the
+    loggers, grokking detection, checkpoint, early stop, preemption. Returns the logged row; raises
+    on divergence."""
     cfg, state = run.cfg, run.state
     state.epoch, row = epoch, None
     state.train_seconds += seconds
-    if test_metrics is not None:
-        row = {"epoch": epoch}
-        names = [f"train_{key}" for key in train_metrics] + [f"test_{key}" for key in test_metrics]
-        values = [*train_metrics.values(), *test_metrics.values(), weight_norm(run.model)]
-        # one transfer from the device for the whole row: on a GPU each .item() would wait for it
-        *metrics, norm = torch.stack([value.double() for value in values]).tolist()
-        row.update(zip(names, metrics), lr=lr, weight_norm=norm)
+    if values is not None:
+        norm = values["weight_norm"]
+        row = {"epoch": epoch, **{key: value for key, value in values.items() if key != "weight_norm"},
+               "lr": lr, "weight_norm": norm}
         measures = {}
         binary = run.train.labels.dim() == 1  # the measures are for binary operations
         if cfg.analysis.name != "none" and binary and epoch % cfg.analysis.every == 0:
@@ -178,9 +186,12 @@ def train_loop(run, preemption) -> None:
             lr = run.optimizer.param_groups[0]["lr"]
             train_metrics = train_epoch(trained, run.train, run.optimizer, run.scheduler, cfg.batch_size,
                                         run.generator, loss_fn)
-            test_metrics = evaluate(trained, run.test, loss_fn) if evaluation_due(cfg, epoch) else None
+            values = None
+            if evaluation_due(cfg, epoch):
+                test_metrics = evaluate(trained, run.test, loss_fn)
+                (values,) = epoch_rows([train_metrics], [test_metrics], weight_norm(run.model)[None])
             now = time.perf_counter()
-            row = close_epoch(run, epoch, lr, now - tick, train_metrics, test_metrics, preemption)
+            row = close_epoch(run, epoch, lr, now - tick, values, preemption)
             tick = now
             if row is not None and time.perf_counter() - last_postfix > 0.5:
                 last_postfix = time.perf_counter()
