@@ -10,11 +10,21 @@ torch's FLOP formulas; "peak fraction" divides the FLOP rate by a large matmul's
 Also: the start-up overhead of one job (`python train.py` to its first epoch, from its summary.json)
 and the default experiment's time to grok (from a finished run, --grok-run, or a new one, --grok).
 
+The batched figure (README "Batched sweeps"): run-epochs/s of K runs trained together as one stacked
+model, grok.batched.Batch (its epoch: backward, step, evaluate, metrics read back, as train_together
+runs it without the logging), for K = 1, 8, 64 (--batched-k) against K runs one after another, whose
+run-epochs/s is the harness epoch's above, on a run of its own built by grok.run.start as train.py builds it.
+The K members differ as a sweep's do (seed, data_seed) with the same shapes: the default experiment's
+and conf/sweep/phase_diagram_small.yaml's (--batched-shape). Batched and sequential alternate in rounds
+of at least two epochs; the ratio batched/sequential is the median of the per-round ratios. Peak
+memory: the process's peak resident memory during the figure on a CPU, the peak CUDA allocation on a GPU.
+
     python benchmarks/bench.py                          # writes outputs/bench/<date>/<time>/bench.json
     python benchmarks/bench.py --grok-run outputs/grok_default --experiment "" --experiment "task.p=113"
 """
 
 import argparse
+import ctypes
 import json
 import os
 import platform
@@ -23,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -35,14 +46,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import reference  # noqa: E402
+from grok.batched import Batch, Job, batchable, start_member  # noqa: E402
 from grok.config import ConfigError, register_configs, validate  # noqa: E402
 from grok.losses import LOSSES  # noqa: E402
 from grok.model import build_model  # noqa: E402
 from grok.optim import build_optimizer  # noqa: E402
-from grok.run import resolve_device  # noqa: E402
+from grok.run import Experiment, resolve_device, start  # noqa: E402
 from grok.speed import for_training, keep_freed_memory  # noqa: E402
 from grok.tasks import make_dataset  # noqa: E402
 from grok.training import Split, evaluate, train_epoch  # noqa: E402
+
+
+# conf/sweep/phase_diagram_small.yaml's task, model and lr at its middle train fraction (its threads=1
+# left out: the batched figure compares one process's ways of using the machine's threads)
+SMALL_SWEEP = "task.p=31 model.d_model=64 model.d_mlp=256 optimizer.lr=3e-3 train_frac=0.6"
 
 
 def compose(overrides: List[str]):
@@ -102,15 +119,15 @@ def count_flops(epoch: Callable[[], None]) -> int:
     return counter.total
 
 
-def timed_block(epoch: Callable[[], None], seconds: float, device: torch.device) -> float:
-    """Epochs per second over a block of epochs lasting about `seconds`."""
+def timed_block(epoch: Callable[[], None], seconds: float, device: torch.device, min_epochs: int = 1) -> float:
+    """Epochs per second over a block of epochs lasting about `seconds`, and at least `min_epochs`."""
     n, start = 0, time.perf_counter()
     while True:
         epoch()
         n += 1
         sync(device)
         elapsed = time.perf_counter() - start
-        if elapsed >= seconds:
+        if elapsed >= seconds and n >= min_epochs:
             return n / elapsed
 
 
@@ -196,6 +213,96 @@ def bench_experiment(overrides: List[str], device: torch.device, rounds: int, se
     return result
 
 
+def compose_for_batch(overrides: List[str], device: str):
+    """The shape's config for a batch's members (ConfigError if its runs would not train together)."""
+    cfg = compose([*overrides, "logger=none", "progress=false", "analysis=none", f"device={device}"])
+    if not batchable(cfg):
+        raise ConfigError(f"{' '.join(overrides)}: batched runs train full batch, fresh and uncompiled")
+    return cfg
+
+
+def alone_epoch(experiment: Experiment) -> Callable[[], None]:
+    """The harness's epoch (as in setup()) of one run alone: train_loop's step and test pass."""
+    cfg, loss_fn = experiment.cfg, LOSSES[experiment.cfg.loss.name]
+    trained = for_training(experiment.model, cfg.compile, experiment.device)
+
+    def epoch() -> None:
+        train_metrics = train_epoch(trained, experiment.train, experiment.optimizer, experiment.scheduler,
+                                    cfg.batch_size, experiment.generator, loss_fn)
+        test_metrics = evaluate(trained, experiment.test, loss_fn)
+        for value in [*train_metrics.values(), *test_metrics.values()]:
+            value.item()
+
+    return epoch
+
+
+def reset_peak_memory(device: torch.device) -> bool:
+    """Start a new peak: CUDA's allocator statistics; or the process's peak resident memory (Linux),
+    glibc first handing back the freed memory keep_freed_memory() keeps (some of an earlier, larger
+    figure's may stay resident and count)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM
+        return True
+    except (OSError, AttributeError):
+        return False
+
+
+def peak_memory(device: torch.device) -> int:
+    """Bytes: CUDA's peak allocation, or the process's peak resident memory (VmHWM)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    status = Path("/proc/self/status").read_text().splitlines()
+    return int(next(line.split()[1] for line in status if line.startswith("VmHWM:"))) * 1024
+
+
+def bench_batched(overrides: List[str], k: int, device: torch.device, rounds: int, seconds: float) -> Dict:
+    """Run-epochs/s of k runs trained together as one stacked model (grok.batched.Batch: its epoch is
+    train_together's, without the logging) against runs trained one after another (alone_epoch); the
+    members differ as a sweep's do (seed=i, data_seed=i), with the same shapes."""
+    cfg = compose_for_batch(overrides, device.type)
+    measure_memory = reset_peak_memory(device)
+    with ExitStack() as stack:
+        def experiment(i: int, starter: Callable) -> Experiment:
+            member = cfg.copy()
+            member.seed = member.data_seed = i
+            out_dir = Path(stack.enter_context(tempfile.TemporaryDirectory()))  # start() writes config.yaml
+            return starter(Job(member, out_dir, f"member{i}"))
+
+        alone = alone_epoch(experiment(0, lambda job: start(job.cfg, job.out_dir, job.run_name, time.perf_counter())))
+        batch = Batch([experiment(i, start_member) for i in range(k)])  # as grok.batched.run_batched starts them
+        stack.callback(batch.release)
+
+        def batched_epoch() -> None:
+            train_metrics = batch.backward()
+            batch.step()
+            test_metrics = batch.evaluate()
+            metrics = [value.double() for member in train_metrics + test_metrics for value in member.values()]
+            torch.stack(metrics).tolist()  # read back, in one transfer, as train_together reads them
+
+        for _ in range(2):  # warm-up: first-call allocations, thread pools
+            batched_epoch()
+            alone()
+        rates: Dict[str, List[float]] = {"batched": [], "sequential": []}
+        for i in range(rounds):
+            order = [("batched", batched_epoch), ("sequential", alone)][:: 1 if i % 2 == 0 else -1]
+            for name, epoch in order:  # two epochs at least: a large batch's epoch takes seconds
+                rates[name].append(timed_block(epoch, seconds, device, min_epochs=2) * (k if name == "batched" else 1))
+        memory = peak_memory(device) if measure_memory else None
+    ratios = [b / s for b, s in zip(rates["batched"], rates["sequential"])]
+    result = {"shape": " ".join(overrides) or "default", "overrides": overrides, "k": k,
+              "members_differ_by": "seed=i data_seed=i", "ratio": statistics.median(ratios), "ratio_per_round": ratios,
+              "peak_memory_bytes": memory,
+              "peak_memory_of": "CUDA allocations" if device.type == "cuda" else "the process (resident)"}
+    for name in ("batched", "sequential"):
+        result[name] = {"run_epochs_per_second": statistics.median(rates[name]),
+                        "run_epochs_per_second_per_round": rates[name]}
+    return result
+
+
 def startup_overhead(out: Path) -> Dict:
     """One default job of one epoch, W&B on (offline): seconds from `python train.py` to its first epoch."""
     run_dir = out / "startup_run"
@@ -235,6 +342,14 @@ def machine(device: torch.device) -> Dict:
             "platform": platform.platform(), "load_average_1min_at_start": os.getloadavg()[0]}
 
 
+def run_counts(text: str) -> List[int]:
+    """--batched-k: "1,8,64" -> [1, 8, 64]."""
+    counts = [int(k) for k in text.split(",")]
+    if min(counts) < 1:
+        raise ValueError(text)
+    return counts
+
+
 def main(argv: Optional[List[str]] = None) -> Dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--experiment", action="append", metavar="OVERRIDES",
@@ -248,6 +363,12 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     parser.add_argument("--grok", action="store_true", help="run the default experiment to grokking first (long)")
     parser.add_argument("--skip-startup", action="store_true", help="do not measure the per-job start-up overhead")
     parser.add_argument("--threads", type=int, help="torch threads (default: PyTorch's, all cores)")
+    parser.add_argument("--batched-shape", action="append", metavar="OVERRIDES",
+                        help=f'Hydra overrides of runs trained together; repeatable. Default: "" and "{SMALL_SWEEP}"')
+    parser.add_argument("--batched-k", type=run_counts, default=[1, 8, 64],
+                        help="runs per batch, comma separated (default: 1,8,64)")
+    parser.add_argument("--batched-rounds", type=int, default=3, help="timed rounds of a batched figure (default: 3)")
+    parser.add_argument("--skip-batched", action="store_true", help="do not measure runs trained together")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -257,8 +378,11 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     out = (args.out or ROOT / "outputs" / "bench" / now.strftime("%Y-%m-%d") / now.strftime("%H-%M-%S")).resolve()
     device = resolve_device(args.device)
     experiments = [e.split() for e in (args.experiment if args.experiment is not None else ["", "model=mlp"])]
-    for overrides in experiments:  # every bad experiment is refused before anything runs
+    shapes = [] if args.skip_batched else [s.split() for s in (args.batched_shape or ["", SMALL_SWEEP])]
+    for overrides in experiments:  # every bad experiment or shape is refused before anything runs
         compose_for_reference(overrides)
+    for overrides in shapes:
+        compose_for_batch(overrides, device.type)
     out.mkdir(parents=True, exist_ok=True)
 
     report: Dict = {"machine": machine(device), "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])])}
@@ -274,6 +398,17 @@ def main(argv: Optional[List[str]] = None) -> Dict:
               f"({h['gflop_per_epoch']:.2f} GFLOP/epoch, {h['peak_fraction']:.0%} of peak) | reference "
               f"{r['epochs_per_second']:5.2f} epochs/s ({r['gflop_per_epoch']:.2f} GFLOP/epoch, "
               f"{r['peak_fraction']:.0%} of peak) | ratio {result['ratio']:.2f}")
+
+    report["batched"] = []
+    for overrides in shapes:
+        print(f"runs trained together ({' '.join(overrides) or 'default'}) against one after another:")
+        for k in args.batched_k:
+            result = bench_batched(overrides, k, device, args.batched_rounds, args.seconds)
+            report["batched"].append(result)
+            memory = result["peak_memory_bytes"]
+            print(f"{'K=' + str(k):>8}: batched {result['batched']['run_epochs_per_second']:7.1f} run-epochs/s | "
+                  f"sequential {result['sequential']['run_epochs_per_second']:6.1f} run-epochs/s | "
+                  f"ratio {result['ratio']:5.2f}" + (f" | peak memory {memory / 2**20:.0f} MiB" if memory else ""))
 
     if not args.skip_startup:
         report["startup"] = startup_overhead(out)

@@ -91,7 +91,7 @@ def run_batched(jobs: Sequence[Job], max_members: Optional[int] = None) -> List[
             capacity, batch = None, []  # members are started (W&B runs opened) one batch at a time
             for n, i in enumerate(indices):
                 try:
-                    batch.append(Member(i, _start(jobs[i])))
+                    batch.append(Member(i, start_member(jobs[i])))
                 except Exception as error:
                     record_failure(error, jobs[i].cfg, jobs[i].out_dir, None)
                     results[i] = error
@@ -107,7 +107,8 @@ def run_batched(jobs: Sequence[Job], max_members: Optional[int] = None) -> List[
     return results  # type: ignore[return-value]
 
 
-def _start(job: Job) -> Experiment:
+def start_member(job: Job) -> Experiment:
+    """grok.run.start, for a batch: what a member needs before it trains with others."""
     experiment = start(job.cfg, job.out_dir, job.run_name, time.perf_counter())
     # vmap runs embedding_bag (the model's table path) once per run: that still pays on a CPU, where
     # the tables save arithmetic, but not on a GPU, where a batch's launches cost more than its arithmetic
