@@ -17,11 +17,13 @@ path, where every HookPoint sees its activation.
 """
 
 import math
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from grok.speed import embedding_bag
 
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
 
@@ -138,6 +140,9 @@ class Transformer(nn.Module):
         # the tables pay when the batch's B*Q rows through W_in outnumber theirs: (T + Q) * V of width D
         tables = isinstance(self.ln_final, nn.Identity) and len(tokens) * Q >= (T + Q) * V
         if self.use_tables and tables and not hooks_attached(self):
+            if len(self.blocks) == 1:  # W_U alone reads the block's output: the tables fold it in
+                logits = self._first_block_by_tables(tokens, Q, readout=self.W_U)
+                return logits if all_positions else logits[:, -1]
             x, start = self._first_block_by_tables(tokens, Q), 1
         else:
             x, start = self.hook_embed(self.W_E[tokens]) + self.hook_pos_embed(self.W_pos[:T]), 0
@@ -146,13 +151,17 @@ class Transformer(nn.Module):
         logits = self.ln_final(x) @ self.W_U
         return logits if all_positions else logits[:, -1]
 
-    def _first_block_by_tables(self, tokens: Tensor, Q: int) -> Tensor:
+    def _first_block_by_tables(self, tokens: Tensor, Q: int, readout: Optional[Tensor] = None) -> Tensor:
         """Block 0 at the last Q positions, without hooks or LayerNorm: Block.forward's math, grouped
         by table rows. Its input W_E[token] + W_pos[position] is one of V x T rows, so q, k, v are
         computed once per row and the attention scores once per (query row, key row) pair. After the
         softmax, all up to the MLP's activation is linear: the residual stream and the pre-activations
         are pattern-weighted sums of value rows (through W_O), plus the query's own row. embedding_bag
-        forms such sums without gathering the rows; its backward scatters gradients into the tables."""
+        forms such sums without gathering the rows; its backward scatters gradients into the tables.
+        Returns the residual stream after the block (B, Q, D), or with `readout` (D, C) that stream
+        times readout: what is linear in the stream (value rows, own rows, W_out) is multiplied by
+        readout once per row instead of once per example, and (B, M) @ (M, D) @ (D, C) becomes
+        (B, M) @ (M, C)."""
         attn, mlp = self.blocks[0].attn, self.blocks[0].mlp
         (B, T), V, (H, _, E) = tokens.shape, self.W_E.shape[0], attn.W_Q.shape
         pos, heads = torch.arange(T, device=tokens.device), torch.arange(H, device=tokens.device)
@@ -160,35 +169,47 @@ class Transformer(nn.Module):
         q = torch.einsum("vtd,hde->vthe", resid[:, T - Q :], attn.W_Q)  # (V, Q, H, E)
         k = torch.einsum("vtd,hde->vthe", resid, attn.W_K)  # (V, T, H, E)
         v = torch.einsum("vtd,hde->vthe", resid, attn.W_V)
-        pair_scores = torch.einsum("aqhe,bkhe->aqhbk", q, k) / math.sqrt(E)  # (V, Q, H, V, T)
+        # the scores of every (key row, query row) pair, looked up per example as a row of H heads, in
+        # (key position, example, query, head) order: the softmax over the T keys then runs along the
+        # first axis, vectorized across examples (along a last axis of length T it is ~20x slower)
+        pair_scores = torch.einsum("aqhe,bkhe->kbaqh", q, k).flatten(0, 3) / math.sqrt(E)  # (T*V*V*Q, H)
         query_tokens = tokens[:, T - Q :]  # (B, Q)
-        scores = pair_scores[query_tokens[:, :, None, None], pos[:Q, None, None], heads[:, None],
-                             tokens[:, None, None], pos]  # (B, Q, H, T)
-        pattern = scores.masked_fill((pos > pos[T - Q :, None])[:, None], float("-inf")).softmax(dim=-1)
+        pair = ((pos[:, None, None] * V + tokens.T[:, :, None]) * V + query_tokens) * Q + pos[:Q]  # (T, B, Q)
+        future = (pos[:, None] > pos[T - Q :])[:, None, :, None]  # (T, 1, Q, 1): the key comes after the query
+        pattern = pair_scores[pair].masked_fill(future, float("-inf")).softmax(dim=0)  # (T, B, Q, H)
 
-        # table rows: the value of (head h, key position t, token v) through W_O at (h*T + t)*V + v, then
-        # the query's own residual row (position q, token v) at H*T*V + q*V + v, which carries the biases
-        own_rows = resid[:, T - Q :].transpose(0, 1).flatten(0, 1)  # (Q*V, D)
-        value_index = (heads[:, None] * T + pos) * V + tokens[:, None, :]  # (B, H, T)
-        own_index = H * T * V + pos[:Q] * V + query_tokens  # (B, Q)
+        # bag rows: the value of (head h, token v, key position t) at (h*V + v)*T + t, then the query's
+        # own residual row (position q, token v) at H*V*T + q*V + v, which carries the biases
+        value_index = (heads[:, None] * V + tokens[:, None, :]) * T + pos  # (B, H, T)
+        own_index = H * V * T + pos[:Q] * V + query_tokens  # (B, Q)
         index = torch.cat([value_index[:, None].expand(B, Q, H, T).flatten(2), own_index[..., None]], dim=-1)
-        weights = torch.cat([pattern.flatten(2), pattern.new_ones(B, Q, 1)], dim=-1)  # (B, Q, H*T + 1), as index
+        weights = torch.cat([pattern.permute(1, 2, 3, 0).flatten(2), pattern.new_ones(B, Q, 1)], dim=-1)  # as index
         index, weights = index.flatten(0, 1), weights.flatten(0, 1)  # one bag of H*T + 1 rows per query
-        value_rows = torch.einsum("vthe,hed->htvd", v, attn.W_O).flatten(0, 2)  # (H*T*V, D)
-        x_rows = torch.cat([value_rows, own_rows + mlp.b_out])
-        # a value row has rank E: through W_O and W_in it costs E*M per row, where D*M would follow W_O
-        value_pre = torch.einsum("vthe,hem->htvm", v, torch.einsum("hed,dm->hem", attn.W_O, mlp.W_in))
-        pre_rows = torch.cat([value_pre.flatten(0, 2), own_rows @ mlp.W_in + mlp.b_in])  # (H*T*V + Q*V, M)
+
+        # table rows [the MLP's pre-activation (M) | the residual stream (D), or with readout the logits
+        # it adds (C) | zeros up to a multiple of 8 floats, on which embedding_bag's backward runs several
+        # times faster]. A value row has rank E: through W_O and W_in it costs E*M per row, not D*M.
+        read = (lambda x: x) if readout is None else (lambda x: x @ readout)
+        W_out = read(mlp.W_out)  # (M, D or C)
+        widths = [mlp.W_in.shape[1], W_out.shape[1], -(mlp.W_in.shape[1] + W_out.shape[1]) % 8]
+        zeros = lambda *shape: W_out.new_zeros(*shape, widths[2])
+        W_O_in = torch.einsum("hed,dm->hem", attn.W_O, mlp.W_in)
+        value_rows = torch.einsum("vthe,hef->hvtf", v, torch.cat([W_O_in, read(attn.W_O), zeros(H, E)], dim=-1))
+        own = resid[:, T - Q :].transpose(0, 1).flatten(0, 1)  # (Q*V, D)
+        own_rows = torch.cat([own @ mlp.W_in + mlp.b_in, read(own + mlp.b_out), zeros(Q * V)], dim=-1)
+        rows = torch.cat([value_rows.flatten(0, 2), own_rows])  # (H*V*T + Q*V, sum(widths))
 
         def rest_of_block(index: Tensor, weights: Tensor) -> Tensor:
-            # -> (n, D): the residual stream after attention (+ b_out), + the MLP's output
-            bag = lambda rows: F.embedding_bag(index, rows, per_sample_weights=weights, mode="sum")
-            return torch.addmm(bag(x_rows), mlp.act(bag(pre_rows)), mlp.W_out)
+            # -> (n, D or C): the stream after attention (+ b_out) + the MLP's output, through readout if given
+            pre, stream, _ = embedding_bag(index, rows, weights).split(widths, dim=1)
+            return torch.addmm(stream, mlp.act(pre), W_out)
 
         if torch.is_grad_enabled():
             return rest_of_block(index, weights).view(B, Q, -1)
-        # inference: in slices whose (slice, M) activations stay in cache from one step to the next
-        return torch.cat([rest_of_block(*part) for part in zip(index.split(1024), weights.split(1024))]).view(B, Q, -1)
+        # inference: in slices whose (slice, M) activations stay in cache from one step to the next, joined
+        # flat (torch.cat runs ~10x slower on rows whose width is not a multiple of 8 floats, as C=97's)
+        parts = [rest_of_block(*part).flatten() for part in zip(index.split(1024), weights.split(1024))]
+        return torch.cat(parts).view(B, Q, -1)
 
 
 class OperandMLP(nn.Module):
@@ -212,7 +233,7 @@ class OperandMLP(nn.Module):
             # of every operand's term, and each example sums O rows of it (embedding_bag: gather + sum)
             table = torch.einsum("vd,odm->ovm", self.W_E, self.mlp.W_in.view(O, D, -1)).flatten(0, 1)
             rows = operands + V * torch.arange(O, device=tokens.device)  # (B, O) rows of the (O*V, M) table
-            return self.mlp.from_pre(F.embedding_bag(rows, table, mode="sum") + self.mlp.b_in) @ self.W_U
+            return self.mlp.from_pre(embedding_bag(rows, table) + self.mlp.b_in) @ self.W_U
         x = self.hook_embed(self.W_E[operands].flatten(1))  # (B, O*D)
         return self.mlp(x) @ self.W_U
 

@@ -115,7 +115,10 @@ def autograd_ops(tensor):
     return {type(node).__name__ for node in seen}
 
 
-@pytest.mark.parametrize("overrides", [[], ["model.n_layers=2"], ["model.act=gelu"], ["model=mlp"]])
+# one layer: the tables fold W_U in; two: they return the residual stream; d_mlp=100 and 31 classes:
+# table rows of odd width, padded for embedding_bag; two heads: another order of the bag's rows
+@pytest.mark.parametrize("overrides", [[], ["model.n_layers=2"], ["model.act=gelu"], ["model=mlp"],
+                                       ["model.d_mlp=100", "model.n_heads=2"]])
 def test_the_table_path_equals_the_hooked_path_in_values_and_gradients(overrides):
     cfg = make_config(["task.p=31", *overrides])
     data = make_dataset(cfg.task, 0.5, 0)
