@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import reference  # noqa: E402
-from grok.batched import Batch, Job, batchable, start_member  # noqa: E402
+from grok.batched import Batch, batchable  # noqa: E402
 from grok.config import ConfigError, register_configs, validate  # noqa: E402
 from grok.losses import LOSSES  # noqa: E402
 from grok.model import build_model  # noqa: E402
@@ -266,14 +266,14 @@ def bench_batched(overrides: List[str], k: int, device: torch.device, rounds: in
     cfg = compose_for_batch(overrides, device.type)
     measure_memory = reset_peak_memory(device)
     with ExitStack() as stack:
-        def experiment(i: int, starter: Callable) -> Experiment:
+        def experiment(i: int) -> Experiment:
             member = cfg.copy()
             member.seed = member.data_seed = i
             out_dir = Path(stack.enter_context(tempfile.TemporaryDirectory()))  # start() writes config.yaml
-            return starter(Job(member, out_dir, f"member{i}"))
+            return start(member, out_dir, f"member{i}", time.perf_counter())
 
-        alone = alone_epoch(experiment(0, lambda job: start(job.cfg, job.out_dir, job.run_name, time.perf_counter())))
-        batch = Batch([experiment(i, start_member) for i in range(k)])  # as grok.batched.run_batched starts them
+        alone = alone_epoch(experiment(0))
+        batch = Batch([experiment(i) for i in range(k)])
         stack.callback(batch.release)
 
         def batched_epoch() -> None:

@@ -91,7 +91,7 @@ def run_batched(jobs: Sequence[Job], max_members: Optional[int] = None) -> List[
             capacity, batch = None, []  # members are started (W&B runs opened) one batch at a time
             for n, i in enumerate(indices):
                 try:
-                    batch.append(Member(i, start_member(jobs[i])))
+                    batch.append(Member(i, start(jobs[i].cfg, jobs[i].out_dir, jobs[i].run_name, time.perf_counter())))
                 except Exception as error:
                     record_failure(error, jobs[i].cfg, jobs[i].out_dir, None)
                     results[i] = error
@@ -105,15 +105,6 @@ def run_batched(jobs: Sequence[Job], max_members: Optional[int] = None) -> List[
                         results[member.index] = member.result
                     batch = []
     return results  # type: ignore[return-value]
-
-
-def start_member(job: Job) -> Experiment:
-    """grok.run.start, for a batch: what a member needs before it trains with others."""
-    experiment = start(job.cfg, job.out_dir, job.run_name, time.perf_counter())
-    # vmap runs embedding_bag (the model's table path) once per run: that still pays on a CPU, where
-    # the tables save arithmetic, but not on a GPU, where a batch's launches cost more than its arithmetic
-    experiment.model.use_tables = experiment.device.type == "cpu"
-    return experiment
 
 
 def _run_alone(job: Job) -> Result:

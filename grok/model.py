@@ -130,7 +130,6 @@ class Transformer(nn.Module):
         self.ln_final = LayerNorm(cfg.d_model) if cfg.layer_norm else nn.Identity()
         self.W_U = _init(cfg.d_model, n_classes, fan_in=n_classes)  # (D, C); seed 001's scale
         self.hook_embed, self.hook_pos_embed = HookPoint(), HookPoint()
-        self.use_tables = True  # for large batches; grok/batched.py turns it off on GPUs
 
     def forward(self, tokens: Tensor, all_positions: bool = False) -> Tensor:
         # tokens: (B, T) -> logits (B, C), or (B, T, C) with all_positions
@@ -139,7 +138,7 @@ class Transformer(nn.Module):
         V, Q = self.W_E.shape[0], n_queries[0]
         # the tables pay when the batch's B*Q rows through W_in outnumber theirs: (T + Q) * V of width D
         tables = isinstance(self.ln_final, nn.Identity) and len(tokens) * Q >= (T + Q) * V
-        if self.use_tables and tables and not hooks_attached(self):
+        if tables and not hooks_attached(self):
             if len(self.blocks) == 1:  # W_U alone reads the block's output: the tables fold it in
                 logits = self._first_block_by_tables(tokens, Q, readout=self.W_U)
                 return logits if all_positions else logits[:, -1]
@@ -222,13 +221,12 @@ class OperandMLP(nn.Module):
         self.mlp = MLPBlock(n_operands * cfg.d_model, cfg.d_mlp, cfg.d_model, cfg.act)
         self.W_U = _init(cfg.d_model, n_classes, fan_in=n_classes)  # (D, C)
         self.hook_embed = HookPoint()
-        self.use_tables = True  # for large batches; grok/batched.py turns it off on GPUs
 
     def forward(self, tokens: Tensor, all_positions: bool = False) -> Tensor:
         # tokens: (B, T) -> logits (B, C); an MLP has no per-position outputs
         operands = tokens[:, :-1]  # (B, O)
         (V, D), O = self.W_E.shape, operands.shape[1]
-        if self.use_tables and len(tokens) >= V and not hooks_attached(self):
+        if len(tokens) >= V and not hooks_attached(self):
             # concat(W_E[a], W_E[b]) @ W_in = W_E[a] @ W_in[:D] + W_E[b] @ W_in[D:]: one (O, V, M) table
             # of every operand's term, and each example sums O rows of it (embedding_bag: gather + sum)
             table = torch.einsum("vd,odm->ovm", self.W_E, self.mlp.W_in.view(O, D, -1)).flatten(0, 1)
