@@ -162,9 +162,7 @@ class Batch:
 
     def _logits(self, params: Dict[str, Tensor], inputs: Tensor) -> Tensor:
         call = lambda p, x: torch.func.functional_call(self.model, p, (x,), {"all_positions": self.sequences})
-        with warnings.catch_warnings():  # vmap runs embedding_bag (the table path) once per run: no batching rule
-            warnings.filterwarnings("ignore", message=".*batching rule for aten::embedding_bag")
-            return torch.vmap(call)(params, inputs)
+        return torch.vmap(call)(params, inputs)
 
     def _metrics(self, losses: Tensor, logits: Tensor, examples: Dict[str, Tensor]) -> List[Dict[str, Tensor]]:
         """Per member, what grok/training.py's train_epoch and evaluate return for a run alone."""
