@@ -275,3 +275,18 @@ def test_under_vmap_one_embedding_bag_serves_every_run():
     assert "EmbeddingBagBackward0" in autograd_ops(out) and "StackBackward0" not in autograd_ops(out), "one call"
     unweighted = torch.vmap(lambda r: embedding_bag(index[0], r))(rows)  # the MLP's table: no weights
     assert torch.allclose(unweighted, rows[:, index[0]].sum(2), rtol=0, atol=1e-12)
+
+
+def test_sweep_py_batched_runs_the_named_sweep_in_one_process_and_summarizes_it(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    grid = ["task.p=23", "model.d_model=32", "model.d_mlp=128", "epochs=5", "logger=none",
+            "train_frac=0.4,0.8", "optimizer.weight_decay=1", f"hydra.sweep.dir={sweep_dir}"]
+    result = run_cli(["phase_diagram_small", *grid, "--batched"], tmp_path, script="sweep.py", timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "launcher=batched" in (sweep_dir / "multirun.yaml").read_text()
+    assert [json.loads((sweep_dir / job / "summary.json").read_text())["epochs"] for job in "01"] == [5, 5]
+    assert (sweep_dir / "sweep_summary.csv").is_file()
+
+    refused = run_cli(["phase_diagram_small", "--jobs", "2", "--batched"], tmp_path, script="sweep.py")
+    assert refused.returncode == 1 and refused.stderr.strip() == (
+        "error: --jobs and --batched: choose one (a batched sweep runs in one process)")
