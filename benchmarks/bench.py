@@ -170,33 +170,47 @@ def setup(overrides: List[str], device: torch.device):
     opt = cfg.optimizer
     ref_optimizer, ref_scheduler = reference.optimizer_for(ref, opt.lr, opt.weight_decay, tuple(opt.betas),
                                                            opt.warmup_steps)
+    def reference_epoch() -> None:
+        reference.train_epoch(ref, ref_optimizer, ref_scheduler, (train.inputs, train.labels),
+                              (test.inputs, test.labels))
+
+    harness = lambda module: harness_epoch(cfg, module, train, test, optimizer, scheduler, generator)
+    return harness(trained), harness(model), reference_epoch
+
+
+def harness_epoch(cfg, module: torch.nn.Module, train: Split, test: Split, optimizer, scheduler,
+                  generator) -> Callable[[], None]:
+    """An epoch as grok.training.train_loop runs it: the step, the test pass, the metrics read back."""
     loss_fn = LOSSES[cfg.loss.name]
 
-    def harness_epoch(module: torch.nn.Module = trained) -> None:
+    def epoch() -> None:
         train_metrics = train_epoch(module, train, optimizer, scheduler, cfg.batch_size, generator, loss_fn)
         test_metrics = evaluate(module, test, loss_fn)
         for value in [*train_metrics.values(), *test_metrics.values()]:  # the loop reads them all back
             value.item()
 
-    def reference_epoch() -> None:
-        reference.train_epoch(ref, ref_optimizer, ref_scheduler, (train.inputs, train.labels),
-                              (test.inputs, test.labels))
+    return epoch
 
-    return harness_epoch, lambda: harness_epoch(model), reference_epoch
+
+def alternate(epochs: Dict[str, Callable[[], None]], rounds: int, seconds: float, device: torch.device,
+              min_epochs: int = 1) -> Dict[str, List[float]]:
+    """Epochs/s of each epoch function over `rounds` timed blocks, the order reversed every round, so
+    that all of them see the same load on a shared machine."""
+    rates: Dict[str, List[float]] = {name: [] for name in epochs}
+    for i in range(rounds):
+        for name, epoch in list(epochs.items())[:: 1 if i % 2 == 0 else -1]:
+            rates[name].append(timed_block(epoch, seconds, device, min_epochs))
+    return rates
 
 
 def bench_experiment(overrides: List[str], device: torch.device, rounds: int, seconds: float, peak: float) -> Dict:
-    harness_epoch, uncompiled_harness_epoch, reference_epoch = setup(overrides, device)
+    harness, uncompiled_harness, reference_epoch = setup(overrides, device)
     # the same operations compiled or not; counted uncompiled, where each runs through the dispatcher
-    flops = {"harness": count_flops(uncompiled_harness_epoch), "reference": count_flops(reference_epoch)}
+    flops = {"harness": count_flops(uncompiled_harness), "reference": count_flops(reference_epoch)}
     for _ in range(5):  # warm-up: first-call allocations, thread pools, compiling and recording CUDA graphs
-        harness_epoch()
+        harness()
         reference_epoch()
-    rates: Dict[str, List[float]] = {"harness": [], "reference": []}
-    for i in range(rounds):
-        order = [("harness", harness_epoch), ("reference", reference_epoch)][:: 1 if i % 2 == 0 else -1]
-        for name, epoch in order:
-            rates[name].append(timed_block(epoch, seconds, device))
+    rates = alternate({"harness": harness, "reference": reference_epoch}, rounds, seconds, device)
     ratios = [h / r for h, r in zip(rates["harness"], rates["reference"])]
     result = {"experiment": " ".join(overrides) or "default", "overrides": overrides,
               "ratio": statistics.median(ratios), "ratio_per_round": ratios}
@@ -219,21 +233,6 @@ def compose_for_batch(overrides: List[str], device: str):
     if not batchable(cfg):
         raise ConfigError(f"{' '.join(overrides)}: batched runs train full batch, fresh and uncompiled")
     return cfg
-
-
-def alone_epoch(experiment: Experiment) -> Callable[[], None]:
-    """The harness's epoch (as in setup()) of one run alone: train_loop's step and test pass."""
-    cfg, loss_fn = experiment.cfg, LOSSES[experiment.cfg.loss.name]
-    trained = for_training(experiment.model, cfg.compile, experiment.device)
-
-    def epoch() -> None:
-        train_metrics = train_epoch(trained, experiment.train, experiment.optimizer, experiment.scheduler,
-                                    cfg.batch_size, experiment.generator, loss_fn)
-        test_metrics = evaluate(trained, experiment.test, loss_fn)
-        for value in [*train_metrics.values(), *test_metrics.values()]:
-            value.item()
-
-    return epoch
 
 
 def reset_peak_memory(device: torch.device) -> bool:
@@ -261,7 +260,7 @@ def peak_memory(device: torch.device) -> int:
 
 def bench_batched(overrides: List[str], k: int, device: torch.device, rounds: int, seconds: float) -> Dict:
     """Run-epochs/s of k runs trained together as one stacked model (grok.batched.Batch: its epoch is
-    train_together's, without the logging) against runs trained one after another (alone_epoch); the
+    train_together's, without the logging) against runs trained one after another (harness_epoch); the
     members differ as a sweep's do (seed=i, data_seed=i), with the same shapes."""
     cfg = compose_for_batch(overrides, device.type)
     measure_memory = reset_peak_memory(device)
@@ -272,7 +271,9 @@ def bench_batched(overrides: List[str], k: int, device: torch.device, rounds: in
             out_dir = Path(stack.enter_context(tempfile.TemporaryDirectory()))  # start() writes config.yaml
             return start(member, out_dir, f"member{i}", time.perf_counter())
 
-        alone = alone_epoch(experiment(0))
+        alone_run = experiment(0)
+        alone = harness_epoch(cfg, for_training(alone_run.model, cfg.compile, device), alone_run.train, alone_run.test,
+                              alone_run.optimizer, alone_run.scheduler, alone_run.generator)
         batch = Batch([experiment(i) for i in range(k)])
         stack.callback(batch.release)
 
@@ -286,11 +287,9 @@ def bench_batched(overrides: List[str], k: int, device: torch.device, rounds: in
         for _ in range(2):  # warm-up: first-call allocations, thread pools
             batched_epoch()
             alone()
-        rates: Dict[str, List[float]] = {"batched": [], "sequential": []}
-        for i in range(rounds):
-            order = [("batched", batched_epoch), ("sequential", alone)][:: 1 if i % 2 == 0 else -1]
-            for name, epoch in order:  # two epochs at least: a large batch's epoch takes seconds
-                rates[name].append(timed_block(epoch, seconds, device, min_epochs=2) * (k if name == "batched" else 1))
+        # two epochs a block at least: a large batch's epoch takes seconds
+        rates = alternate({"batched": batched_epoch, "sequential": alone}, rounds, seconds, device, min_epochs=2)
+        rates["batched"] = [k * rate for rate in rates["batched"]]  # run-epochs: k runs per batched epoch
         memory = peak_memory(device) if measure_memory else None
     ratios = [b / s for b, s in zip(rates["batched"], rates["sequential"])]
     result = {"shape": " ".join(overrides) or "default", "overrides": overrides, "k": k,
