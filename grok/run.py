@@ -111,9 +111,14 @@ def run(cfg: DictConfig, out_dir: Path, run_name: str = "run") -> Dict[str, Any]
             raise
 
 
+def _run_dir(cfg: DictConfig, out_dir: Path) -> Path:
+    """Where the run writes: the directory it resumes (resume=<dir>), else Hydra's output directory."""
+    return Path(cfg.resume) if isinstance(cfg.resume, str) else out_dir
+
+
 def start(cfg: DictConfig, out_dir: Path, run_name: str, started: float) -> Experiment:
     """Everything before the first epoch: validation, data, model, optimizer, checkpoint, loggers."""
-    run_dir = Path(cfg.resume) if isinstance(cfg.resume, str) else out_dir
+    run_dir = _run_dir(cfg, out_dir)
     validate(cfg)
     threads = cfg.threads or slurm_cpus()
     if threads is not None:  # set per job: jobs sharing a joblib worker set their own
@@ -206,7 +211,7 @@ def record_failure(error: BaseException, cfg: DictConfig, out_dir: Path, experim
         experiment.loggers.finish(not isinstance(error, Preempted))
     if isinstance(error, Preempted):
         return
-    run_dir = Path(cfg.resume) if isinstance(cfg.resume, str) else out_dir
+    run_dir = _run_dir(cfg, out_dir)
     reason = str(error) if isinstance(error, ConfigError) else traceback.format_exc(limit=-3).strip()
     target = run_dir if run_dir.is_dir() and not isinstance(error, ConfigError) else out_dir
     write_json(target / "summary.json", {"status": "failed", "error": reason, "error_type": type(error).__name__})
