@@ -133,35 +133,37 @@ def test_a_member_that_diverges_fails_alone_and_the_others_finish(tmp_path):
     assert results[0]["epochs"] == 20 and len(read_metrics(tmp_path / "0" / "metrics.csv")) == 20
 
 
-def test_jobs_are_grouped_by_shape_and_unbatchable_ones_run_alone(tmp_path, monkeypatch):
+@pytest.fixture
+def batch_sizes(monkeypatch):
+    """The number of members of each batch that grok.batched trains, in order."""
     sizes = []
     real_train_together = batched.train_together
     monkeypatch.setattr(batched, "train_together",
                         lambda members, preemption: sizes.append(len(members)) or real_train_together(members, preemption))
+    return sizes
+
+
+def test_jobs_are_grouped_by_shape_and_unbatchable_ones_run_alone(tmp_path, batch_sizes):
     variants = [["seed=1"], ["task.p=37"], ["seed=2"], ["task.p=37", "seed=1"], ["batch_size=64"], ["train_frac=1.5"],
                 ["task=subtract"]]
     jobs = [Job(make_config(PLAIN + ["epochs=5", *overrides]), tmp_path / str(i), str(i)) for i, overrides in enumerate(variants)]
     for job in jobs:
         job.out_dir.mkdir()
     results = run_batched(jobs)
-    assert sorted(sizes) == [2, 3], "p=31 (add twice, subtract: one shape) and p=37; the minibatch job alone"
+    assert sorted(batch_sizes) == [2, 3], "p=31 (add twice, subtract: one shape) and p=37; the minibatch job alone"
     assert "train_frac" in str(results[5]), "a bad config fails its own job, with its one-line reason"
     assert json.loads((tmp_path / "5" / "summary.json").read_text())["status"] == "failed"
     assert all(results[i]["status"] == "completed" for i in (0, 1, 2, 3, 4, 6))
 
 
-def test_a_group_too_big_for_memory_is_split_into_batches_that_fit(tmp_path, monkeypatch):
-    sizes = []
-    real_train_together = batched.train_together
-    monkeypatch.setattr(batched, "train_together",
-                        lambda members, preemption: sizes.append(len(members)) or real_train_together(members, preemption))
+def test_a_group_too_big_for_memory_is_split_into_batches_that_fit(tmp_path, monkeypatch, batch_sizes):
     jobs = [Job(make_config(PLAIN + ["epochs=5", f"seed={i}"]), tmp_path / str(i), str(i)) for i in range(5)]
     for job in jobs:
         job.out_dir.mkdir()
     one_member = batched.member_bytes(start(jobs[0].cfg, tmp_path, "probe", 0.0))
     monkeypatch.setattr(batched, "free_memory", lambda device: int(2.5 * one_member / batched.MEMORY_SHARE))
     results = run_batched(jobs)
-    assert sizes == [2, 2, 1], "two members fit in the memory given"
+    assert batch_sizes == [2, 2, 1], "two members fit in the memory given"
     assert all(result["status"] == "completed" for result in results)
 
 
