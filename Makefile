@@ -24,8 +24,17 @@ $(STAMP): pyproject.toml Makefile
 train: $(STAMP)
 	$(PY) train.py $(ARGS)
 
+# The float-sensitive tests again under other kernels of this CPU: generic ATen code, AVX2, MKL's
+# portable path. Another CPU rounds as one of these might: a tolerance that holds for one CPU's
+# rounding only fails here, not first in CI. Any failure fails the target, "no tests ran" (5) too.
+KERNELS := ATEN_CPU_CAPABILITY=default ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=COMPATIBLE
+
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile --durations=10 $(ARGS)
+	for kernel in $(KERNELS); do \
+		echo "float-sensitive tests under $$kernel"; \
+		env $$kernel $(PY) -m pytest -n 2 --dist loadfile -q -m float_sensitive || exit 1; \
+	done
 
 # epochs/s of the harness against benchmarks/reference.py, measured in one run (README "Performance")
 bench: $(STAMP)

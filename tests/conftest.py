@@ -17,6 +17,14 @@ register_configs()
 # A configuration that memorizes within ~100 epochs and groks within ~1000 on a CPU.
 GROKS_FAST = ["task.p=31", "train_frac=0.5", "optimizer.lr=3e-3", "model.d_model=64", "model.d_mlp=256"]
 
+# Float32 trajectories of the same math in another order (batched or alone, another code path, other
+# threads) separate chaotically once learning is fast: rounding differences of 1e-8 grow about 100x
+# every few epochs, and where they start depends on the CPU's kernels. Through the first EARLY_EPOCHS
+# they still agree to within a few float32 roundings (measured: 4e-7 at most); FLOAT32_ROUNDINGS
+# leaves 30x on that. Comparisons over more epochs are made in float64.
+EARLY_EPOCHS = 10
+FLOAT32_ROUNDINGS = 100 * 2**-23  # float32's machine epsilon
+
 
 def make_config(overrides: List[str] = ()):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

@@ -15,10 +15,11 @@ from grok.batched import Batch, Job, Member, run_batched, train_together
 from grok.loggers import read_metrics
 from grok.losses import IGNORE
 from grok.run import start, finish
-from grok.slurm import Preempted, PreemptionFlag
+from grok.signals import Preempted, StopRequest, preemption_signal
 from grok.tasks import make_dataset
 from grok.training import train_loop
-from tests.conftest import make_config, run_cli, wandb_records
+from tests.conftest import EARLY_EPOCHS, FLOAT32_ROUNDINGS, make_config, run_cli, wandb_records
+from tests.test_speed_equivalence import autograd_ops
 
 SMALL = ["task=noisy_label", "task.p=31", "model.d_model=32", "model.d_mlp=128", "optimizer.lr=3e-3", "logger=none", "progress=false",
          "analysis=none", "epochs=200", "save_every=1000"]
@@ -50,22 +51,33 @@ def trajectories(root: Path, tag: str):
                          dtype=torch.float64) for i in range(len(MEMBERS))]
 
 
-@pytest.fixture(scope="module")
-def batched_and_alone(tmp_path_factory):
-    """200 epochs of MEMBERS, trained together and one by one, in float64 (exact math) and float32."""
+def batched_and_alone(root: Path, dtype: torch.dtype, extra=()):
+    """MEMBERS trained together (root/batched_k) and one by one (root/alone_k)."""
     torch.set_num_threads(1)  # module fixtures run before conftest's per-test setting
-    root = tmp_path_factory.mktemp("batched")
-    for dtype, name in ((torch.float64, "64"), (torch.float32, "32")):
-        together = experiments(root, f"batched{name}_", dtype)
-        train_together([Member(i, e) for i, e in enumerate(together)], PreemptionFlag())
-        for experiment in experiments(root, f"alone{name}_", dtype):
-            train_loop(experiment, PreemptionFlag())
-            finish(experiment)
+    together = experiments(root, "batched_", dtype, extra)
+    train_together([Member(i, e) for i, e in enumerate(together)], StopRequest())
+    for experiment in experiments(root, "alone_", dtype, extra):
+        train_loop(experiment, StopRequest())
+        finish(experiment)
     return root
 
 
-def test_in_float64_each_member_takes_the_steps_it_takes_alone(batched_and_alone):
-    together, alone = trajectories(batched_and_alone, "batched64_"), trajectories(batched_and_alone, "alone64_")
+@pytest.fixture(scope="module")
+def in_float64(tmp_path_factory):
+    """200 epochs, in exact math."""
+    return batched_and_alone(tmp_path_factory.mktemp("float64"), torch.float64)
+
+
+@pytest.fixture(scope="module")
+def in_float32(tmp_path_factory):
+    """As trained, in float32: the first epochs only (EARLY_EPOCHS, tests/conftest.py)."""
+    return batched_and_alone(tmp_path_factory.mktemp("float32"), torch.float32, [f"epochs={EARLY_EPOCHS}"])
+
+
+def test_in_float64_each_member_takes_the_steps_it_takes_alone(in_float64):
+    # float64 rounding differences, amplified over the 200 epochs, stay far below 1e-9: one ulp of
+    # every weight at the start grows to 6e-13 at most (member 2; the others stay near 1e-15)
+    together, alone = trajectories(in_float64, "batched_"), trajectories(in_float64, "alone_")
     for i, (a, b) in enumerate(zip(together, alone)):
         assert a.shape == b.shape, f"member {i}: as many epochs as alone"
         assert torch.allclose(a, b, rtol=1e-9, atol=1e-12), f"member {i}"
@@ -73,30 +85,30 @@ def test_in_float64_each_member_takes_the_steps_it_takes_alone(batched_and_alone
     assert alone[1][-1, METRICS.index("train_acc")] > 0.9, "and they learned"
 
 
-def test_in_float32_members_stray_from_exact_math_no_more_than_runs_alone(batched_and_alone):
-    exact = trajectories(batched_and_alone, "alone64_")
-    together, alone = trajectories(batched_and_alone, "batched32_"), trajectories(batched_and_alone, "alone32_")
-    is_loss = torch.tensor(["loss" in key or "norm" in key for key in METRICS])
+@pytest.mark.float_sensitive
+def test_in_float32_members_follow_their_runs_alone_through_the_first_epochs(in_float32):
+    """Batching sums in another order, at float32's precision: each member stays within a few float32
+    roundings of its run alone, and the same examples are right, but for an argmax near a tie."""
+    together, alone = trajectories(in_float32, "batched_"), trajectories(in_float32, "alone_")
+    is_acc = torch.tensor(["acc" in key for key in METRICS])
     for i in range(len(MEMBERS)):
-        n = min(len(exact[i]), len(together[i]), len(alone[i]))  # an early stop may come an epoch sooner or later
-
-        def error(run):  # over the epochs: relative for losses and the weight norm, absolute for accuracies
-            absolute = (run[:n] - exact[i][:n]).abs().max(dim=0).values
-            return torch.where(is_loss, (absolute / exact[i][:n].abs().min(dim=0).values.clamp_min(1e-12)), absolute)
-
-        # float32 rounding grows over training; a run alone sets the tolerance, give or take 3 examples
-        n_examples = json.loads((batched_and_alone / f"alone32_{i}" / "summary.json").read_text())["n_train"]
-        slack = torch.where(is_loss, 1e-5, 3 / n_examples)
-        assert (error(together[i]) <= 3 * error(alone[i]) + slack).all(), (i, error(together[i]), error(alone[i]))
+        assert len(together[i]) == len(alone[i]) == EARLY_EPOCHS, i
+        relative = (together[i] - alone[i])[:, ~is_acc].abs() / alone[i][:, ~is_acc].abs()
+        assert (relative < FLOAT32_ROUNDINGS).all(), (i, relative.max(dim=0).values)
+        summary = json.loads((in_float32 / f"alone_{i}" / "summary.json").read_text())
+        n_examples = torch.tensor([summary["n_train" if key.startswith("train") else "n_test"]
+                                   for key in METRICS if "acc" in key])
+        examples_apart = ((together[i] - alone[i])[:, is_acc].abs() * n_examples).round()
+        assert (examples_apart <= 1).all(), (i, examples_apart.max(dim=0).values)
 
 
-def test_members_end_as_runs_alone_end(batched_and_alone):
+def test_members_end_as_runs_alone_end(in_float64):
     for i in range(len(MEMBERS)):
-        together = json.loads((batched_and_alone / f"batched64_{i}" / "summary.json").read_text())
-        alone = json.loads((batched_and_alone / f"alone64_{i}" / "summary.json").read_text())
+        together = json.loads((in_float64 / f"batched_{i}" / "summary.json").read_text())
+        alone = json.loads((in_float64 / f"alone_{i}" / "summary.json").read_text())
         for key in ("status", "memorize_epoch", "grok_epoch", "epochs", "stopped_early", "n_train", "n_test", "n_params"):
             assert together[key] == alone[key], (i, key)
-        files = {path.name for path in (batched_and_alone / f"batched64_{i}").iterdir()}
+        files = {path.name for path in (in_float64 / f"batched_{i}").iterdir()}
         assert {"config.yaml", "metrics.csv", "checkpoints", "curves.png", "summary.json"} <= files
 
 
@@ -177,19 +189,20 @@ def test_a_batch_out_of_gpu_memory_goes_on_as_two_halves(tmp_path, monkeypatch):
         return real_backward(self)
 
     reference = experiments(tmp_path / "whole", "r", torch.float64, ["epochs=30"])[1:]
-    train_together([Member(i, e) for i, e in enumerate(reference)], PreemptionFlag())
+    train_together([Member(i, e) for i, e in enumerate(reference)], StopRequest())
     monkeypatch.setattr(Batch, "backward", backward)
     halves = experiments(tmp_path / "halves", "h", torch.float64, ["epochs=30"])[1:]
     with pytest.warns(UserWarning, match="ran out of GPU memory at epoch 1"):
-        train_together([Member(i, e) for i, e in enumerate(halves)], PreemptionFlag())
+        train_together([Member(i, e) for i, e in enumerate(halves)], StopRequest())
     for i in range(1, 5):
         whole, split = (read_metrics(tmp_path / d / f"{t}{i}" / "metrics.csv") for d, t in (("whole", "r"), ("halves", "h")))
         assert len(whole) == len(split) == 30
         assert all(row_w == pytest.approx(row_s, rel=1e-9) for row_w, row_s in zip(whole, split)), i
 
 
-GRID = ["+sweep=phase_diagram_small", "task.p=23", "model.d_model=32", "model.d_mlp=128", "epochs=30",
-        "train_frac=0.4,0.8", "optimizer.weight_decay=0.3,3", "save_every=30"]
+# 10 epochs (EARLY_EPOCHS): the jobs train in float32 and are compared epoch by epoch
+GRID = ["+sweep=phase_diagram_small", "task.p=23", "model.d_model=32", "model.d_mlp=128", "epochs=10",
+        "train_frac=0.4,0.8", "optimizer.weight_decay=0.3,3", "save_every=10"]
 
 
 @pytest.mark.slow
@@ -204,39 +217,40 @@ def test_the_batched_launcher_writes_each_job_as_the_basic_launcher_does(tmp_pat
         assert OmegaConf.load(b / ".hydra" / "overrides.yaml") == OmegaConf.load(s / ".hydra" / "overrides.yaml")
         assert (b / "checkpoints" / "last.pt").is_file()
         together, alone = read_metrics(b / "metrics.csv"), read_metrics(s / "metrics.csv")
+        summary = json.loads((b / "summary.json").read_text())
         assert [row["epoch"] for row in together] == [row["epoch"] for row in alone]
         for row_b, row_s in zip(together, alone):
-            assert row_b["train_loss"] == pytest.approx(row_s["train_loss"], rel=1e-3)
-            assert row_b["test_acc"] == pytest.approx(row_s["test_acc"], abs=3 / 500)
+            assert row_b["train_loss"] == pytest.approx(row_s["train_loss"], rel=FLOAT32_ROUNDINGS)
+            assert round(abs(row_b["test_acc"] - row_s["test_acc"]) * summary["n_test"]) <= 1, "but for a near-tie"
         records = wandb_records(b)
         assert [row["epoch"] for row in records["history"]] == [row["epoch"] for row in together]
         assert records["run"]["run_group"] == f"phase_diagram_small-{batched_dir.name}"
         run_ids.add(records["run"]["run_id"])
-        summary = json.loads((b / "summary.json").read_text())
-        assert summary["status"] == "completed" and records["summary"]["summary"]["epochs"] == summary["epochs"] == 30
+        assert summary["status"] == "completed" and records["summary"]["summary"]["epochs"] == summary["epochs"] == 10
         assert records["summary"]["state"] == "finished" and records["summary"]["exit_code"] == 0
     assert len(run_ids) == 4, "a W&B run per job"
 
     # a member's checkpoint is an ordinary one: the run goes on alone
     job_overrides = [o for o in OmegaConf.load(batched_dir / "0" / ".hydra" / "overrides.yaml") if "epochs" not in o]
-    run_cli([*job_overrides, f"resume={batched_dir / '0'}", "epochs=40", "logger=none"], tmp_path, check=True)
-    assert [row["epoch"] for row in read_metrics(batched_dir / "0" / "metrics.csv")] == list(range(1, 41))
+    run_cli([*job_overrides, f"resume={batched_dir / '0'}", "epochs=20", "logger=none"], tmp_path, check=True)
+    assert [row["epoch"] for row in read_metrics(batched_dir / "0" / "metrics.csv")] == list(range(1, 21))
 
     result = run_cli(["summarize", str(batched_dir), "--no-wandb"], tmp_path, script="sweep.py", check=True)
     assert "completed" in result.stdout and (batched_dir / "sweep_summary.csv").is_file()
 
 
-class PreemptedAt:
-    """The flag SLURM's warning signal raises (grok/slurm.py), raised once the batch reaches `epoch`."""
+class PreemptedAt(StopRequest):
+    """The stop request SLURM's warning signal makes (grok/signals.py), made once the batch reaches `epoch`."""
 
     def __init__(self, experiments, epoch):
         self.experiments, self.epoch = experiments, epoch
 
     @property
-    def requested(self):
-        return any(e.state.epoch >= self.epoch for e in self.experiments)
+    def signum(self):
+        return preemption_signal() if any(e.state.epoch >= self.epoch for e in self.experiments) else None
 
 
+@pytest.mark.float_sensitive
 def test_a_requeued_batch_goes_on_from_its_members_checkpoints(tmp_path, monkeypatch):
     jobs = [Job(make_config(PLAIN + overrides), tmp_path / name, name)
             for name, overrides in (("short", ["epochs=4"]), ("long", ["epochs=10"]), ("other", ["epochs=10", "seed=5"]))]
@@ -245,7 +259,8 @@ def test_a_requeued_batch_goes_on_from_its_members_checkpoints(tmp_path, monkeyp
     members = [Member(i, start(job.cfg, job.out_dir, job.run_name, 0.0)) for i, job in enumerate(jobs)]
     with pytest.raises(Preempted):
         train_together(members, PreemptedAt([m.experiment for m in members], 6))
-    assert not (tmp_path / "long" / "summary.json").exists(), "preempted: checkpointed at epoch 6, not finished"
+    summary = json.loads((tmp_path / "long" / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["epochs"] == 6, "preempted: checkpointed at epoch 6, not finished"
 
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # the requeued job runs the same sweep again
     results = run_batched(jobs)
@@ -256,14 +271,15 @@ def test_a_requeued_batch_goes_on_from_its_members_checkpoints(tmp_path, monkeyp
     monkeypatch.delenv("SLURM_RESTART_COUNT")
     (tmp_path / "whole").mkdir(), (tmp_path / "two").mkdir()
     uninterrupted = run_batched([Job(jobs[1].cfg, tmp_path / "whole", "whole"), Job(jobs[2].cfg, tmp_path / "two", "two")])
-    assert uninterrupted[0]["test_loss"] == pytest.approx(results[1]["test_loss"], rel=1e-5)
+    # a batch of three, then of two, sums in other orders than one of two all along: float32, 10 epochs
+    assert uninterrupted[0]["test_loss"] == pytest.approx(results[1]["test_loss"], rel=FLOAT32_ROUNDINGS)
 
 
+@pytest.mark.float_sensitive
 def test_under_vmap_one_embedding_bag_serves_every_run():
     """grok.speed.embedding_bag: vmap has no batching rule for embedding_bag (the models' table
     paths); the one given concatenates the runs' rows. Same sums and gradients as run by run."""
     from grok.speed import embedding_bag
-    from tests.test_speed_equivalence import autograd_ops
 
     runs, n_rows, width = 4, 10, 6
     rows = torch.randn(runs, n_rows, width, dtype=torch.float64, requires_grad=True)

@@ -14,10 +14,10 @@ from grok.optim import build_optimizer
 from grok.speed import Compiled
 from grok.tasks import make_dataset
 from grok.training import Split, evaluate, train_epoch
-from tests.conftest import ROOT, make_config
+from tests.conftest import EARLY_EPOCHS, FLOAT32_ROUNDINGS, ROOT, make_config
 
 # p=31 on half the pairs: both the train (480) and test (481) batches take the table paths; a narrower
-# model keeps 4 x 100 epochs short (test_the_default_experiment_takes_the_reference_steps has the default)
+# model keeps 2 x 100 epochs short (test_the_default_experiment_takes_the_reference_steps has the default)
 SMALL = ["task.p=31", "train_frac=0.5", "model.d_model=64", "model.d_mlp=256"]
 METRICS = ["train_loss", "train_acc", "test_loss", "test_acc"]
 
@@ -65,18 +65,11 @@ def errors(run, exact):
     return torch.where(torch.tensor(["loss" in key for key in METRICS]), relative(run, exact), absolute)
 
 
-@pytest.fixture(scope="module", params=["transformer", "mlp"])
-def trajectories(request):
-    """100 epochs of each implementation, in float64 (exact math) and float32 (as trained)."""
-    torch.set_num_threads(1)  # module fixtures run before conftest's per-test setting
-    overrides = [f"model={request.param}", *SMALL]
-    return {(impl, dtype): run(overrides, dtype, 100)
-            for impl, run in (("harness", harness_run), ("reference", reference_run))
-            for dtype in (torch.float64, torch.float32)}
-
-
-def test_in_float64_the_harness_and_the_reference_take_the_same_100_steps(trajectories):
-    harness, ref = trajectories["harness", torch.float64], trajectories["reference", torch.float64]
+@pytest.mark.parametrize("model", ["transformer", "mlp"])
+def test_in_float64_the_harness_and_the_reference_take_the_same_100_steps(model):
+    # float64 rounding differences, amplified over the 100 epochs, stay far below 1e-9 (measured: 1e-15)
+    harness = harness_run([f"model={model}", *SMALL], torch.float64, 100)
+    ref = reference_run([f"model={model}", *SMALL], torch.float64, 100)
     loss = [METRICS.index("train_loss"), METRICS.index("test_loss")]
     acc = [METRICS.index("train_acc"), METRICS.index("test_acc")]
     assert (relative(harness, ref)[loss] < 1e-9).all(), relative(harness, ref)
@@ -84,15 +77,16 @@ def test_in_float64_the_harness_and_the_reference_take_the_same_100_steps(trajec
     assert harness[-1, 1] > 0.5, "and they learned: train accuracy far above chance (1/31)"
 
 
-def test_in_float32_the_harness_strays_from_exact_math_no_more_than_the_reference(trajectories):
-    # float32 rounding grows over training (most where the test accuracy climbs); the reference's own
-    # float32 run sets the tolerance, give or take two examples of the 480 for the accuracies
-    exact = trajectories["reference", torch.float64]
-    harness_error = errors(trajectories["harness", torch.float32], exact)
-    reference_error = errors(trajectories["reference", torch.float32], exact)
-    assert (harness_error <= 3 * reference_error + torch.tensor([1e-5, 2 / 480, 1e-5, 2 / 480])).all(), (
-        harness_error, reference_error)
-    assert (harness_error < 0.03).all()
+@pytest.mark.float_sensitive
+@pytest.mark.parametrize("model", ["transformer", "mlp"])
+def test_in_float32_the_harness_follows_exact_math_through_the_first_epochs(model):
+    exact = reference_run([f"model={model}", *SMALL], torch.float64, EARLY_EPOCHS)
+    error = errors(harness_run([f"model={model}", *SMALL], torch.float32, EARLY_EPOCHS), exact)
+    n_examples = torch.tensor([480, 480, 481, 481])  # train and test split, for the accuracies
+    is_loss = torch.tensor(["loss" in key for key in METRICS])
+    assert (error[is_loss] < FLOAT32_ROUNDINGS).all(), error
+    assert ((error * n_examples).round()[~is_loss] <= 1).all(), ("an argmax near a tie may go either way", error)
+    assert (error[is_loss] > 1e-12).all(), "and it ran in float32: further from exact math than float64 rounding"
 
 
 @pytest.mark.parametrize("model", ["transformer", "mlp"])
@@ -117,6 +111,7 @@ def autograd_ops(tensor):
 
 # one layer: the tables fold W_U in; two: they return the residual stream; d_mlp=100 and 31 classes:
 # table rows of odd width, padded for embedding_bag; two heads: another order of the bag's rows
+@pytest.mark.float_sensitive
 @pytest.mark.parametrize("overrides", [[], ["model.n_layers=2"], ["model.act=gelu"], ["model=mlp"],
                                        ["model.d_mlp=100", "model.n_heads=2"]])
 def test_the_table_path_equals_the_hooked_path_in_values_and_gradients(overrides):
@@ -140,10 +135,11 @@ def test_the_table_path_equals_the_hooked_path_in_values_and_gradients(overrides
         assert all(torch.allclose(f, p, rtol=1e-10, atol=1e-10) for f, p in zip(*grads))
 
 
+@pytest.mark.float_sensitive
 def test_hooks_see_every_activation_of_a_large_batch():
     cfg = make_config(["task.p=31"])
     data = make_dataset(cfg.task, 0.5, 0)
-    model = build_model(cfg.model, data.n_vocab, data.n_classes, 3)
+    model = build_model(cfg.model, data.n_vocab, data.n_classes, 3).double()  # the paths sum in other orders
     logits, cache = run_with_cache(model, data.inputs)
     assert cache["blocks.0.mlp.hook_post"].shape == (len(data.inputs), 3, cfg.model.d_mlp)
     hook_point = dict(model.named_modules())["blocks.0.mlp.hook_post"]
@@ -152,10 +148,11 @@ def test_hooks_see_every_activation_of_a_large_batch():
     handle.remove()
     with torch.no_grad():
         expected = (cache["blocks.0.hook_resid_mid"] + model.blocks[0].mlp.b_out) @ model.W_U
-    assert torch.allclose(ablated, expected[:, -1], atol=1e-5), "the hook edited the large batch's MLP output"
-    assert torch.allclose(logits[:, -1], model(data.inputs), atol=1e-5)
+    assert torch.allclose(ablated, expected[:, -1], rtol=0, atol=1e-12), "the hook edited the large batch's MLP output"
+    assert torch.allclose(logits[:, -1], model(data.inputs), rtol=0, atol=1e-12)
 
 
+@pytest.mark.float_sensitive
 def test_a_compiled_model_trains_like_the_plain_one():
     cfg, model, _, train, test = setup(SMALL, torch.float32)
     twin = build_model(cfg.model, 32, 31, 3)
@@ -165,7 +162,7 @@ def test_a_compiled_model_trains_like_the_plain_one():
     for module, weights in ((model, model), (compiled, twin)):
         optimizer, scheduler = build_optimizer(cfg.optimizer, weights.parameters())
         runs.append([[*train_epoch(module, train, optimizer, scheduler, None, None).values(),
-                      *evaluate(module, test).values()] for _ in range(3)])
+                      *evaluate(module, test).values()] for _ in range(3)])  # float32: EARLY_EPOCHS at most
     assert torch.allclose(torch.tensor(runs[0]), torch.tensor(runs[1]), rtol=1e-5, atol=1e-6)
     assert compiled.compiled_forward is not None, "it compiled"
 

@@ -18,7 +18,7 @@ from grok.config import ConfigError, validate
 from grok.phase import is_log_spaced, phase
 from grok.sweeps import sweep_names
 from grok.wandb_sweep import wandb_sweep_config
-from tests.conftest import ROOT, cli_env, make_config, run_cli, wandb_records
+from tests.conftest import EARLY_EPOCHS, FLOAT32_ROUNDINGS, ROOT, cli_env, make_config, run_cli, wandb_records
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EPOCHS = 40  # enough for p=11 to memorize in some cells
@@ -142,9 +142,13 @@ def test_joblib_with_two_workers_gives_each_job_the_sequential_metrics_and_its_o
         twin = sequential[grid_point(job)]
         ours, theirs = read_csv(job / "metrics.csv"), read_csv(twin / "metrics.csv")
         assert len(ours) == len(theirs) == EPOCHS
-        for row, twin_row in zip(ours, theirs):  # equal bit for bit where both ran on one thread
-            assert {k: float(v) for k, v in row.items()} == pytest.approx({k: float(v) for k, v in twin_row.items()}, rel=1e-5)
         summary = json.loads((job / "summary.json").read_text())
+        if summary["threads"] == json.loads((twin / "summary.json").read_text())["threads"]:
+            assert ours == theirs, "the same math on as many threads: equal bit for bit"
+        else:  # other threads sum in another order: float32 agrees through the first epochs only
+            for row, twin_row in zip(ours[:EARLY_EPOCHS], theirs[:EARLY_EPOCHS]):
+                assert {k: float(v) for k, v in row.items()} == pytest.approx(
+                    {k: float(v) for k, v in twin_row.items()}, rel=FLOAT32_ROUNDINGS)
         assert summary["threads"] == max(1, os.cpu_count() // 2), "joblib gives each of 2 jobs half the cores"
         records = wandb_records(job)
         assert records["run"]["run_group"] == f"phase_diagram_small-{parallel.name}"
