@@ -15,19 +15,34 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    """Run one experiment; return its `objective` (what hydra/sweeper=optuna minimizes or maximizes)."""
-    from grok.run import run  # imported here so that --help and --cfg stay fast
+    """Run one experiment; return its `objective` (what hydra/sweeper=optuna minimizes or maximizes).
+    A failure the user can act on (a config value, divergence, a full disk) ends a single run with
+    one `error:` line and exit 1; a signal ends it with exit 128 + the signal's number."""
+    from grok.run import DISK_ERRORS, failure_reason, run, run_dir_of  # here, so that --help and --cfg stay fast
+    from grok.signals import Interrupted
     from grok.sweeps import objective
+    from grok.training import Diverged
 
     hydra_cfg = HydraConfig.get()
+    out_dir = Path(hydra_cfg.runtime.output_dir)
+    run_dir = run_dir_of(cfg, out_dir)
+    overrides = [o for o in hydra_cfg.overrides.task if not o.startswith(("resume=", "hydra."))]
+    resume = " ".join(["python train.py", *overrides, f"resume={run_dir}"])
     try:
-        summary = run(cfg, Path(hydra_cfg.runtime.output_dir), run_name=hydra_cfg.job.override_dirname or "default")
+        summary = run(cfg, out_dir, run_name=hydra_cfg.job.override_dirname or "default")
         return objective(summary, cfg)
-    except ConfigError as error:
-        if hydra_cfg.mode == RunMode.RUN:
-            sys.exit(f"error: {error}")
-        raise  # in a multirun, Hydra records the failed job and the others go on
-
+    except Interrupted as error:
+        print(f"{error}; resume with: {resume}", file=sys.stderr)
+        sys.exit(error.exit_code)
+    except (ConfigError, Diverged, OSError) as error:
+        if isinstance(error, OSError) and error.errno not in DISK_ERRORS:
+            raise
+        if hydra_cfg.mode != RunMode.RUN:
+            raise  # in a multirun, Hydra records the failed job and the others go on
+        message = failure_reason(error)
+        if isinstance(error, OSError) and (run_dir / "checkpoints" / "last.pt").exists():
+            message += f"; once there is space, resume from the last checkpoint with: {resume}"
+        sys.exit(f"error: {message}")
 
 if __name__ == "__main__":
     main()

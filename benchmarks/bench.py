@@ -19,6 +19,12 @@ and conf/sweep/phase_diagram_small.yaml's (--batched-shape). Batched and sequent
 of at least two epochs; the ratio batched/sequential is the median of the per-round ratios. Peak
 memory: the process's peak resident memory during the figure on a CPU, the peak CUDA allocation on a GPU.
 
+The loaded-machine figure (README "Performance"): the default experiment's epochs/s with no busy
+process started and beside N = 1, 2 (--load-busy) pure-Python spin loops in subprocesses, each
+way: PyTorch's default threads held fixed (the harness before grok/threads.py), threads=1, and the
+harness's default, grok.threads.AdaptiveThreads updated once an epoch as train_loop does. The three
+alternate in rounds at each N; the adaptive threads' ratios to the other two are medians of per-round ratios.
+
     python benchmarks/bench.py                          # writes outputs/bench/<date>/<time>/bench.json
     python benchmarks/bench.py --grok-run outputs/grok_default --experiment "" --experiment "task.p=113"
 """
@@ -33,10 +39,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
+from collections import Counter
+from contextlib import ExitStack, contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -54,6 +61,7 @@ from grok.optim import build_optimizer  # noqa: E402
 from grok.run import Experiment, resolve_device, start  # noqa: E402
 from grok.speed import for_training, keep_freed_memory  # noqa: E402
 from grok.tasks import make_dataset  # noqa: E402
+from grok.threads import WINDOW, AdaptiveThreads  # noqa: E402
 from grok.training import Split, evaluate, train_epoch  # noqa: E402
 
 
@@ -302,6 +310,63 @@ def bench_batched(overrides: List[str], k: int, device: torch.device, rounds: in
     return result
 
 
+SPIN = "import time\nend = time.monotonic() + {limit}\nwhile time.monotonic() < end:\n    pass\n"
+
+
+@contextmanager
+def busy_processes(n: int, limit: float) -> Iterator[None]:
+    """`n` CPU-bound neighbours: pure-Python spin loops in subprocesses, killed when the block ends
+    (and ending by themselves after `limit` seconds, should the benchmark be killed first)."""
+    spinners = [subprocess.Popen([sys.executable, "-c", SPIN.format(limit=limit)]) for _ in range(n)]
+    try:
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+
+
+def bench_load(busy: List[int], device: torch.device, rounds: int, seconds: float) -> Dict:
+    """Epochs/s of the default experiment beside 0 and `busy` busy processes: at PyTorch's default
+    threads held fixed, at one thread, and at the threads grok.threads.AdaptiveThreads picks (one
+    governor throughout, as one long run would see the load come and go)."""
+    harness, _, _ = setup([], device)
+    default = torch.get_num_threads()
+    governor = AdaptiveThreads(None)
+
+    def at(threads: int) -> None:
+        if torch.get_num_threads() != threads:  # the ways alternate in one process
+            torch.set_num_threads(threads)
+        harness()
+
+    def governed(used: Counter) -> Callable[[], None]:
+        def epoch() -> None:
+            used[governor.threads] += 1
+            at(governor.threads)
+            governor.update()
+        return epoch
+
+    result = {"pytorch_default_threads": default, "adaptive_active": governor.active, "levels": []}
+    for n in [0, *busy]:
+        used: Counter = Counter()
+        ways = {"pytorch_default": lambda: at(default), "threads_1": lambda: at(1), "adaptive": governed(used)}
+        with busy_processes(n, limit=2 * WINDOW[1] + 3 * rounds * seconds + 120):
+            for name in ways:  # warm-up: first calls, and two of the governor's windows under this load
+                timed_block(ways[name], 2 * WINDOW[1] if name == "adaptive" else 0.2, device)
+            used.clear()
+            rates = alternate(ways, rounds, seconds, device)
+        level = {"busy_processes": n, "adaptive_epochs_at_threads": {str(k): v for k, v in sorted(used.items())}}
+        for name, per_round in rates.items():
+            level[name] = {"epochs_per_second": statistics.median(per_round), "epochs_per_second_per_round": per_round}
+        for other in ("threads_1", "pytorch_default"):
+            ratios = [a / o for a, o in zip(rates["adaptive"], rates[other])]
+            level[f"adaptive_vs_{other}"] = {"ratio": statistics.median(ratios), "ratio_per_round": ratios}
+        result["levels"].append(level)
+    governor.restore()
+    torch.set_num_threads(default)
+    return result
+
+
 def startup_overhead(out: Path) -> Dict:
     """One default job of one epoch, W&B on (offline): seconds from `python train.py` to its first epoch."""
     run_dir = out / "startup_run"
@@ -368,6 +433,10 @@ def main(argv: Optional[List[str]] = None) -> Dict:
                         help="runs per batch, comma separated (default: 1,8,64)")
     parser.add_argument("--batched-rounds", type=int, default=3, help="timed rounds of a batched figure (default: 3)")
     parser.add_argument("--skip-batched", action="store_true", help="do not measure runs trained together")
+    parser.add_argument("--load-busy", type=run_counts, default=[1, 2],
+                        help="busy processes beside the loaded-machine figure's runs, comma separated (default: 1,2)")
+    parser.add_argument("--load-rounds", type=int, default=3, help="timed rounds of the loaded-machine figure (default: 3)")
+    parser.add_argument("--skip-load", action="store_true", help="do not measure the default experiment beside busy processes")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -408,6 +477,17 @@ def main(argv: Optional[List[str]] = None) -> Dict:
             print(f"{'K=' + str(k):>8}: batched {result['batched']['run_epochs_per_second']:7.1f} run-epochs/s | "
                   f"sequential {result['sequential']['run_epochs_per_second']:6.1f} run-epochs/s | "
                   f"ratio {result['ratio']:5.2f}" + (f" | peak memory {memory / 2**20:.0f} MiB" if memory else ""))
+
+    if not args.skip_load:
+        load = report["load"] = bench_load(args.load_busy, device, args.load_rounds, args.seconds)
+        print(f"default experiment beside busy processes, epochs/s at PyTorch's {load['pytorch_default_threads']} threads"
+              f" | threads=1 | adaptive threads{'' if load['adaptive_active'] else ' (inactive: threads chosen)'}:")
+        for level in load["levels"]:
+            rate = lambda name: level[name]["epochs_per_second"]
+            print(f"{level['busy_processes']:>4} busy: {rate('pytorch_default'):5.1f} | {rate('threads_1'):5.1f} | "
+                  f"{rate('adaptive'):5.1f}; adaptive/threads=1 {level['adaptive_vs_threads_1']['ratio']:.2f}, "
+                  f"adaptive/PyTorch's {level['adaptive_vs_pytorch_default']['ratio']:.2f}; "
+                  f"epochs at each thread count {level['adaptive_epochs_at_threads']}")
 
     if not args.skip_startup:
         report["startup"] = startup_overhead(out)

@@ -30,9 +30,11 @@ from torch import Tensor
 
 from grok.config import validate
 from grok.losses import IGNORE, LOSSES
+from grok.memory import available_memory, check_data
 from grok.run import Experiment, finish, record_failure, resolve_device, run, start
-from grok.slurm import Preempted, checkpoint_on_preemption
+from grok.signals import Interrupted, stop_on_signals
 from grok.tasks import make_dataset
+from grok.threads import AdaptiveThreads, explicit_threads
 from grok.training import close_epoch, correct, epoch_rows, evaluation_due
 
 MEMORY_SHARE = 0.5  # of the free memory, what a batch may plan to use
@@ -57,6 +59,7 @@ def batchable(cfg: DictConfig) -> bool:
 def group_key(cfg: DictConfig) -> Tuple[str, int]:
     """What runs of one group share (the shapes of the model, its inputs and outputs), and the
     run's larger split's size (what its memory scales with)."""
+    check_data(cfg.task)
     data = make_dataset(cfg.task, cfg.train_frac, cfg.data_seed)
     shapes = {"model": OmegaConf.to_container(cfg.model), "n_ctx": data.inputs.shape[1], "n_vocab": data.n_vocab,
               "n_classes": data.n_classes, "sequences": data.labels.dim() == 2, "loss": cfg.loss.name,
@@ -83,7 +86,7 @@ def run_batched(jobs: Sequence[Job], max_members: Optional[int] = None) -> List[
             results[i] = error
             continue
         results[i] = _run_alone(job)
-    with checkpoint_on_preemption() as preemption:
+    with stop_on_signals() as stop:
         for indices in groups.values():
             if len(indices) == 1:
                 results[indices[0]] = _run_alone(jobs[indices[0]])
@@ -100,7 +103,7 @@ def run_batched(jobs: Sequence[Job], max_members: Optional[int] = None) -> List[
                     fit = members_that_fit(batch[0].experiment, largest)
                     capacity = min(fit, max_members or fit)
                 if batch and (len(batch) == capacity or n == len(indices) - 1):
-                    train_together(batch, preemption)
+                    train_together(batch, stop)
                     for member in batch:
                         results[member.index] = member.result
                     batch = []
@@ -110,6 +113,8 @@ def run_batched(jobs: Sequence[Job], max_members: Optional[int] = None) -> List[
 def _run_alone(job: Job) -> Result:
     try:
         return run(job.cfg, job.out_dir, job.run_name)
+    except Interrupted:
+        raise  # a signal stops the whole sweep
     except Exception as error:  # recorded in the job's summary.json by run()
         return error
 
@@ -218,7 +223,7 @@ class Batch:
 
 
 # ----------------------------------------------------------------------------- training together
-def train_together(members: List[Member], preemption) -> None:
+def train_together(members: List[Member], stop) -> None:
     """Train the members (all at the same epoch) as one batch until each has stopped; each ends as
     run() would end it: finish() writes its summary, or record_failure() its failure."""
     from tqdm import tqdm
@@ -226,7 +231,7 @@ def train_together(members: List[Member], preemption) -> None:
     starts = sorted({m.experiment.state.epoch for m in members})
     if len(starts) > 1:  # checkpoints of different epochs (a requeued job): one batch per epoch
         for epoch in starts:
-            train_together([m for m in members if m.experiment.state.epoch == epoch], preemption)
+            train_together([m for m in members if m.experiment.state.epoch == epoch], stop)
         return
     active = []
     for member in members:
@@ -241,6 +246,7 @@ def train_together(members: List[Member], preemption) -> None:
     bar = tqdm(total=last, initial=first - 1, disable=not any(m.experiment.cfg.progress for m in active),
                unit="epoch", dynamic_ncols=True)
     batch = Batch([m.experiment for m in active])
+    threads = AdaptiveThreads(explicit_threads(active[0].experiment.cfg))  # members share `threads` (group_key)
     tick = time.perf_counter()
     try:
         for epoch in range(first, last + 1):
@@ -256,32 +262,33 @@ def train_together(members: List[Member], preemption) -> None:
                 half = len(active) // 2
                 warnings.warn(f"a batch of {len(active)} runs ran out of GPU memory at epoch {epoch}: "
                               f"it goes on as two batches, of {half} and {len(active) - half}")
-                train_together(active[:half], preemption)
-                train_together(active[half:], preemption)
+                train_together(active[:half], stop)
+                train_together(active[half:], stop)
                 return
             batch.step()
             due = [evaluation_due(m.experiment.cfg, epoch) for m in active]
             rows = epoch_rows(train_metrics, batch.evaluate(), batch.weight_norms()) if any(due) else [None] * len(active)
             now = time.perf_counter()
-            preempted, stopped = None, []
+            interrupted, stopped = None, []
             for member, lr, row, is_due in zip(active, lrs, rows, due):
                 experiment = member.experiment
                 try:
-                    close_epoch(experiment, epoch, lr, now - tick, row if is_due else None, preemption)
+                    close_epoch(experiment, epoch, lr, now - tick, row if is_due else None, stop)
                     if experiment.state.stopped_early or epoch == experiment.cfg.epochs:
                         member.result = finish(experiment)
                         stopped.append(member)
-                except Preempted as error:  # every member checkpoints this epoch before the signal goes on
+                except Interrupted as error:  # every member checkpoints this epoch before the run stops
                     record_failure(error, experiment.cfg, experiment.run_dir, experiment)
-                    preempted = error
+                    interrupted = error
                 except Exception as error:
                     record_failure(error, experiment.cfg, experiment.run_dir, experiment)
                     member.result = error
                     stopped.append(member)
             tick = now
             bar.update()
-            if preempted is not None:
-                raise preempted
+            threads.update()
+            if interrupted is not None:
+                raise interrupted
             if stopped:
                 batch.release()
                 active = [m for m in active if m not in stopped]
@@ -292,17 +299,15 @@ def train_together(members: List[Member], preemption) -> None:
     finally:
         if batch is not None:
             batch.release()
+        threads.restore()
         bar.close()
 
 
 # ----------------------------------------------------------------------------- memory
 def free_memory(device: torch.device) -> int:
     """Bytes the device can still allocate: free GPU memory, or the machine's available memory."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    with open("/proc/meminfo") as f:  # Linux; elsewhere assume 4 GiB
-        fields = dict(line.split(":", 1) for line in f)
-    return int(fields["MemAvailable"].split()[0]) * 1024 if "MemAvailable" in fields else 4 << 30
+    available = available_memory(device)
+    return 4 << 30 if available is None else available  # where it cannot be read, assume 4 GiB
 
 
 def member_bytes(experiment: Experiment) -> int:

@@ -16,6 +16,11 @@ class ConfigError(ValueError):
     """A config value outside what is allowed; the message is one line for the user."""
 
 
+class Refused(ConfigError):
+    """A command refused before it changed anything: a resume that does not match its checkpoint, a
+    run directory another process is writing. It writes nothing into the run it refused."""
+
+
 # ----------------------------------------------------------------------------- task
 @dataclass
 class ModularTaskConfig:

@@ -6,6 +6,8 @@ itself off, while `metrics.csv` and the rest of the run carry on.
 """
 
 import csv
+import io
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -13,7 +15,9 @@ from typing import Any, Dict, List, Optional
 
 class CSVLogger:
     """One row per logged epoch, the file created with the first. On resume, rows past the
-    checkpoint's epoch are dropped first, so a resumed run's file equals an uninterrupted run's."""
+    checkpoint's epoch are dropped first, so a resumed run's file equals an uninterrupted run's.
+    Each row goes to the file in one unbuffered write: nothing is left in a buffer to fail again
+    when a run that hit a full disk closes its files."""
 
     def __init__(self, path: Path, resume_epoch: Optional[int] = None):
         self.path = path
@@ -23,26 +27,50 @@ class CSVLogger:
                 rows = list(csv.reader(f))
             if rows:
                 self.fields = rows[0]
-                kept = [rows[0]] + [row for row in rows[1:] if int(row[0]) <= resume_epoch]
-                with open(path, "w", newline="") as f:
-                    csv.writer(f, lineterminator="\n").writerows(kept)
+                # a row cut short (a full disk, a kill mid-write) has fewer fields and goes too
+                kept = [rows[0]] + [row for row in rows[1:] if len(row) == len(rows[0]) and int(row[0]) <= resume_epoch]
+                write_atomically(path, _csv_lines(kept))
         elif path.exists():
             path.unlink()
-        self.file = None
+        self.fd: Optional[int] = None
 
     def log_epoch(self, row: Dict[str, Any]) -> None:
-        if self.file is None:
-            self.file = open(self.path, "a", newline="")
-            self.writer = csv.writer(self.file, lineterminator="\n")
+        lines = []
         if self.fields is None:
             self.fields = list(row)
-            self.writer.writerow(self.fields)
-        self.writer.writerow([repr(row[key]) if isinstance(row[key], float) else row[key] for key in self.fields])
-        self.file.flush()
+            lines.append(self.fields)
+        lines.append([repr(row[key]) if isinstance(row[key], float) else row[key] for key in self.fields])
+        data = _csv_lines(lines).encode()
+        try:
+            if self.fd is None:
+                self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            while data:
+                data = data[os.write(self.fd, data):]
+        except OSError as error:
+            raise OSError(error.errno, error.strerror, str(self.path)) from None
 
     def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _csv_lines(rows: List[list]) -> str:
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows(rows)
+    return text.getvalue()
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace `path` by `text` in one rename, so that a reader (or a full disk) never sees half a file;
+    on failure the old file stays and the temporary file is removed."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise OSError(error.errno, error.strerror, str(path)) from None
 
 
 def read_metrics(path: Path) -> List[Dict[str, Any]]:
@@ -72,7 +100,7 @@ class WandbLogger:
             group=cfg.group,
             tags=list(cfg.tags),
             job_type=cfg.job_type,
-            mode=cfg.mode,
+            mode=os.environ.get("WANDB_MODE") or cfg.mode,
             dir=str(out_dir),
             id=run_id,
             name=run_name,
@@ -112,9 +140,9 @@ class WandbLogger:
 
             self._guard("table", self.run.log, {key: wandb.Table(columns=columns, data=rows)})
 
-    def finish(self, failed: bool) -> None:
+    def finish(self, exit_code: int) -> None:
         if self.run is not None:
-            self._guard("finish", self.run.finish, 1 if failed else 0)
+            self._guard("finish", self.run.finish, exit_code)
 
 
 class Loggers:
@@ -138,8 +166,9 @@ class Loggers:
             for key, path in images.items():
                 self.wandb.log_image(key, path)
 
-    def finish(self, failed: bool) -> None:
+    def finish(self, exit_code: int) -> None:
+        """Close every logger; W&B marks the run by `exit_code` (0: finished, or preempted to resume)."""
         self.metrics.close()
         self.measures.close()
         if self.wandb is not None:
-            self.wandb.finish(failed)
+            self.wandb.finish(exit_code)

@@ -2,9 +2,12 @@
 
 Everything a run writes goes into its run directory (Hydra's output directory, or the directory
 being resumed): config.yaml, metrics.csv, checkpoints/, curves.png, wandb/ and, last of all,
-summary.json. A summary.json with status "completed" is the one sign that a run finished.
+summary.json. A summary.json with status "completed" is the one sign that a run finished; "interrupted"
+(a signal, grok/signals.py) and "failed" say why it did not. One process at a time writes a run
+directory (grok/lock.py), and a command refused before the run began writes nothing into it.
 """
 
+import errno
 import json
 import os
 import time
@@ -16,20 +19,24 @@ from typing import Any, Dict, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from grok.checkpoint import load_checkpoint, save_checkpoint
-from grok.config import ConfigError, ProgressAnalysisConfig, validate
+from grok.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
+from grok.config import ConfigError, ProgressAnalysisConfig, Refused, validate
 from grok.analysis import embedding_spectrum, key_frequencies
-from grok.loggers import Loggers, WandbLogger, read_metrics
+from grok.lock import lock_run_dir, unlock_run_dir
+from grok.loggers import Loggers, WandbLogger, read_metrics, write_atomically
+from grok.memory import check_memory
 from grok.model import build_model
 from grok.optim import build_optimizer
 from grok.plots import plot_curves, plot_fourier_spectrum, plot_progress
-from grok.slurm import Preempted, checkpoint_on_preemption, requeued_checkpoint, slurm_cpus, stable_run_id
+from grok.signals import Interrupted, Preempted, stop_on_signals
+from grok.slurm import requeued_checkpoint, stable_run_id
 from grok.speed import keep_freed_memory
 from grok.tasks import make_dataset
-from grok.training import Split, TrainState, train_loop
+from grok.threads import explicit_threads
+from grok.training import Diverged, Split, TrainState, train_loop
 
-# What defines an experiment: a resumed run must agree with its checkpoint on all of these.
-EXPERIMENT_KEYS = ("task", "model", "optimizer", "train_frac", "seed", "data_seed", "batch_size", "eval_every")
+# Everything that changes the math: a resumed run must agree with its checkpoint on all of these.
+EXPERIMENT_KEYS = ("task", "model", "optimizer", "loss", "train_frac", "seed", "data_seed", "batch_size", "eval_every")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -41,9 +48,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def write_json(path: Path, data: Dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(data, indent=2) + "\n")
 
 
 def process_age() -> Optional[float]:
@@ -56,11 +61,29 @@ def process_age() -> Optional[float]:
     return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
 
 
-def _check_same_experiment(cfg: DictConfig, saved: Dict[str, Any]) -> None:
-    current = OmegaConf.to_container(cfg, resolve=True)
+_ABSENT = "(absent)"
+
+
+def _first_difference(current: Any, saved: Any, field: str) -> Optional[str]:
+    """The first leaf where two configs differ, as `field=current ... field=saved`; None when equal."""
+    if isinstance(current, dict) and isinstance(saved, dict):
+        for key in sorted(set(current) | set(saved)):
+            found = _first_difference(current.get(key, _ABSENT), saved.get(key, _ABSENT), f"{field}.{key}")
+            if found:
+                return found
+        return None
+    return None if current == saved else f"{field}={current} differs from the checkpoint's {field}={saved}"
+
+
+def check_resumable(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
+    """The checkpoint to resume from, when it holds the same experiment as `cfg`; else Refused."""
+    checkpoint = load_checkpoint(run_dir)
     for key in EXPERIMENT_KEYS:
-        if current[key] != saved.get(key):
-            raise ConfigError(f"resume: {key}={current[key]} differs from the checkpoint's {key}={saved.get(key)}")
+        current = OmegaConf.to_container(cfg[key], resolve=True) if isinstance(cfg[key], DictConfig) else cfg[key]
+        difference = _first_difference(current, checkpoint["config"].get(key, _ABSENT), key)
+        if difference:
+            raise Refused(f"resume: {difference}; resume with the run's own settings")
+    return checkpoint
 
 
 @dataclass
@@ -97,38 +120,45 @@ class Experiment:
 
 
 def run(cfg: DictConfig, out_dir: Path, run_name: str = "run") -> Dict[str, Any]:
-    """Run one experiment; return its summary. Failures write a 'failed' summary, then re-raise;
-    a preempted run checkpoints, closes its loggers and hands the signal on (grok/slurm.py)."""
+    """Run one experiment; return its summary. Failures write a 'failed' summary, then re-raise; a
+    run stopped by a signal checkpoints, closes its loggers, writes an 'interrupted' summary and
+    raises grok.signals.Interrupted (grok/signals.py)."""
     started = time.perf_counter()
     experiment = None
-    with checkpoint_on_preemption() as preemption:
+    with stop_on_signals() as stop:
         try:
             experiment = start(cfg, out_dir, run_name, started)
-            train_loop(experiment, preemption)
+            train_loop(experiment, stop)
             return finish(experiment)
         except BaseException as error:
             record_failure(error, cfg, out_dir, experiment)
             raise
 
 
-def _run_dir(cfg: DictConfig, out_dir: Path) -> Path:
+def run_dir_of(cfg: DictConfig, out_dir: Path) -> Path:
     """Where the run writes: the directory it resumes (resume=<dir>), else Hydra's output directory."""
     return Path(cfg.resume) if isinstance(cfg.resume, str) else out_dir
 
 
 def start(cfg: DictConfig, out_dir: Path, run_name: str, started: float) -> Experiment:
     """Everything before the first epoch: validation, data, model, optimizer, checkpoint, loggers."""
-    run_dir = _run_dir(cfg, out_dir)
+    run_dir = run_dir_of(cfg, out_dir)
     validate(cfg)
-    threads = cfg.threads or slurm_cpus()
+    threads = explicit_threads(cfg)
     if threads is not None:  # set per job: jobs sharing a joblib worker set their own
         torch.set_num_threads(threads)
     resume = bool(cfg.resume) or requeued_checkpoint(run_dir)
-    checkpoint = load_checkpoint(run_dir) if resume else None
-    if checkpoint is not None:
-        _check_same_experiment(cfg, checkpoint["config"])
-        (run_dir / "summary.json").unlink(missing_ok=True)  # the run is no longer finished
+    if resume and not run_dir.is_dir():
+        raise ConfigError(f"resume: no run directory at {run_dir}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock_run_dir(run_dir)  # released by finish() or record_failure()
+    for directory in (run_dir, run_dir / "checkpoints"):  # left by a writer killed mid-write
+        remove_stale_temporaries(directory)
+    checkpoint = check_resumable(cfg, run_dir) if resume else None
     device = resolve_device(cfg.device)
+    check_memory(cfg, device)  # a run that would not fit is refused before anything is allocated
+    if checkpoint is not None:
+        (run_dir / "summary.json").unlink(missing_ok=True)  # the run is no longer finished
     keep_freed_memory()  # no page faults on every epoch's activations (grok/speed.py)
 
     data = make_dataset(cfg.task, cfg.train_frac, cfg.data_seed)
@@ -199,19 +229,48 @@ def finish(experiment: Experiment) -> Dict[str, Any]:
         "wandb_run_id": state.wandb_run_id if cfg.logger.name == "wandb" else None,
     }
     experiment.loggers.log_summary(summary, images)
-    experiment.loggers.finish(False)
+    experiment.loggers.finish(0)
     write_json(run_dir / "summary.json", summary)
+    unlock_run_dir(run_dir)
     return summary
 
 
 def record_failure(error: BaseException, cfg: DictConfig, out_dir: Path, experiment: Optional[Experiment]) -> None:
-    """A run that stops without finishing: a preempted one closes its loggers (the requeued job
-    resumes its W&B run under the same id); any other writes a 'failed' summary.json."""
-    if experiment is not None:
-        experiment.loggers.finish(not isinstance(error, Preempted))
-    if isinstance(error, Preempted):
-        return
-    run_dir = _run_dir(cfg, out_dir)
-    reason = str(error) if isinstance(error, ConfigError) else traceback.format_exc(limit=-3).strip()
-    target = run_dir if run_dir.is_dir() and not isinstance(error, ConfigError) else out_dir
-    write_json(target / "summary.json", {"status": "failed", "error": reason, "error_type": type(error).__name__})
+    """A run that stops without finishing. Stopped by a signal, it has checkpointed its last epoch:
+    its loggers close and summary.json says 'interrupted'. Any other error writes a 'failed'
+    summary.json, except into an existing run when the command failed before it began (a bad
+    config, a mismatched resume, a run directory in use): that run stays as it was."""
+    run_dir = run_dir_of(cfg, out_dir)
+    try:
+        if experiment is not None:
+            exit_code = 0 if isinstance(error, Preempted) else getattr(error, "exit_code", 1)  # 0: requeued, resumes
+            experiment.loggers.finish(exit_code)
+        if isinstance(error, Interrupted):
+            write_json(run_dir / "summary.json", {"status": "interrupted", "signal": error.signum.name,
+                                                  "epochs": error.epoch, "error": str(error)})
+            return
+        target = run_dir if experiment is not None else out_dir
+        existing_run = any((target / name).exists() for name in ("summary.json", "metrics.csv", "checkpoints",
+                                                                 "config.yaml"))
+        if experiment is None and target.resolve() == run_dir.resolve() and (existing_run or isinstance(error, Refused)):
+            return  # refused before it began: another run's files are not this command's to change
+        reason = failure_reason(error)
+        write_json(target / "summary.json", {"status": "failed", "error": reason, "error_type": type(error).__name__})
+    except OSError:
+        pass  # a full disk: the error itself is what the user needs to see
+    finally:
+        unlock_run_dir(run_dir)
+
+
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+def failure_reason(error: BaseException) -> str:
+    """What went wrong, in one line where the user can act on it (a config value, divergence, a
+    full disk); else the last frames of the traceback."""
+    if isinstance(error, (ConfigError, Diverged)):
+        return str(error)
+    if isinstance(error, OSError) and error.errno in DISK_ERRORS:
+        return f"cannot write {error.filename}: {error.strerror}" if error.filename else str(error)
+    return traceback.format_exc(limit=-3).strip()
+

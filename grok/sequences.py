@@ -66,6 +66,16 @@ def count_problems(task_cfg) -> int:
     return len(TASK_OPERATORS[task_cfg.name]) * base * base - ("/" in TASK_OPERATORS[task_cfg.name]) * base
 
 
+def input_length(task_cfg) -> int:
+    """T, the tokens a row of inputs holds: the longest problem's text but its closing '.', read only
+    as a label. Every listed problem set reaches it; a sample that misses the longest problems is
+    narrower (make_problems pads to the longest it drew)."""
+    operators, largest = TASK_OPERATORS[task_cfg.name], 10**task_cfg.digits - 1
+    # |a op b| is largest at the corners: + and * at (largest, largest), - at (0, largest), / at b = 1
+    return max(len(problem_text(a, op, b, task_cfg.digits, False))
+               for op in operators for a in (0, largest) for b in (1, largest)) - 1
+
+
 def _mix64(x: np.ndarray) -> np.ndarray:
     """splitmix64's finalizer: a bijection of uint64 that scrambles every bit (wraps on purpose)."""
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)

@@ -2,58 +2,17 @@
 launcher's GPU default.
 
 SLURM warns a job with a signal (submitit asks for USR2, `SUBMITIT_PREEMPT_SIGNAL` changes it) some
-time before it stops it. The signal handler only raises a flag; the training loop finishes its epoch,
-writes a checkpoint and raises `Preempted`. Once the run has closed its loggers, the signal is handed
-to whoever listened before: under submitit that requeues the job and exits; elsewhere the default
-action ends the process. The requeued job (SLURM_RESTART_COUNT > 0) resumes from that checkpoint in
-the same output directory, with the same W&B run id.
+time before it stops it; grok/signals.py has the run checkpoint its epoch and hands the signal on to
+submitit, which requeues the job. The requeued job (SLURM_RESTART_COUNT > 0) resumes from that
+checkpoint in the same output directory, with the same W&B run id.
 """
 
 import os
 import shutil
-import signal
 import subprocess
-import threading
 import uuid
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
-
-
-class Preempted(Exception):
-    """Raised by the training loop after it checkpointed because of a preemption signal."""
-
-
-def preemption_signal() -> signal.Signals:
-    return signal.Signals["SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")]
-
-
-class PreemptionFlag:
-    requested = False
-
-
-@contextmanager
-def checkpoint_on_preemption() -> Iterator[PreemptionFlag]:
-    """While the body runs, the preemption signal only sets the flag; on `Preempted` the signal is
-    passed on to the previous handler when the body has cleaned up."""
-    signum = preemption_signal()
-    flag = PreemptionFlag()
-    previous = signal.getsignal(signum)
-    if previous == signal.SIG_IGN or threading.current_thread() is not threading.main_thread():
-        yield flag  # nobody listens, or Python allows handlers in the main thread only
-        return
-    signal.signal(signum, lambda *_: setattr(flag, "requested", True))
-    try:
-        yield flag
-    except Preempted:
-        signal.signal(signum, previous)
-        if callable(previous):
-            previous(signum, None)  # submitit: checkpoint the launcher, `scontrol requeue`, exit
-        elif previous == signal.SIG_DFL:
-            os.kill(os.getpid(), signum)
-        raise
-    finally:
-        signal.signal(signum, previous)
+from typing import Optional
 
 
 def requeued_checkpoint(out_dir: Path) -> bool:

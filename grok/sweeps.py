@@ -117,7 +117,8 @@ def sweep_axes(cfg, name: str, overrides: Sequence[str]) -> List[Axis]:
 
 # ----------------------------------------------------------------------------- running
 def job_status(job_dir: Path) -> str:
-    """completed | failed | incomplete (no summary.json yet: running, or stopped) | unreadable."""
+    """completed | interrupted (by a signal) | failed | incomplete (no summary.json yet: running, or
+    killed) | unreadable."""
     import json
 
     try:

@@ -20,8 +20,8 @@ from torch import Tensor, nn
 
 from grok.analysis import progress_measures
 from grok.losses import IGNORE, LOSSES, cross_entropy
-from grok.slurm import Preempted
 from grok.speed import for_training
+from grok.threads import AdaptiveThreads, explicit_threads
 
 MEMORIZED, GROKKED = 0.99, 0.99  # accuracy thresholds for memorize_epoch and grok_epoch
 EVAL_TOKENS = 2**17  # evaluate in chunks of about this many tokens, so large test sets fit in memory
@@ -141,12 +141,23 @@ def epoch_rows(train_metrics: List[Dict[str, Tensor]], test_metrics: List[Dict[s
     return [dict(zip(names, row)) for row in torch.cat([values, weight_norms.double()[:, None]], dim=1).tolist()]
 
 
+class Diverged(FloatingPointError):
+    """A loss that is no longer a finite number; the message is one line for the user."""
+
+
+def check_finite(row: Dict[str, float]) -> None:
+    bad = {key: value for key, value in row.items() if key.endswith("_loss") and not math.isfinite(value)}
+    if bad:
+        losses = ", ".join(f"{key}={value}" for key, value in bad.items())
+        raise Diverged(f"training diverged at epoch {row['epoch']}: {losses} (a lower optimizer.lr may help)")
+
+
 def close_epoch(run, epoch: int, lr: float, seconds: float, values: Optional[Dict[str, float]],
-                preemption) -> Optional[Dict[str, float]]:
+                stop) -> Optional[Dict[str, float]]:
     """Everything after an epoch's step and test pass, for one run (grok/run.py's Experiment): its row
     (`values` from epoch_rows; None when the epoch was not evaluated) and progress measures to the
-    loggers, grokking detection, checkpoint, early stop, preemption. Returns the logged row; raises
-    on divergence."""
+    loggers, grokking detection, checkpoint, early stop, a stop requested by a signal (`stop`, a
+    grok.signals.StopRequest). Returns the logged row; raises Diverged when a loss is not finite."""
     cfg, state = run.cfg, run.state
     state.epoch, row = epoch, None
     state.train_seconds += seconds
@@ -160,19 +171,19 @@ def close_epoch(run, epoch: int, lr: float, seconds: float, values: Optional[Dic
             measures = progress_measures(run.model, cfg.task.name, cfg.task.get("p"), run.train.inputs,
                                          run.train.labels, cfg.analysis.n_key_freqs)
         run.loggers.log_epoch(row, measures)
-        if not math.isfinite(row["train_loss"]):
-            raise FloatingPointError(f"training diverged at epoch {epoch}: train_loss={row['train_loss']}")
+        check_finite(row)
         state.update(row, cfg.stop)
-    if epoch % cfg.save_every == 0 or state.stopped_early or preemption.requested:
+    if epoch % cfg.save_every == 0 or state.stopped_early or stop.requested:
         run.save()
-    if preemption.requested:
-        raise Preempted(f"preempted after epoch {epoch}; checkpoint saved")
+    if stop.requested:
+        raise stop.stopped(epoch)
     return row
 
 
-def train_loop(run, preemption) -> None:
+def train_loop(run, stop) -> None:
     """Train `run` (grok/run.py's Experiment) from state.epoch + 1 to cfg.epochs, or to the early stop.
-    When `preemption.requested` turns true, the loop checkpoints the epoch it finished and raises."""
+    When `stop.requested` turns true (grok/signals.py), the loop checkpoints the epoch it finished and
+    raises grok.signals.Interrupted."""
     from tqdm import tqdm
 
     cfg, state = run.cfg, run.state
@@ -180,6 +191,7 @@ def train_loop(run, preemption) -> None:
     last_postfix = 0.0
     loss_fn = LOSSES[cfg.loss.name]
     trained = for_training(run.model, cfg.compile, next(run.model.parameters()).device)  # compiled where it pays
+    threads = AdaptiveThreads(explicit_threads(cfg))  # fewer while other processes hold CPUs (grok/threads.py)
     tick = time.perf_counter()
     try:
         for epoch in range(state.epoch + 1, cfg.epochs + 1):
@@ -191,14 +203,16 @@ def train_loop(run, preemption) -> None:
                 test_metrics = evaluate(trained, run.test, loss_fn)
                 (values,) = epoch_rows([train_metrics], [test_metrics], weight_norm(run.model)[None])
             now = time.perf_counter()
-            row = close_epoch(run, epoch, lr, now - tick, values, preemption)
+            row = close_epoch(run, epoch, lr, now - tick, values, stop)
             tick = now
             if row is not None and time.perf_counter() - last_postfix > 0.5:
                 last_postfix = time.perf_counter()
                 bar.set_postfix(train_loss=f"{row['train_loss']:.3g}", train_acc=f"{row['train_acc']:.3f}",
                                 test_loss=f"{row['test_loss']:.3g}", test_acc=f"{row['test_acc']:.3f}", refresh=False)
             bar.update()
+            threads.update()
             if state.stopped_early:
                 break
     finally:
+        threads.restore()
         bar.close()

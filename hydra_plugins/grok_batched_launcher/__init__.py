@@ -4,6 +4,7 @@ allow (grok/batched.py; README "Batched sweeps"). Hydra prepares each job as its
 each job's return value is its objective, as train.py would return it."""
 
 import logging
+import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -28,6 +29,7 @@ class BatchedLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from grok.batched import Job, run_batched
+        from grok.signals import Interrupted
         from grok.sweeps import objective
 
         setup_globals()
@@ -50,7 +52,11 @@ class BatchedLauncher(Launcher):
                                    job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir",
                                    configure_logging=False))
         ready = [ret for ret in returns if ret.status == JobStatus.COMPLETED]  # a config Hydra could not resolve fails alone
-        results = run_batched([ret.return_value for ret in ready], self.max_members)
+        try:
+            results = run_batched([ret.return_value for ret in ready], self.max_members)
+        except Interrupted as error:  # each job stopped by the signal has checkpointed and says so
+            log.error(str(error))
+            sys.exit(error.exit_code)
         for ret, result in zip(ready, results):
             failed = isinstance(result, BaseException)
             ret.status = JobStatus.FAILED if failed else JobStatus.COMPLETED

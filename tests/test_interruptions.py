@@ -1,0 +1,121 @@
+"""Signals (grok/signals.py): SIGTERM and Ctrl-C stop a run after its epoch with a checkpoint, a closed
+W&B run and an 'interrupted' summary.json; the process exits with 128 + the signal; `resume` then
+continues exactly, and W&B's history holds every epoch exactly once. A second Ctrl-C leaves at once."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from grok.loggers import read_metrics
+from grok.signals import Interrupted, Preempted, StopRequest, preemption_signal
+from tests.conftest import ROOT, cli_env, run_cli, wandb_records
+
+ARGS = ["task.p=23", "epochs=300", "save_every=100000", "analysis=none", "progress=false"]
+
+
+def _start(args, run_dir: Path, stderr: Path) -> subprocess.Popen:
+    """train.py in a process group of its own, as a terminal's foreground job is."""
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"],
+                            cwd=run_dir.parent, env=cli_env(), stdout=subprocess.DEVNULL, stderr=open(stderr, "w"),
+                            start_new_session=True)
+
+
+def _send(process: subprocess.Popen, signum: int) -> None:
+    """Ctrl-C reaches the whole group (W&B's service process too); `kill` and `timeout` the process."""
+    if signum == signal.SIGINT:
+        os.killpg(process.pid, signum)
+    else:
+        process.send_signal(signum)
+
+
+def _wait_until(condition, what, timeout=120):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def _rows(path: Path) -> int:
+    return len(path.read_text().splitlines()) - 1 if path.exists() else 0
+
+
+def _history_epochs(run_dir: Path):
+    """Epochs in W&B's history, over every offline segment of the run (one per start or resume)."""
+    return sorted(row["epoch"] for segment in sorted((run_dir / "wandb").glob("offline-run-*"))
+                  for row in wandb_records(run_dir, segment)["history"])
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_checkpoints_the_epoch_closes_wandb_and_resume_logs_each_epoch_once(tmp_path, signum):
+    run_cli([*ARGS, f"hydra.run.dir={tmp_path / 'uninterrupted'}"], cwd=tmp_path, check=True)
+    run_dir, stderr = tmp_path / "run", tmp_path / "stderr.txt"
+    process = _start(ARGS, run_dir, stderr)
+    metrics = run_dir / "metrics.csv"
+    _wait_until(lambda: _rows(metrics) > 20, "20 epochs")
+    _send(process, signum)
+    assert process.wait(timeout=60) == 128 + signum, stderr.read_text()
+
+    stopped_at = _rows(metrics)
+    assert stopped_at < 300, "stopped before the end"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["signal"] == signum.name and summary["epochs"] == stopped_at
+    (checkpoint,) = (run_dir / "checkpoints").glob("epoch_*.pt")
+    assert checkpoint.name == f"epoch_{stopped_at:06d}.pt", "the last logged epoch is the one saved"
+    last_line = stderr.read_text().strip().splitlines()[-1]
+    assert f"after epoch {stopped_at}" in last_line and f"resume={run_dir}" in last_line and "Traceback" not in stderr.read_text()
+    assert _history_epochs(run_dir) == list(range(1, stopped_at + 1)), "W&B was closed with every epoch logged"
+
+    run_cli([*ARGS, "resume=true", f"hydra.run.dir={run_dir}"], cwd=tmp_path, check=True)
+    assert metrics.read_bytes() == (tmp_path / "uninterrupted" / "metrics.csv").read_bytes()
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+    assert _history_epochs(run_dir) == list(range(1, 301)), "each epoch exactly once in W&B"
+
+
+def test_a_second_ctrl_c_leaves_at_once_without_a_checkpoint(tmp_path):
+    # one example per step: an epoch takes seconds, so both signals land inside the first one
+    args = ["task.p=97", "batch_size=1", "epochs=5", "logger=none", "analysis=none", "progress=false"]
+    run_dir, stderr = tmp_path / "run", tmp_path / "stderr.txt"
+    process = _start(args, run_dir, stderr)
+    _wait_until((run_dir / "config.yaml").exists, "the run to start")
+    _send(process, signal.SIGINT)
+    _wait_until(lambda: "stopping after this epoch" in stderr.read_text(), "the first Ctrl-C to be seen")
+    _send(process, signal.SIGINT)
+    assert process.wait(timeout=30) == 128 + signal.SIGINT
+    assert "leaving at once" in stderr.read_text()
+    assert not (run_dir / "metrics.csv").exists(), "the first epoch was not finished"
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / "summary.json").exists()
+
+
+def test_a_stop_request_names_its_signal_and_the_epoch_it_saved():
+    stop = StopRequest()
+    assert not stop.requested
+    stop.signum = signal.SIGTERM
+    error = stop.stopped(12)
+    assert type(error) is Interrupted and error.exit_code == 143 and "SIGTERM after epoch 12" in str(error)
+    stop.signum = preemption_signal()
+    assert isinstance(stop.stopped(12), Preempted), "the scheduler's signal: the requeued job resumes"
+
+
+def test_a_signal_stops_a_batched_sweep_with_every_member_checkpointed_at_the_same_epoch(tmp_path):
+    sweep_dir, stderr = tmp_path / "sweep", tmp_path / "stderr.txt"
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=batched", "seed=0,1,2", "task.p=23",
+         "epochs=100000", "save_every=100000", "logger=none", "analysis=none", "progress=false",
+         f"hydra.sweep.dir={sweep_dir}"],
+        cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL, stderr=open(stderr, "w"))
+    _wait_until(lambda: all(_rows(sweep_dir / str(job) / "metrics.csv") > 5 for job in range(3)), "every member to train")
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 128 + signal.SIGTERM, stderr.read_text()
+
+    summaries = [json.loads((sweep_dir / str(job) / "summary.json").read_text()) for job in range(3)]
+    assert {s["status"] for s in summaries} == {"interrupted"} and len({s["epochs"] for s in summaries}) == 1
+    epoch = summaries[0]["epochs"]
+    for job in range(3):
+        assert [row["epoch"] for row in read_metrics(sweep_dir / str(job) / "metrics.csv")] == list(range(1, epoch + 1))
+        assert (sweep_dir / str(job) / "checkpoints" / f"epoch_{epoch:06d}.pt").exists()
