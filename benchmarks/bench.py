@@ -8,7 +8,9 @@ The two alternate in rounds, so that both see the same load on a shared machine;
 median of the per-round ratios. FLOPs per epoch are those of the matrix products, counted with
 torch's FLOP formulas; "peak fraction" divides the FLOP rate by a large matmul's, measured here.
 Also: the start-up overhead of one job (`python train.py` to its first epoch, from its summary.json)
-and the default experiment's time to grok (from a finished run, --grok-run, or a new one, --grok).
+and the default experiment's time to grok (from a finished run, --grok-run, or a new one, --grok),
+with the plateau figure: epochs/s from that run's last checkpoint before it grokked against fresh
+weights, alternated (float32 denormals are flushed to zero as train.py does; --keep-denormals not).
 
 The batched figure (README "Batched sweeps"): run-epochs/s of K runs trained together as one stacked
 model, grok.batched.Batch (its epoch: backward, step, evaluate, metrics read back, as train_together
@@ -59,7 +61,7 @@ from grok.losses import LOSSES  # noqa: E402
 from grok.model import build_model  # noqa: E402
 from grok.optim import build_optimizer  # noqa: E402
 from grok.run import Experiment, resolve_device, start  # noqa: E402
-from grok.speed import for_training, keep_freed_memory  # noqa: E402
+from grok.speed import flush_denormals, for_training, keep_freed_memory  # noqa: E402
 from grok.tasks import make_dataset  # noqa: E402
 from grok.threads import WINDOW, AdaptiveThreads  # noqa: E402
 from grok.training import Split, evaluate, train_epoch  # noqa: E402
@@ -367,6 +369,49 @@ def bench_load(busy: List[int], device: torch.device, rounds: int, seconds: floa
     return result
 
 
+def plateau_checkpoint(run_dir: Path) -> Optional[Path]:
+    """The run's checkpoint deepest into the plateau: the newest one before it grokked."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    grokked = summary.get("grok_epoch") or summary["epochs"]
+    found = sorted((int(path.stem[6:]), path) for path in (run_dir / "checkpoints").glob("epoch_*.pt"))
+    return next((path for epoch, path in reversed(found) if 0 < epoch < grokked), None)
+
+
+def harness_at(checkpoint: Optional[Path], device: torch.device) -> Callable[[], None]:
+    """The default experiment's harness epoch, from fresh weights or from `checkpoint`'s weights and
+    optimizer state."""
+    cfg = compose([])
+    data = make_dataset(cfg.task, cfg.train_frac, cfg.data_seed)
+    split = lambda idx: Split(data.inputs[idx].to(device), data.labels[idx].to(device))
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, data.n_vocab, data.n_classes, data.inputs.shape[1]).to(device)
+    optimizer, scheduler = build_optimizer(cfg.optimizer, model.parameters())
+    if checkpoint is not None:
+        saved = torch.load(checkpoint, map_location=device, weights_only=True)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+    return harness_epoch(cfg, model, split(data.train_idx), split(data.test_idx), optimizer, scheduler,
+                         torch.Generator().manual_seed(cfg.seed))
+
+
+def bench_plateau(run_dir: Path, device: torch.device, rounds: int, seconds: float) -> Dict:
+    """Epochs/s of the default experiment deep in its plateau (a checkpoint of `run_dir`, a default
+    run) against fresh weights, alternated. Without denormals flushed to zero the plateau ran 3-6x
+    slower than the start (grok/speed.py, flush_denormals; --keep-denormals measures that)."""
+    checkpoint = plateau_checkpoint(run_dir)
+    if checkpoint is None:
+        return {"run_dir": str(run_dir), "status": "no checkpoint before the grok epoch"}
+    epochs = {"fresh": harness_at(None, device), "plateau": harness_at(checkpoint, device)}
+    for epoch in epochs.values():  # warm-up
+        epoch()
+    rates = alternate(epochs, rounds, seconds, device)
+    ratios = [p / f for p, f in zip(rates["plateau"], rates["fresh"])]
+    return {"checkpoint": str(checkpoint), "ratio": statistics.median(ratios), "ratio_per_round": ratios,
+            **{name: {"epochs_per_second": statistics.median(rate), "epochs_per_second_per_round": rate}
+               for name, rate in rates.items()}}
+
+
 def startup_overhead(out: Path) -> Dict:
     """One default job of one epoch, W&B on (offline): seconds from `python train.py` to its first epoch."""
     run_dir = out / "startup_run"
@@ -437,7 +482,10 @@ def main(argv: Optional[List[str]] = None) -> Dict:
                         help="busy processes beside the loaded-machine figure's runs, comma separated (default: 1,2)")
     parser.add_argument("--load-rounds", type=int, default=3, help="timed rounds of the loaded-machine figure (default: 3)")
     parser.add_argument("--skip-load", action="store_true", help="do not measure the default experiment beside busy processes")
+    parser.add_argument("--keep-denormals", action="store_true",
+                        help="do not flush float32 denormals to zero, as the harness does (to measure what that gains)")
     args = parser.parse_args(argv)
+    flushed = False if args.keep_denormals else flush_denormals()  # as grok/run.py does, before any thread starts
     if args.threads:
         torch.set_num_threads(args.threads)
     keep_freed_memory()  # as grok/run.py does; the reference, in the same process, gains from it too
@@ -453,7 +501,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         compose_for_batch(overrides, device.type)
     out.mkdir(parents=True, exist_ok=True)
 
-    report: Dict = {"machine": machine(device), "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])])}
+    report: Dict = {"machine": machine(device), "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
+                    "denormals_flushed": flushed}
     report["matmul_gflops"] = peak = matmul_gflops(device)
     print(f"{report['machine']['cpu']} ({report['machine']['cpu_count']} CPUs, {report['machine']['torch_threads']} "
           f"torch threads), device {report['machine']['device']}: float32 matmul {peak:.0f} GFLOP/s")
@@ -507,6 +556,13 @@ def main(argv: Optional[List[str]] = None) -> Dict:
                   f"at {g['epochs_per_second']:.1f} epochs/s ({grok_run})")
         else:
             print(f"{grok_run}: no time to grok ({g['status']})")
+        plateau = report["plateau"] = bench_plateau(grok_run, device, args.rounds, args.seconds)
+        if "ratio" in plateau:
+            print(f"deep in the plateau ({plateau['checkpoint']}): {plateau['plateau']['epochs_per_second']:.1f} epochs/s"
+                  f" against {plateau['fresh']['epochs_per_second']:.1f} fresh: ratio {plateau['ratio']:.2f}"
+                  + ("" if flushed else " (denormals kept)"))
+        else:
+            print(f"{grok_run}: no plateau figure ({plateau['status']})")
     report["machine"]["load_average_1min_at_end"] = os.getloadavg()[0]
     (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out / 'bench.json'}")

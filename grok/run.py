@@ -12,6 +12,7 @@ import json
 import os
 import time
 import traceback
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -30,7 +31,7 @@ from grok.optim import build_optimizer
 from grok.plots import plot_curves, plot_fourier_spectrum, plot_progress
 from grok.signals import Interrupted, Preempted, stop_on_signals
 from grok.slurm import requeued_checkpoint, stable_run_id
-from grok.speed import keep_freed_memory
+from grok.speed import flush_denormals, keep_freed_memory
 from grok.tasks import make_dataset
 from grok.threads import explicit_threads
 from grok.training import Diverged, Split, TrainState, train_loop
@@ -143,6 +144,9 @@ def run_dir_of(cfg: DictConfig, out_dir: Path) -> Path:
 def start(cfg: DictConfig, out_dir: Path, run_name: str, started: float) -> Experiment:
     """Everything before the first epoch: validation, data, model, optimizer, checkpoint, loggers."""
     run_dir = run_dir_of(cfg, out_dir)
+    if not flush_denormals():  # first, before anything starts PyTorch's threads (grok/speed.py)
+        warnings.warn("float32 denormals are flushed to zero on this thread only: PyTorch's threads started "
+                      "before this run, so late epochs may run several times slower (README, Performance)")
     validate(cfg)
     threads = explicit_threads(cfg)
     if threads is not None:  # set per job: jobs sharing a joblib worker set their own

@@ -27,6 +27,19 @@ def keep_freed_memory(limit: int = 1 << 30) -> bool:
         return False
 
 
+def flush_denormals() -> bool:
+    """Have float arithmetic flush denormal numbers to zero, on every thread that computes; return
+    whether it holds on all of them. Deep into grokking's plateau, softmax probabilities and their
+    gradients fall below float32's normal range, where x86 CPUs take a slow path: the plateau's
+    epochs ran 3-6x slower than the first ones. The flag is per thread and threads inherit it when
+    they are created, so it must be set before the first parallel operation starts PyTorch's
+    OpenMP threads (grok/run.py does so before anything is computed); where they exist already,
+    only the calling thread flushes, and the check says so."""
+    torch.set_flush_denormal(True)
+    tiny = torch.full((1 << 20,), 1e-30)  # split across the threads: each computes its own part
+    return bool((tiny * 1e-10 == 0).all())  # 1e-40 is denormal in float32
+
+
 class Compiled(nn.Module):
     """`model` with its forward run through torch.compile (CUDA graphs on a GPU, where launching the
     kernels of such a small model costs more than running them). The first call compiles; if that
