@@ -16,8 +16,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def test_a_divide_run_writes_every_output_and_a_wandb_run(tmp_path):
     run_dir = tmp_path / "run"
-    result = run_cli(["task=divide", "train_frac=0.1", "task.p=11", "epochs=30", "save_every=20",
-                      "logger.group=demo", "logger.tags=[a,b]", f"hydra.run.dir={run_dir}"], cwd=tmp_path, check=True)
+    run_cli(["task=divide", "train_frac=0.1", "task.p=11", "epochs=30", "save_every=20",
+             "logger.group=demo", "logger.tags=[a,b]", f"hydra.run.dir={run_dir}"], cwd=tmp_path, check=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"], "nothing is written outside the run dir"
     for name in ["config.yaml", "metrics.csv", "summary.json", "curves.png", ".hydra", "wandb"]:
         assert (run_dir / name).exists(), name
@@ -127,7 +127,7 @@ def test_a_killed_run_resumes_to_exactly_the_uninterrupted_result(tmp_path):
     rows_at_kill = len((killed / "metrics.csv").read_text().splitlines()) - 1
     assert 200 <= rows_at_kill < 400
 
-    resumed = run_cli([*args, f"resume={killed}", f"hydra.run.dir={tmp_path / 'resume_call'}"], cwd=tmp_path, check=True)
+    run_cli([*args, f"resume={killed}", f"hydra.run.dir={tmp_path / 'resume_call'}"], cwd=tmp_path, check=True)
     assert (killed / "metrics.csv").read_bytes() == (tmp_path / "uninterrupted" / "metrics.csv").read_bytes()
     summary = json.loads((killed / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["epochs"] == 400

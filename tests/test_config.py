@@ -3,7 +3,6 @@ start-up, and each bad value is refused with one line naming the field and what 
 
 import pytest
 from hydra.errors import ConfigCompositionException
-from omegaconf.errors import ConfigKeyError, ValidationError
 
 from grok.config import ConfigError, validate
 from tests.conftest import make_config
