@@ -1,5 +1,6 @@
 """Train one grokking experiment: `python train.py task=divide train_frac=0.1` (see README.md)."""
 
+import shlex
 import sys
 from pathlib import Path
 
@@ -27,7 +28,7 @@ def main(cfg: DictConfig) -> float:
     out_dir = Path(hydra_cfg.runtime.output_dir)
     run_dir = run_dir_of(cfg, out_dir)
     overrides = [o for o in hydra_cfg.overrides.task if not o.startswith(("resume=", "hydra."))]
-    resume = " ".join(["python train.py", *overrides, f"resume={run_dir}"])
+    resume = " ".join(["python train.py", *map(shlex.quote, overrides), shlex.quote(f"resume={run_dir}")])
     try:
         summary = run(cfg, out_dir, run_name=hydra_cfg.job.override_dirname or "default")
         return objective(summary, cfg)

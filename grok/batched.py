@@ -33,6 +33,7 @@ from grok.losses import IGNORE, LOSSES
 from grok.memory import available_memory, check_data
 from grok.run import Experiment, finish, record_failure, resolve_device, run, start
 from grok.signals import Interrupted, stop_on_signals
+from grok.speed import flush_denormals
 from grok.tasks import make_dataset
 from grok.threads import AdaptiveThreads, explicit_threads
 from grok.training import close_epoch, correct, epoch_rows, evaluation_due
@@ -71,6 +72,7 @@ def group_key(cfg: DictConfig) -> Tuple[str, int]:
 def run_batched(jobs: Sequence[Job], max_members: Optional[int] = None) -> List[Result]:
     """Run every job; those that can share a batch do. Returns each job's summary or exception, in
     order. `max_members` caps a batch below what memory allows."""
+    flush_denormals()  # before group_key's data sets start PyTorch's threads (grok/speed.py)
     results: List[Optional[Result]] = [None] * len(jobs)
     groups: Dict[str, List[int]] = {}
     rows: Dict[int, int] = {}
@@ -230,8 +232,7 @@ def train_together(members: List[Member], stop) -> None:
 
     starts = sorted({m.experiment.state.epoch for m in members})
     if len(starts) > 1:  # checkpoints of different epochs (a requeued job): one batch per epoch
-        for epoch in starts:
-            train_together([m for m in members if m.experiment.state.epoch == epoch], stop)
+        _one_after_another([[m for m in members if m.experiment.state.epoch == epoch] for epoch in starts], stop)
         return
     active = []
     for member in members:
@@ -262,8 +263,7 @@ def train_together(members: List[Member], stop) -> None:
                 half = len(active) // 2
                 warnings.warn(f"a batch of {len(active)} runs ran out of GPU memory at epoch {epoch}: "
                               f"it goes on as two batches, of {half} and {len(active) - half}")
-                train_together(active[:half], stop)
-                train_together(active[half:], stop)
+                _one_after_another([active[:half], active[half:]], stop)
                 return
             batch.step()
             due = [evaluation_due(m.experiment.cfg, epoch) for m in active]
@@ -296,12 +296,33 @@ def train_together(members: List[Member], stop) -> None:
                 bar.set_postfix(training=len(active), refresh=False)
             if not active:
                 break
+    except Interrupted:
+        raise
+    except Exception as error:  # the batch itself failed, not one member: each member still training fails
+        for member in active:
+            if member.result is None:
+                record_failure(error, member.experiment.cfg, member.experiment.run_dir, member.experiment)
+                member.result = error
     finally:
         if batch is not None:
             batch.release()
         threads.restore()
         bar.close()
 
+
+
+def _one_after_another(batches: List[List[Member]], stop) -> None:
+    """Train the batches in turn. A signal that stops one stops the sweep: the members of the batches
+    after it, started but not trained, end as interrupted at their own (resumed) checkpoint."""
+    for i, batch in enumerate(batches):
+        try:
+            train_together(batch, stop)
+        except Interrupted as error:
+            for member in (m for waiting in batches[i + 1:] for m in waiting):
+                experiment = member.experiment
+                record_failure(type(error)(error.signum, experiment.state.epoch), experiment.cfg,
+                               experiment.run_dir, experiment)
+            raise
 
 # ----------------------------------------------------------------------------- memory
 def free_memory(device: torch.device) -> int:

@@ -39,6 +39,10 @@ def lock_run_dir(run_dir: Path) -> None:
             holder = os.read(fd, 1000).decode(errors="replace").strip() or "another process"
             os.close(fd)
             raise Refused(f"{run_dir} is in use by {holder}; one run directory takes one writer at a time") from None
+        except OSError as error:  # a filesystem without locks (Lustre mounted noflock, some NFS)
+            os.close(fd)
+            warnings.warn(f"{run_dir}: no file lock here ({error.strerror}); nothing stops a second writer")
+            return
         try:
             same_file = os.stat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
@@ -46,9 +50,12 @@ def lock_run_dir(run_dir: Path) -> None:
         if same_file:  # not a file the previous holder unlinked between our open and our lock
             break
         os.close(fd)
-    os.ftruncate(fd, 0)
-    os.write(fd, f"PID {os.getpid()} on host {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
     _held[key] = fd
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"PID {os.getpid()} on host {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+    except OSError:
+        pass  # a full disk: the lock holds all the same, only the message of a refused writer is vaguer
 
 
 def unlock_run_dir(run_dir: Path) -> None:
@@ -60,19 +67,21 @@ def unlock_run_dir(run_dir: Path) -> None:
 
 class RunDirGuard(Callback):
     """Before Hydra writes `.hydra/` into an existing run directory (`hydra.run.dir=<run>`, or the
-    directory `resume` names), take its lock and check a resume against its checkpoint, so that a
-    refused command leaves the run exactly as it was."""
+    directory `resume` names), take its lock and check the values, the memory the run needs and a
+    resume against its checkpoint, so that a refused command leaves the run exactly as it was."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        from grok.run import check_resumable, run_dir_of
+        from grok.memory import check_memory
+        from grok.run import check_resumable, resolve_device, run_dir_of
 
         run_dir = run_dir_of(config, Path(str(config.hydra.run.dir)))
         if not run_dir.is_dir():
             return  # a new run: nobody else can be writing into it yet
         try:
             lock_run_dir(run_dir)
+            validate(config)
+            check_memory(config, resolve_device(config.device))
             if config.resume:
-                validate(config)
                 with warnings.catch_warnings():  # a fallback to an older checkpoint: start() warns about it
                     warnings.simplefilter("ignore")
                     check_resumable(config, run_dir)

@@ -6,10 +6,13 @@
   signal a second time leaves at once, without a checkpoint.
 - The preemption signal (USR2, or `SUBMITIT_PREEMPT_SIGNAL`; grok/slurm.py): the run stops the same
   way, then the signal goes on to whoever listened before: under submitit that requeues the job,
-  which resumes from the checkpoint; elsewhere the signal's default action ends the process.
+  which resumes from the checkpoint; elsewhere the signal's default action ends the process. It
+  wins over a SIGTERM received before it (SLURM sends both when it preempts a job).
 
 The handlers only record the request; the training loop reads it after each epoch. A signal that
-was ignored when the run started (`nohup`, a background job's SIGINT) stays ignored.
+was ignored when the run started (`nohup`, a background job's SIGINT) stays ignored, and so does a
+SIGINT or SIGTERM that another library handles itself (submitit logs SIGTERM and waits for the
+preemption signal).
 """
 
 import os
@@ -68,16 +71,18 @@ def stop_on_signals() -> Iterator[StopRequest]:
 
     def request(signum: int, frame) -> None:
         name = signal.Signals(signum).name
-        if stop.requested and signum != preemption:
+        if signum == stop.signum and signum != preemption:
             sys.stderr.write(f"\n{name} again: leaving at once, without a checkpoint\n")
             os._exit(128 + signum)
-        if not stop.requested:
+        if not stop.requested or signum == preemption:
             stop.signum = signal.Signals(signum)
             again = "" if signum == preemption else f"; {name} again leaves at once"
             sys.stderr.write(f"\n{name}: stopping after this epoch with a checkpoint{again}\n")
 
+    request.grok_stop = True  # a run nested in another (a sweep's job) takes over from its handler
     for signum, handler in previous.items():
-        if handler != signal.SIG_IGN:
+        unclaimed = handler in (signal.SIG_DFL, signal.default_int_handler) or hasattr(handler, "grok_stop")
+        if handler != signal.SIG_IGN and (signum == preemption or unclaimed):
             signal.signal(signum, request)
     try:
         yield stop

@@ -33,11 +33,15 @@ def flush_denormals() -> bool:
     gradients fall below float32's normal range, where x86 CPUs take a slow path: the plateau's
     epochs ran 3-6x slower than the first ones. The flag is per thread and threads inherit it when
     they are created, so it must be set before the first parallel operation starts PyTorch's
-    OpenMP threads (grok/run.py does so before anything is computed); where they exist already,
-    only the calling thread flushes, and the check says so."""
+    OpenMP threads (grok/run.py and grok/batched.py do so before anything is computed); where they
+    exist already, only the calling thread flushes, and a warning says so."""
     torch.set_flush_denormal(True)
     tiny = torch.full((1 << 20,), 1e-30)  # split across the threads: each computes its own part
-    return bool((tiny * 1e-10 == 0).all())  # 1e-40 is denormal in float32
+    everywhere = bool((tiny * 1e-10 == 0).all())  # 1e-40 is denormal in float32
+    if not everywhere:
+        warnings.warn("float32 denormals are flushed to zero on this thread only: PyTorch's threads started "
+                      "earlier, so late epochs may run several times slower (README, Performance)", stacklevel=2)
+    return everywhere
 
 
 class Compiled(nn.Module):

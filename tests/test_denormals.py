@@ -36,3 +36,14 @@ def test_a_run_flushes_them_before_it_starts_any_thread():
             "start(make_config(['task.p=11', 'logger=none', 'threads=2']), pathlib.Path(tempfile.mkdtemp()), 'r', "
             f"time.perf_counter()); {DENORMALS_LEFT}")
     assert in_a_fresh_process(code) == ["0"]
+
+
+def test_a_batched_sweep_flushes_them_before_grouping_builds_any_data_set():
+    # p=401: grouping builds 160,801 examples, a data set large enough to start PyTorch's threads
+    code = ("from grok.config import register_configs; register_configs(); import tempfile, pathlib; "
+            "from tests.conftest import make_config; from grok.batched import Job, run_batched; "
+            "cfg = make_config(['task.p=401', 'model.d_model=8', 'model.n_heads=1', 'model.d_mlp=8', 'epochs=1', "
+            "'logger=none', 'progress=false', 'analysis=none', 'threads=2']); "
+            "run_batched([Job(cfg, pathlib.Path(tempfile.mkdtemp()), 'r')]); "
+            f"{DENORMALS_LEFT}")
+    assert in_a_fresh_process(code) == ["0"]

@@ -60,15 +60,17 @@ def test_a_second_writer_is_refused_naming_the_holder_and_a_killed_holder_leaves
 
 
 @pytest.mark.parametrize("change, named", [
-    ("loss=stablemax", "loss.name=stablemax differs from the checkpoint's loss.name=cross_entropy"),
-    ("optimizer.weight_decay=0.5", "optimizer.weight_decay=0.5 differs from the checkpoint's optimizer.weight_decay=1.0"),
-    ("train_frac=1.5", "train_frac=1.5: must be in (0, 1)"),
+    (["loss=stablemax", "resume=true"], "loss.name=stablemax differs from the checkpoint's loss.name=cross_entropy"),
+    (["optimizer.weight_decay=0.5", "resume=true"],
+     "optimizer.weight_decay=0.5 differs from the checkpoint's optimizer.weight_decay=1.0"),
+    (["train_frac=1.5", "resume=true"], "train_frac=1.5: must be in (0, 1)"),
+    (["train_frac=1.5"], "train_frac=1.5: must be in (0, 1)"),  # a new run into an existing run's directory
 ])
-def test_a_refused_resume_names_the_field_and_leaves_the_finished_run_as_it_was(tmp_path, change, named):
+def test_a_refused_command_names_the_field_and_leaves_the_finished_run_as_it_was(tmp_path, change, named):
     run_dir = tmp_path / "run"
     run_cli([*QUICK, f"hydra.run.dir={run_dir}"], cwd=tmp_path, check=True)
     before = snapshot(run_dir)
-    result = run_cli([*QUICK, change, "epochs=6", "resume=true", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    result = run_cli([*QUICK, *change, "epochs=6", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     assert result.returncode == 1
     (line,) = error_lines(result)
     assert named in line and "{" not in line, "the field, not whole dicts"

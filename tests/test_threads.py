@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from benchmarks.bench import busy_processes
 from grok import threads
-from grok.threads import AdaptiveThreads, cpu_ticks, explicit_threads, threads_for
+from grok.threads import AdaptiveThreads, explicit_threads, threads_for
 
 CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
 linux = pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="reads Linux's /proc")
@@ -135,17 +135,19 @@ def test_the_runs_own_threads_are_not_counted_as_other_processes(unchosen):
 @linux
 @pytest.mark.skipif(CPUS < 2, reason="one CPU: one thread already")
 def test_on_an_idle_machine_the_run_keeps_its_threads_and_takes_them_back_after_a_neighbour(unchosen):
-    cpus = frozenset(os.sched_getaffinity(0))
-    (busy, own), start = cpu_ticks(cpus), time.monotonic()
-    time.sleep(0.5)
-    (busy_now, own_now), elapsed = cpu_ticks(cpus), (time.monotonic() - start) * os.sysconf("SC_CLK_TCK")
-    if (busy_now - busy - (own_now - own)) / elapsed > 0.2:
-        pytest.skip("other processes are using the CPUs")
+    """Skipped, naming the load, when other processes (the other test worker) kept CPUs busy at the
+    moments that decide: the governor is right to hold back then."""
     governor = AdaptiveThreads(None)
     measures = decide(governor, 3, matmuls)
+    if max(measures) >= threads.DOWN:
+        pytest.skip(f"other processes kept {max(measures):.2f} CPUs busy")
     assert governor.threads == torch.get_num_threads() == 2, measures
     with busy_processes(CPUS, limit=60):
         measures += decide(governor, 2)
         assert governor.threads == 1, measures
-    measures += decide(governor, 3, matmuls)
-    assert governor.threads == torch.get_num_threads() == 2, measures  # the neighbours are gone
+    after = []
+    while governor.threads != 2 and len(after) < 10:  # up again after two idle windows in a row
+        after += decide(governor, 1, matmuls)
+    if governor.threads != 2 and min(after[-2:]) > CPUS - 1 - threads.UP:
+        pytest.skip(f"other processes kept {min(after[-2:]):.2f} CPUs busy")
+    assert governor.threads == torch.get_num_threads() == 2, (measures, after)  # the neighbours are gone
