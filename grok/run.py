@@ -12,7 +12,6 @@ import json
 import os
 import time
 import traceback
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -144,9 +143,7 @@ def run_dir_of(cfg: DictConfig, out_dir: Path) -> Path:
 def start(cfg: DictConfig, out_dir: Path, run_name: str, started: float) -> Experiment:
     """Everything before the first epoch: validation, data, model, optimizer, checkpoint, loggers."""
     run_dir = run_dir_of(cfg, out_dir)
-    if not flush_denormals():  # first, before anything starts PyTorch's threads (grok/speed.py)
-        warnings.warn("float32 denormals are flushed to zero on this thread only: PyTorch's threads started "
-                      "before this run, so late epochs may run several times slower (README, Performance)")
+    flush_denormals()  # first, before anything starts PyTorch's threads (grok/speed.py)
     validate(cfg)
     threads = explicit_threads(cfg)
     if threads is not None:  # set per job: jobs sharing a joblib worker set their own
@@ -161,37 +158,41 @@ def start(cfg: DictConfig, out_dir: Path, run_name: str, started: float) -> Expe
     checkpoint = check_resumable(cfg, run_dir) if resume else None
     device = resolve_device(cfg.device)
     check_memory(cfg, device)  # a run that would not fit is refused before anything is allocated
-    if checkpoint is not None:
-        (run_dir / "summary.json").unlink(missing_ok=True)  # the run is no longer finished
     keep_freed_memory()  # no page faults on every epoch's activations (grok/speed.py)
-
-    data = make_dataset(cfg.task, cfg.train_frac, cfg.data_seed)
-    clean = data.clean_labels
-    to_split = lambda idx: Split(data.inputs[idx].to(device), data.labels[idx].to(device),
-                                 None if clean is None else clean[idx].to(device))
-    train, test = to_split(data.train_idx), to_split(data.test_idx)
-
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, data.n_vocab, data.n_classes, data.inputs.shape[1]).to(device)
-    optimizer, scheduler = build_optimizer(cfg.optimizer, model.parameters())
-    generator = torch.Generator().manual_seed(cfg.seed)
-    state = TrainState(wandb_run_id=stable_run_id())
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        state = TrainState(**checkpoint["state"])
-        torch.set_rng_state(checkpoint["rng"]["torch"])
-        generator.set_state(checkpoint["rng"]["batches"])
-        if device.type == "cuda" and checkpoint["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
-
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    run_id = checkpoint["state"]["wandb_run_id"] if checkpoint is not None else stable_run_id()
     wandb = None
-    if cfg.logger.name == "wandb":
-        config = OmegaConf.to_container(cfg, resolve=True)
-        wandb = WandbLogger(cfg.logger, config, run_dir, state.wandb_run_id, run_name)
-    loggers = Loggers(run_dir, state.epoch if checkpoint else None, wandb)
+    if cfg.logger.name == "wandb":  # now: W&B starts in its own process while the data and model are built
+        wandb = WandbLogger(cfg.logger, OmegaConf.to_container(cfg, resolve=True), run_dir, run_id, run_name)
+    try:
+        data = make_dataset(cfg.task, cfg.train_frac, cfg.data_seed)
+        clean = data.clean_labels
+        to_split = lambda idx: Split(data.inputs[idx].to(device), data.labels[idx].to(device),
+                                     None if clean is None else clean[idx].to(device))
+        train, test = to_split(data.train_idx), to_split(data.test_idx)
+
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.model, data.n_vocab, data.n_classes, data.inputs.shape[1]).to(device)
+        optimizer, scheduler = build_optimizer(cfg.optimizer, model.parameters())
+        generator = torch.Generator().manual_seed(cfg.seed)
+        state = TrainState(wandb_run_id=run_id)
+        if checkpoint is not None:
+            model.load_state_dict(checkpoint["model"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            scheduler.load_state_dict(checkpoint["scheduler"])
+            state = TrainState(**checkpoint["state"])
+            torch.set_rng_state(checkpoint["rng"]["torch"])
+            generator.set_state(checkpoint["rng"]["batches"])
+            if device.type == "cuda" and checkpoint["rng"]["cuda"]:
+                torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        loggers = Loggers(run_dir, state.epoch if checkpoint else None, wandb)
+    except BaseException:
+        if wandb is not None:
+            wandb.finish(1)  # its W&B run began; record_failure() knows no experiment to close
+        raise
+    if checkpoint is not None:  # last: a resume that fails to start leaves the run's summary as it was
+        (run_dir / "summary.json").unlink(missing_ok=True)  # the run is no longer finished
     return Experiment(cfg, run_dir, device, model, optimizer, scheduler, generator, train, test, state, loggers,
                       started, process_age())
 
