@@ -278,4 +278,3 @@ def failure_reason(error: BaseException) -> str:
     if isinstance(error, OSError) and error.errno in DISK_ERRORS:
         return f"cannot write {error.filename}: {error.strerror}" if error.filename else str(error)
     return traceback.format_exc(limit=-3).strip()
-

@@ -30,8 +30,8 @@ def keep_freed_memory(limit: int = 1 << 30) -> bool:
 def flush_denormals() -> bool:
     """Have float arithmetic flush denormal numbers to zero, on every thread that computes; return
     whether it holds on all of them. Deep into grokking's plateau, softmax probabilities and their
-    gradients fall below float32's normal range, where x86 CPUs take a slow path: the plateau's
-    epochs ran 3-6x slower than the first ones. The flag is per thread and threads inherit it when
+    gradients fall below float32's normal range, where Intel Xeons take a slow path: there the
+    plateau's epochs ran 3-6x slower than the first ones (AMD EPYC cores showed no penalty). The flag is per thread and threads inherit it when
     they are created, so it must be set before the first parallel operation starts PyTorch's
     OpenMP threads (grok/run.py and grok/batched.py do so before anything is computed); where they
     exist already, only the calling thread flushes, and a warning says so."""
