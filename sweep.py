@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 def _summarize(sweep_dir: Path, log_wandb: bool) -> int:
-    from grok.summary import format_table, summarize
+    from grok.sweeps.summary import format_table, summarize
 
     summary = summarize(sweep_dir, log_wandb=log_wandb)
     print(format_table(summary))
@@ -27,7 +27,7 @@ def _summarize(sweep_dir: Path, log_wandb: bool) -> int:
 
 
 def main(argv) -> int:
-    from grok.sweeps import SweepError, sweep_names
+    from grok.sweeps.named import SweepError, sweep_names
 
     names = ", ".join(sweep_names())
     command = argv[0] if argv else None
@@ -53,7 +53,7 @@ def main(argv) -> int:
         if command == "summarize":
             return _summarize(args.sweep_dir, log_wandb=not args.no_wandb)
         if command == "wandb":
-            from grok.wandb_sweep import start_agent, wandb_sweep_config, write_sweep_yaml
+            from grok.sweeps.wandb_sweep import start_agent, wandb_sweep_config, write_sweep_yaml
 
             config = wandb_sweep_config(args.name, args.overrides)
             path = write_sweep_yaml(config, args.out or Path("outputs", "sweeps", args.name, "wandb_sweep.yaml"))
@@ -61,7 +61,7 @@ def main(argv) -> int:
             if args.agent:
                 start_agent(config)
             return 0
-        from grok.sweeps import run_sweep
+        from grok.sweeps.named import run_sweep
 
         if args.jobs is not None and args.jobs < 1:
             raise SweepError(f"--jobs={args.jobs}: must be >= 1")

@@ -20,9 +20,9 @@ def main(cfg: DictConfig) -> float:
     A failure the user can act on (a config value, divergence, a full disk) ends a single run with
     one `error:` line and exit 1; a signal ends it with exit 128 + the signal's number."""
     from grok.run import DISK_ERRORS, failure_reason, run, run_dir_of  # here, so that --help and --cfg stay fast
-    from grok.signals import Interrupted
-    from grok.sweeps import objective
-    from grok.training import Diverged
+    from grok.system.signals import Interrupted
+    from grok.sweeps.named import objective
+    from grok.training.loop import Diverged
 
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)

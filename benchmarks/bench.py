@@ -1,8 +1,8 @@
 """`make bench`: epochs/s of the harness against the straightforward reference, measured in one run.
 
 For each experiment (the default one and `model=mlp`; others with --experiment) the harness's task,
-model and optimizer are built by its own code (Hydra compose, grok.tasks, grok.model, grok.optim) and
-an epoch is what train.py runs: grok.training.train_epoch (one full-batch step) + evaluate (the test
+model and optimizer are built by its own code (Hydra compose, grok.data.tasks, grok.models, grok.training.optimizers) and
+an epoch is what train.py runs: grok.training.loop.train_epoch (one full-batch step) + evaluate (the test
 pass), metrics read back to Python. benchmarks/reference.py trains from the same initial weights.
 The two alternate in rounds, so that both see the same load on a shared machine; the ratio is the
 median of the per-round ratios. FLOPs per epoch are those of the matrix products, counted with
@@ -13,7 +13,7 @@ with the plateau figure: epochs/s from that run's last checkpoint before it grok
 weights, alternated (float32 denormals are flushed to zero as train.py does; --keep-denormals not).
 
 The batched figure (README "Batched sweeps"): run-epochs/s of K runs trained together as one stacked
-model, grok.batched.Batch (its epoch: backward, step, evaluate, metrics read back, as train_together
+model, grok.sweeps.batched.Batch (its epoch: backward, step, evaluate, metrics read back, as train_together
 runs it without the logging), for K = 1, 8, 64 (--batched-k) against K runs one after another, whose
 run-epochs/s is the harness epoch's above, on a run of its own built by grok.run.start as train.py builds it.
 The K members differ as a sweep's do (seed, data_seed) with the same shapes: the default experiment's
@@ -24,7 +24,7 @@ memory: the process's peak resident memory during the figure on a CPU, the peak 
 The loaded-machine figure (README "Performance"): the default experiment's epochs/s with no busy
 process started and beside N = 1, 2 (--load-busy) pure-Python spin loops in subprocesses, each
 way: PyTorch's default threads held fixed (the harness before grok/threads.py), threads=1, and the
-harness's default, grok.threads.AdaptiveThreads updated once an epoch as train_loop does. The three
+harness's default, grok.system.threads.AdaptiveThreads updated once an epoch as train_loop does. The three
 alternate in rounds at each N; the adaptive threads' ratios to the other two are medians of per-round ratios.
 
     python benchmarks/bench.py                          # writes outputs/bench/<date>/<time>/bench.json
@@ -55,16 +55,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import reference  # noqa: E402
-from grok.batched import Batch, batchable  # noqa: E402
+from grok.sweeps.batched import Batch, batchable  # noqa: E402
 from grok.config import ConfigError, register_configs, validate  # noqa: E402
-from grok.losses import LOSSES  # noqa: E402
-from grok.model import build_model  # noqa: E402
-from grok.optim import build_optimizer  # noqa: E402
+from grok.training.losses import LOSSES  # noqa: E402
+from grok.models import build_model  # noqa: E402
+from grok.training.optimizers import build_optimizer  # noqa: E402
 from grok.run import Experiment, resolve_device, start  # noqa: E402
-from grok.speed import flush_denormals, for_training, keep_freed_memory  # noqa: E402
-from grok.tasks import make_dataset  # noqa: E402
-from grok.threads import WINDOW, AdaptiveThreads  # noqa: E402
-from grok.training import Split, evaluate, train_epoch  # noqa: E402
+from grok.system.speed import flush_denormals, for_training, keep_freed_memory  # noqa: E402
+from grok.data.tasks import make_dataset  # noqa: E402
+from grok.system.threads import WINDOW, AdaptiveThreads  # noqa: E402
+from grok.training.loop import Split, evaluate, train_epoch  # noqa: E402
 
 
 # conf/sweep/phase_diagram_small.yaml's task, model and lr at its middle train fraction (its threads=1
@@ -168,7 +168,7 @@ def setup(overrides: List[str], device: torch.device):
     model = build_model(model_cfg, data.n_vocab, data.n_classes, n_ctx).to(device)
     optimizer, scheduler = build_optimizer(cfg.optimizer, model.parameters())
     generator = torch.Generator().manual_seed(cfg.seed)
-    trained = for_training(model, cfg.compile, device)  # what grok.training.train_loop trains
+    trained = for_training(model, cfg.compile, device)  # what grok.training.loop.train_loop trains
 
     if model_cfg.name == "mlp":
         ref = reference.ReferenceMLP(data.n_vocab, data.n_classes, n_ctx, model_cfg.d_model, model_cfg.d_mlp)
@@ -190,7 +190,7 @@ def setup(overrides: List[str], device: torch.device):
 
 def harness_epoch(cfg, module: torch.nn.Module, train: Split, test: Split, optimizer, scheduler,
                   generator) -> Callable[[], None]:
-    """An epoch as grok.training.train_loop runs it: the step, the test pass, the metrics read back."""
+    """An epoch as grok.training.loop.train_loop runs it: the step, the test pass, the metrics read back."""
     loss_fn = LOSSES[cfg.loss.name]
 
     def epoch() -> None:
@@ -269,7 +269,7 @@ def peak_memory(device: torch.device) -> int:
 
 
 def bench_batched(overrides: List[str], k: int, device: torch.device, rounds: int, seconds: float) -> Dict:
-    """Run-epochs/s of k runs trained together as one stacked model (grok.batched.Batch: its epoch is
+    """Run-epochs/s of k runs trained together as one stacked model (grok.sweeps.batched.Batch: its epoch is
     train_together's, without the logging) against runs trained one after another (harness_epoch); the
     members differ as a sweep's do (seed=i, data_seed=i), with the same shapes."""
     cfg = compose_for_batch(overrides, device.type)
@@ -330,7 +330,7 @@ def busy_processes(n: int, limit: float) -> Iterator[None]:
 
 def bench_load(busy: List[int], device: torch.device, rounds: int, seconds: float) -> Dict:
     """Epochs/s of the default experiment beside 0 and `busy` busy processes: at PyTorch's default
-    threads held fixed, at one thread, and at the threads grok.threads.AdaptiveThreads picks (one
+    threads held fixed, at one thread, and at the threads grok.system.threads.AdaptiveThreads picks (one
     governor throughout, as one long run would see the load come and go)."""
     harness, _, _ = setup([], device)
     default = torch.get_num_threads()

@@ -7,7 +7,7 @@
 
 def __getattr__(name: str):
     if name == "generate":
-        from grok.sequences import generate
+        from grok.data.sequences import generate
 
         return generate
     raise AttributeError(f"module 'grok' has no attribute {name!r}")

@@ -192,8 +192,8 @@ class Config:
 
 def register_configs() -> None:
     """Schemas live in `schema/<group>`; each option file in conf/<group>/ extends one of them."""
-    from grok.slurm import cluster_gpus
-    from grok.sweeps import sweep_group
+    from grok.system.slurm import cluster_gpus
+    from grok.sweeps.named import sweep_group
 
     OmegaConf.register_new_resolver("grok_slurm_gpus", cluster_gpus, replace=True)
     OmegaConf.register_new_resolver("grok_sweep_group", sweep_group, replace=True)
@@ -237,8 +237,8 @@ def _require(ok: bool, message: str) -> None:
 
 def _validate_task(task: Any, kind: Any) -> None:
     """The keys of each task schema: p (Z_p), n (S_n), expr, noise levels, digits (sequence tasks)."""
-    from grok.expr import parse_expr
-    from grok.sequences import MAX_LISTED, count_problems
+    from grok.data.expr import parse_expr
+    from grok.data.sequences import MAX_LISTED, count_problems
 
     if "p" in task:
         _require(task.p >= 2, f"task.p={task.p}: must be >= 2")
@@ -267,7 +267,7 @@ def _validate_task(task: Any, kind: Any) -> None:
 
 def validate(cfg: Any) -> None:
     """Check the values that types cannot; raise ConfigError naming the first bad field."""
-    from grok.tasks import TASKS  # the task registry owns which tasks exist and what they need
+    from grok.data.tasks import TASKS  # the task registry owns which tasks exist and what they need
 
     task, model, opt = cfg.task, cfg.model, cfg.optimizer
     _require(0 < cfg.train_frac < 1, f"train_frac={cfg.train_frac}: must be in (0, 1)")
@@ -330,7 +330,7 @@ def validate(cfg: Any) -> None:
             f"optimizer.betas={list(opt.betas)}: must be two numbers in [0, 1)",
         )
 
-    from grok.losses import LOSSES
+    from grok.training.losses import LOSSES
 
     _require(cfg.loss.name in LOSSES, f"loss.name={cfg.loss.name}: must be one of {', '.join(LOSSES)}")
     if cfg.analysis.name == "progress":

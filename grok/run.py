@@ -19,21 +19,21 @@ from typing import Any, Dict, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from grok.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
+from grok.training.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
 from grok.config import ConfigError, ProgressAnalysisConfig, Refused, validate
-from grok.analysis import embedding_spectrum, key_frequencies
-from grok.lock import lock_run_dir, unlock_run_dir
-from grok.loggers import Loggers, WandbLogger, read_metrics, write_atomically
-from grok.memory import check_memory
-from grok.model import build_model
-from grok.optim import build_optimizer
-from grok.plots import plot_curves, plot_fourier_spectrum, plot_progress
-from grok.signals import Interrupted, Preempted, stop_on_signals
-from grok.slurm import requeued_checkpoint, stable_run_id
-from grok.speed import flush_denormals, keep_freed_memory
-from grok.tasks import make_dataset
-from grok.threads import explicit_threads
-from grok.training import Diverged, Split, TrainState, train_loop
+from grok.recording.analysis import embedding_spectrum, key_frequencies
+from grok.system.lock import lock_run_dir, unlock_run_dir
+from grok.recording.loggers import Loggers, WandbLogger, read_metrics, write_atomically
+from grok.training.memory import check_memory
+from grok.models import build_model
+from grok.training.optimizers import build_optimizer
+from grok.recording.plots import plot_curves, plot_fourier_spectrum, plot_progress
+from grok.system.signals import Interrupted, Preempted, stop_on_signals
+from grok.system.slurm import requeued_checkpoint, stable_run_id
+from grok.system.speed import flush_denormals, keep_freed_memory
+from grok.data.tasks import make_dataset
+from grok.system.threads import explicit_threads
+from grok.training.loop import Diverged, Split, TrainState, train_loop
 
 # Everything that changes the math: a resumed run must agree with its checkpoint on all of these.
 EXPERIMENT_KEYS = ("task", "model", "optimizer", "loss", "train_frac", "seed", "data_seed", "batch_size", "eval_every")
@@ -122,7 +122,7 @@ class Experiment:
 def run(cfg: DictConfig, out_dir: Path, run_name: str = "run") -> Dict[str, Any]:
     """Run one experiment; return its summary. Failures write a 'failed' summary, then re-raise; a
     run stopped by a signal checkpoints, closes its loggers, writes an 'interrupted' summary and
-    raises grok.signals.Interrupted (grok/signals.py)."""
+    raises grok.system.signals.Interrupted (grok/signals.py)."""
     started = time.perf_counter()
     experiment = None
     with stop_on_signals() as stop:

@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from grok.analysis import (frequency_norms, gini, key_frequencies, restricted_and_excluded_loss,
+from grok.recording.analysis import (frequency_norms, gini, key_frequencies, restricted_and_excluded_loss,
                            softmax_collapse)
-from grok.losses import stablemax_cross_entropy
-from grok.optim import build_optimizer
+from grok.training.losses import stablemax_cross_entropy
+from grok.training.optimizers import build_optimizer
 from tests.conftest import make_config
 
 GRADIENTS = [[1.0, -2.0, 0.5], [0.3, 0.1, -1.0], [-0.5, 0.4, 0.2], [2.0, 0.0, 1.0], [0.1, 0.1, 0.1], [-1.0, 1.0, 0.0]]
@@ -154,7 +154,7 @@ def test_softmax_collapse_counts_zero_losses_and_saturated_softmaxes_in_float32(
 
 
 # ----------------------------------------------------------------------------- in a run
-from grok.loggers import read_metrics  # noqa: E402
+from grok.recording.loggers import read_metrics  # noqa: E402
 from grok.run import run  # noqa: E402
 from tests.conftest import GROKS_FAST, run_cli, wandb_records  # noqa: E402
 

@@ -10,14 +10,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from grok import batched
-from grok.batched import Batch, Job, Member, run_batched, train_together
-from grok.loggers import read_metrics
-from grok.losses import IGNORE
+from grok.sweeps import batched
+from grok.sweeps.batched import Batch, Job, Member, run_batched, train_together
+from grok.recording.loggers import read_metrics
+from grok.training.losses import IGNORE
 from grok.run import start, finish
-from grok.signals import Preempted, StopRequest, preemption_signal
-from grok.tasks import make_dataset
-from grok.training import train_loop
+from grok.system.signals import Preempted, StopRequest, preemption_signal
+from grok.data.tasks import make_dataset
+from grok.training.loop import train_loop
 from tests.conftest import EARLY_EPOCHS, FLOAT32_ROUNDINGS, make_config, run_cli, wandb_records
 from tests.test_speed_equivalence import autograd_ops
 
@@ -147,7 +147,7 @@ def test_a_member_that_diverges_fails_alone_and_the_others_finish(tmp_path):
 
 @pytest.fixture
 def batch_sizes(monkeypatch):
-    """The number of members of each batch that grok.batched trains, in order."""
+    """The number of members of each batch that grok.sweeps.batched trains, in order."""
     sizes = []
     real_train_together = batched.train_together
     monkeypatch.setattr(batched, "train_together",
@@ -277,9 +277,9 @@ def test_a_requeued_batch_goes_on_from_its_members_checkpoints(tmp_path, monkeyp
 
 @pytest.mark.float_sensitive
 def test_under_vmap_one_embedding_bag_serves_every_run():
-    """grok.speed.embedding_bag: vmap has no batching rule for embedding_bag (the models' table
+    """grok.system.speed.embedding_bag: vmap has no batching rule for embedding_bag (the models' table
     paths); the one given concatenates the runs' rows. Same sums and gradients as run by run."""
-    from grok.speed import embedding_bag
+    from grok.system.speed import embedding_bag
 
     runs, n_rows, width = 4, 10, 6
     rows = torch.randn(runs, n_rows, width, dtype=torch.float64, requires_grad=True)

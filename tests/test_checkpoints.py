@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from grok.checkpoint import CheckpointWriteError, load_checkpoint, remove_stale_temporaries, save_checkpoint
+from grok.training.checkpoint import CheckpointWriteError, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from grok.config import Refused
 from tests.conftest import ROOT
 
@@ -86,7 +86,7 @@ def test_the_temporary_file_of_a_killed_save_is_removed_and_saving_goes_on(tmp_p
     checkpoints = tmp_path / "checkpoints"
     save_checkpoint(checkpoints, 100, _payload(100))
     killed_mid_save = ("import os, signal, sys, torch; from pathlib import Path; "
-                       "from grok.checkpoint import save_checkpoint; "
+                       "from grok.training.checkpoint import save_checkpoint; "
                        # killed once the temporary file is written, before it is renamed into place
                        "os.replace = lambda *paths: os.kill(os.getpid(), signal.SIGKILL); "
                        "save_checkpoint(Path(sys.argv[1]), 200, {'model': torch.zeros(8)})")

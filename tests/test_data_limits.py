@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from grok.config import ConfigError
-from grok.model import build_model
-from grok.memory import cgroup_limits, check_data, check_memory, data_size, training_bytes
-from grok.tasks import TASKS, make_dataset
+from grok.models import build_model
+from grok.training.memory import cgroup_limits, check_data, check_memory, data_size, training_bytes
+from grok.data.tasks import TASKS, make_dataset
 from tests.conftest import ROOT, cli_env, make_config, run_cli
 
 CPU = torch.device("cpu")
@@ -65,8 +65,8 @@ def test_a_sample_of_problems_is_at_most_as_wide_as_the_size_says():
 PEAK_SCRIPT = """
 import sys
 from pathlib import Path
-from grok.speed import keep_freed_memory
-from grok.tasks import make_dataset
+from grok.system.speed import keep_freed_memory
+from grok.data.tasks import make_dataset
 from tests.conftest import make_config
 from tests.test_data_limits import tensors
 

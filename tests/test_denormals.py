@@ -19,13 +19,13 @@ def test_by_default_float32_keeps_denormals():
 
 
 def test_set_first_in_the_process_every_thread_flushes_them():
-    assert in_a_fresh_process(f"from grok.speed import flush_denormals; print(flush_denormals()); {DENORMALS_LEFT}") \
+    assert in_a_fresh_process(f"from grok.system.speed import flush_denormals; print(flush_denormals()); {DENORMALS_LEFT}") \
         == ["True", "0"]
 
 
 def test_set_after_the_threads_started_only_the_calling_thread_flushes_and_the_check_says_so():
     started = "torch.ones(1 << 22).sum(); "
-    flushed, left = in_a_fresh_process(f"{started}from grok.speed import flush_denormals; print(flush_denormals()); "
+    flushed, left = in_a_fresh_process(f"{started}from grok.system.speed import flush_denormals; print(flush_denormals()); "
                                        f"{DENORMALS_LEFT}")
     assert flushed == "False" and 0 < int(left) < 1 << 22
 
@@ -41,7 +41,7 @@ def test_a_run_flushes_them_before_it_starts_any_thread():
 def test_a_batched_sweep_flushes_them_before_grouping_builds_any_data_set():
     # p=401: grouping builds 160,801 examples, a data set large enough to start PyTorch's threads
     code = ("from grok.config import register_configs; register_configs(); import tempfile, pathlib; "
-            "from tests.conftest import make_config; from grok.batched import Job, run_batched; "
+            "from tests.conftest import make_config; from grok.sweeps.batched import Job, run_batched; "
             "cfg = make_config(['task.p=401', 'model.d_model=8', 'model.n_heads=1', 'model.d_mlp=8', 'epochs=1', "
             "'logger=none', 'progress=false', 'analysis=none', 'threads=2']); "
             "run_batched([Job(cfg, pathlib.Path(tempfile.mkdtemp()), 'r')]); "

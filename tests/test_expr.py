@@ -6,7 +6,7 @@ import torch
 from omegaconf import OmegaConf
 
 from grok.config import ConfigError, validate
-from grok.tasks import make_dataset
+from grok.data.tasks import make_dataset
 from tests.conftest import make_config
 
 P = 13

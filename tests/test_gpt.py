@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from grok.model import build_model, rotate, run_with_cache
-from grok.tasks import make_dataset
+from grok.models import build_model, rotate, run_with_cache
+from grok.data.tasks import make_dataset
 from tests.conftest import make_config
 
 

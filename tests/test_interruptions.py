@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from grok.loggers import read_metrics
-from grok.signals import Interrupted, Preempted, StopRequest, preemption_signal
+from grok.recording.loggers import read_metrics
+from grok.system.signals import Interrupted, Preempted, StopRequest, preemption_signal
 from tests.conftest import ROOT, cli_env, run_cli, wandb_records
 
 ARGS = ["task.p=23", "save_every=100000", "analysis=none", "progress=false"]
@@ -123,7 +123,7 @@ def test_a_signal_stops_a_batched_sweep_with_every_member_checkpointed_at_the_sa
 
 SUBMITIT_LIKE = """
 import os, signal
-from grok.signals import Preempted, stop_on_signals
+from grok.system.signals import Preempted, stop_on_signals
 heard = []
 signal.signal(signal.SIGTERM, lambda *_: heard.append("logged SIGTERM"))  # submitit's own handlers
 signal.signal(signal.SIGUSR2, lambda *_: heard.append("requeued"))

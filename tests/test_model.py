@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from grok.model import HookPoint, build_model, run_with_cache
-from grok.losses import cross_entropy
+from grok.models import HookPoint, build_model, run_with_cache
+from grok.training.losses import cross_entropy
 from tests.conftest import make_config
 
 P = 13

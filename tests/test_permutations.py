@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from grok.config import ConfigError, validate
-from grok.tasks import make_dataset
+from grok.data.tasks import make_dataset
 from tests.conftest import make_config
 
 

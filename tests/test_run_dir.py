@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from grok.training import Diverged, check_finite
+from grok.training.loop import Diverged, check_finite
 from tests.conftest import ROOT, cli_env, run_cli
 
 QUICK = ["task.p=11", "epochs=3", "logger=none", "progress=false"]

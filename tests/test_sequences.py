@@ -11,12 +11,12 @@ from torch import nn
 
 import grok
 from grok.config import ConfigError, validate
-from grok.losses import cross_entropy
-from grok.model import build_model
+from grok.training.losses import cross_entropy
+from grok.models import build_model
 from grok.run import run
-from grok.sequences import IGNORE, VOCAB, decode, encode
-from grok.tasks import make_dataset
-from grok.training import Split, evaluate
+from grok.data.sequences import IGNORE, VOCAB, decode, encode
+from grok.data.tasks import make_dataset
+from grok.training.loop import Split, evaluate
 from tests.conftest import make_config
 
 OPERATIONS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "/": lambda a, b: a // b}

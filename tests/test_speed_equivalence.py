@@ -1,5 +1,5 @@
 """The fast harness does the reference's math (issue 5): from the same initial weights, its training
-steps and test passes (grok.training) give the losses and accuracies of benchmarks/reference.py, the
+steps and test passes (grok.training.loop) give the losses and accuracies of benchmarks/reference.py, the
 straightforward implementation; and the models' table paths equal their plain, hooked paths."""
 
 import subprocess
@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from benchmarks import reference
-from grok.model import build_model, run_with_cache
-from grok.optim import build_optimizer
-from grok.speed import Compiled
-from grok.tasks import make_dataset
-from grok.training import Split, evaluate, train_epoch
+from grok.models import build_model, run_with_cache
+from grok.training.optimizers import build_optimizer
+from grok.system.speed import Compiled
+from grok.data.tasks import make_dataset
+from grok.training.loop import Split, evaluate, train_epoch
 from tests.conftest import EARLY_EPOCHS, FLOAT32_ROUNDINGS, ROOT, make_config
 
 # p=31 on half the pairs: both the train (480) and test (481) batches take the table paths; a narrower
@@ -182,7 +182,7 @@ def test_a_failing_compiler_falls_back_to_the_plain_model_with_a_warning():
 
 PAGE_FAULTS_OF_A_SECOND_TENSOR = """
 import resource, sys, torch
-from grok.speed import keep_freed_memory
+from grok.system.speed import keep_freed_memory
 if sys.argv[1] == "keep" and not keep_freed_memory():
     sys.exit("not glibc")
 torch.ones(2**24 + 2**12)  # 64 MiB and a little (room for the aligned 64 MiB below), written, freed

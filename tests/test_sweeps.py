@@ -15,9 +15,9 @@ import yaml
 from omegaconf import OmegaConf
 
 from grok.config import ConfigError, validate
-from grok.phase import is_log_spaced, phase
-from grok.sweeps import sweep_names
-from grok.wandb_sweep import wandb_sweep_config
+from grok.sweeps.phase import is_log_spaced, phase
+from grok.sweeps.named import sweep_names
+from grok.sweeps.wandb_sweep import wandb_sweep_config
 from tests.conftest import EARLY_EPOCHS, FLOAT32_ROUNDINGS, ROOT, cli_env, make_config, run_cli, wandb_records
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from grok.config import ConfigError
-from grok.tasks import TASKS, make_dataset
+from grok.data.tasks import TASKS, make_dataset
 from tests.conftest import make_config
 
 def divide(a, b, p):

@@ -8,8 +8,8 @@ import torch
 from omegaconf import OmegaConf
 
 from benchmarks.bench import busy_processes
-from grok import threads
-from grok.threads import AdaptiveThreads, explicit_threads, threads_for
+from grok.system import threads
+from grok.system.threads import AdaptiveThreads, explicit_threads, threads_for
 
 CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
 linux = pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="reads Linux's /proc")

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from grok.model import build_model
+from grok.models import build_model
 from grok.run import run
-from grok.tasks import make_dataset
+from grok.data.tasks import make_dataset
 from tests.conftest import GROKS_FAST, make_config
 
 

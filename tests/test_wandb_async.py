@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from grok.loggers import read_metrics
+from grok.recording.loggers import read_metrics
 from tests.conftest import ROOT, cli_env, run_cli, wandb_records
 
 TINY = ["task.p=5", "model.d_model=8", "model.n_heads=1", "model.d_mlp=8", "threads=1", "analysis=none",

@@ -1,6 +1,6 @@
 """`hydra/launcher=batched`: a multirun's jobs in this process, trained together where their shapes
 allow (grok/batched.py; README "Batched sweeps"). Hydra prepares each job as its basic launcher does
-(output directory, .hydra/ files, the job's resolved config); then grok.batched trains them all and
+(output directory, .hydra/ files, the job's resolved config); then grok.sweeps.batched trains them all and
 each job's return value is its objective, as train.py would return it."""
 
 import logging
@@ -24,13 +24,13 @@ class BatchedLauncher(Launcher):
         self.hydra_context: Optional[HydraContext] = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        # task_function (train.py's main) is not called: grok.batched runs the jobs together
+        # task_function (train.py's main) is not called: grok.sweeps.batched runs the jobs together
         self.config, self.hydra_context = config, hydra_context
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from grok.batched import Job, run_batched
-        from grok.signals import Interrupted
-        from grok.sweeps import objective
+        from grok.sweeps.batched import Job, run_batched
+        from grok.system.signals import Interrupted
+        from grok.sweeps.named import objective
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from grok.speed import embedding_bag
+from grok.system.speed import embedding_bag
 
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from grok.phase import phase, plot_grok_epochs, plot_phase_map, plot_test_curves
-from grok.sweeps import grid_axes, grid_jobs, job_dirs, job_status
+from grok.sweeps.phase import phase, plot_grok_epochs, plot_phase_map, plot_test_curves
+from grok.sweeps.named import grid_axes, grid_jobs, job_dirs, job_status
 
 FIELDS = ["status", "phase", "memorize_epoch", "grok_epoch", "delay", "train_loss", "train_acc",
           "test_loss", "test_acc", "epochs", "wall_seconds", "error"]
@@ -87,7 +87,7 @@ def _first_epoch(rows: List[Dict[str, float]], key: str, threshold: float) -> Op
 def job_record(job: Job, keys: List[str]) -> Dict[str, Any]:
     """One CSV row: the job's swept values, then its outcome. A finished job's outcome is its
     summary.json; an unfinished or failed one's is read off metrics.csv so far."""
-    from grok.training import GROKKED, MEMORIZED
+    from grok.training.loop import GROKKED, MEMORIZED
 
     values = job.values()
     record: Dict[str, Any] = {"job": job.name, **{key: values.get(key) for key in keys}}
@@ -177,7 +177,7 @@ def log_summary_run(summary: SweepSummary) -> Optional[str]:
     Returns its group, or None where the jobs ran without W&B (logger=none)."""
     from omegaconf import OmegaConf
 
-    from grok.loggers import WandbLogger
+    from grok.recording.loggers import WandbLogger
 
     configs = [OmegaConf.load(path) for path in sorted(summary.sweep_dir.glob("*/config.yaml"))]
     logger_cfg = next((cfg.logger for cfg in configs if cfg.logger.name == "wandb"), None)

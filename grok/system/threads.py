@@ -24,7 +24,7 @@ from typing import FrozenSet, Optional, Tuple
 
 import torch
 
-from grok.slurm import slurm_cpus
+from grok.system.slurm import slurm_cpus
 
 WINDOW = (1.0, 2.0)  # seconds between decisions, drawn uniformly
 # hysteresis: fewer threads once the free CPUs fall half a CPU below the threads (a busy process

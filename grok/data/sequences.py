@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from grok.losses import IGNORE  # the label of a position that is not scored
+from grok.training.losses import IGNORE  # the label of a position that is not scored
 
 VOCAB = "0123456789+-*/=."
 EQUALS, END = VOCAB.index("="), VOCAB.index(".")

@@ -18,10 +18,10 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch import Tensor, nn
 
-from grok.analysis import progress_measures
-from grok.losses import IGNORE, LOSSES, cross_entropy
-from grok.speed import for_training
-from grok.threads import AdaptiveThreads, explicit_threads
+from grok.recording.analysis import progress_measures
+from grok.training.losses import IGNORE, LOSSES, cross_entropy
+from grok.system.speed import for_training
+from grok.system.threads import AdaptiveThreads, explicit_threads
 
 MEMORIZED, GROKKED = 0.99, 0.99  # accuracy thresholds for memorize_epoch and grok_epoch
 EVAL_TOKENS = 2**17  # evaluate in chunks of about this many tokens, so large test sets fit in memory
@@ -157,7 +157,7 @@ def close_epoch(run, epoch: int, lr: float, seconds: float, values: Optional[Dic
     """Everything after an epoch's step and test pass, for one run (grok/run.py's Experiment): its row
     (`values` from epoch_rows; None when the epoch was not evaluated) and progress measures to the
     loggers, grokking detection, checkpoint, early stop, a stop requested by a signal (`stop`, a
-    grok.signals.StopRequest). Returns the logged row; raises Diverged when a loss is not finite."""
+    grok.system.signals.StopRequest). Returns the logged row; raises Diverged when a loss is not finite."""
     cfg, state = run.cfg, run.state
     state.epoch, row = epoch, None
     state.train_seconds += seconds
@@ -183,7 +183,7 @@ def close_epoch(run, epoch: int, lr: float, seconds: float, values: Optional[Dic
 def train_loop(run, stop) -> None:
     """Train `run` (grok/run.py's Experiment) from state.epoch + 1 to cfg.epochs, or to the early stop.
     When `stop.requested` turns true (grok/signals.py), the loop checkpoints the epoch it finished and
-    raises grok.signals.Interrupted."""
+    raises grok.system.signals.Interrupted."""
     from tqdm import tqdm
 
     cfg, state = run.cfg, run.state

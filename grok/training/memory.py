@@ -16,9 +16,9 @@ import torch
 from omegaconf import OmegaConf
 
 from grok.config import ConfigError, is_prime
-from grok.sequences import VOCAB, count_problems, input_length
-from grok.tasks import TASKS
-from grok.training import EVAL_TOKENS
+from grok.data.sequences import VOCAB, count_problems, input_length
+from grok.data.tasks import TASKS
+from grok.training.loop import EVAL_TOKENS
 
 LOGIT_BYTES = 12  # a logit in float32, and the float64 copy of it the loss computes on (grok/losses.py)
 ANALYSIS_LOGIT_BYTES = 8  # progress measures: float32 logits and their float32 log-softmax (grok/analysis.py)

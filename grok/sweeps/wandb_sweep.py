@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Sequence
 
-from grok.sweeps import ROOT, SweepError, compose_sweep, is_search, sweep_axes
+from grok.sweeps.named import ROOT, SweepError, compose_sweep, is_search, sweep_axes
 
 
 def wandb_sweep_config(name: str, overrides: Sequence[str]) -> Dict[str, Any]:

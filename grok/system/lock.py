@@ -71,7 +71,7 @@ class RunDirGuard(Callback):
     resume against its checkpoint, so that a refused command leaves the run exactly as it was."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        from grok.memory import check_memory
+        from grok.training.memory import check_memory
         from grok.run import check_resumable, resolve_device, run_dir_of
 
         run_dir = run_dir_of(config, Path(str(config.hydra.run.dir)))

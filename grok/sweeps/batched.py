@@ -29,14 +29,14 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from grok.config import validate
-from grok.losses import IGNORE, LOSSES
-from grok.memory import available_memory, check_data
+from grok.training.losses import IGNORE, LOSSES
+from grok.training.memory import available_memory, check_data
 from grok.run import Experiment, finish, record_failure, resolve_device, run, start
-from grok.signals import Interrupted, stop_on_signals
-from grok.speed import flush_denormals
-from grok.tasks import make_dataset
-from grok.threads import AdaptiveThreads, explicit_threads
-from grok.training import close_epoch, correct, epoch_rows, evaluation_due
+from grok.system.signals import Interrupted, stop_on_signals
+from grok.system.speed import flush_denormals
+from grok.data.tasks import make_dataset
+from grok.system.threads import AdaptiveThreads, explicit_threads
+from grok.training.loop import close_epoch, correct, epoch_rows, evaluation_due
 
 MEMORY_SHARE = 0.5  # of the free memory, what a batch may plan to use
 
@@ -213,7 +213,7 @@ class Batch:
             return self.evaluate(first, middle) + self.evaluate(middle, end)
 
     def weight_norms(self) -> Tensor:
-        """(K,): each member's grok.training.weight_norm, from the stack."""
+        """(K,): each member's grok.training.loop.weight_norm, from the stack."""
         norms = [stacked.detach().flatten(1).norm(dim=1) for stacked in self.params.values()]  # per tensor
         return torch.linalg.vector_norm(torch.stack(norms), dim=0)
 

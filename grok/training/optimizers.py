@@ -6,7 +6,7 @@ from typing import Iterable, Tuple
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from grok.accelerators import attach_gradient_transforms
+from grok.training.transforms import attach_gradient_transforms
 
 
 class LinearWarmup:

@@ -92,7 +92,7 @@ class _RunsEmbeddingBag(torch.autograd.Function):
 
     @staticmethod
     def forward(index: Tensor, rows: Tensor, weights: Optional[Tensor]) -> Tensor:
-        raise RuntimeError("only for torch.vmap: call grok.speed.embedding_bag")
+        raise RuntimeError("only for torch.vmap: call grok.system.speed.embedding_bag")
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -100,7 +100,7 @@ class _RunsEmbeddingBag(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        raise RuntimeError("only for torch.vmap: call grok.speed.embedding_bag")
+        raise RuntimeError("only for torch.vmap: call grok.system.speed.embedding_bag")
 
     @staticmethod
     def vmap(info, in_dims, index: Tensor, rows: Tensor, weights: Optional[Tensor]):

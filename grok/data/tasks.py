@@ -18,9 +18,9 @@ import torch
 from torch import Tensor
 
 from grok.config import ConfigError
-from grok.expr import evaluate_expr
-from grok.permutations import compose, elements, index, inverse
-from grok.sequences import VOCAB, make_problems
+from grok.data.expr import evaluate_expr
+from grok.data.permutations import compose, elements, index, inverse
+from grok.data.sequences import VOCAB, make_problems
 
 # Independent random streams derived from data_seed.
 SPLIT_STREAM, TABLE_STREAM, NOISE_STREAM, LABEL_NOISE_STREAM, PROBLEM_STREAM = 0, 1, 2, 3, 4

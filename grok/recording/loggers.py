@@ -165,7 +165,7 @@ class _Helper:
     to a thread that hands them to their logger."""
 
     def __init__(self):
-        root = str(Path(__file__).resolve().parents[1])  # this checkout's grok, whatever is installed
+        root = str(Path(__file__).resolve().parents[2])  # this checkout's grok, whatever is installed
         # a session of its own: a terminal's Ctrl-C reaches the training process only, which closes the runs
         self.process = subprocess.Popen([sys.executable, "-c", _HELPER_MAIN, root], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, start_new_session=True)
@@ -213,7 +213,7 @@ class _Helper:
 
 _HELPER: Optional[_Helper] = None
 _ENDED = "the W&B helper process ended"
-_HELPER_MAIN = "import sys; sys.path.insert(0, sys.argv[1]); from grok.loggers import serve; serve()"
+_HELPER_MAIN = "import sys; sys.path.insert(0, sys.argv[1]); from grok.recording.loggers import serve; serve()"
 
 
 def _helper() -> _Helper:
@@ -228,7 +228,7 @@ def serve() -> None:
     guarded (a failure is replied once and turns that run's W&B off), until its stdin closes; then
     it closes, with exit code 1, the runs the training process left open (it was killed, or its
     run failed before it began)."""
-    from grok.signals import preemption_signal
+    from grok.system.signals import preemption_signal
 
     for signum in {signal.SIGINT, signal.SIGTERM, preemption_signal()}:  # SLURM signals every process of a job
         signal.signal(signum, signal.SIG_IGN)  # the training process stops the runs, in order
