@@ -8,12 +8,18 @@ ARGS ?=
 PINS := torch==2.13.0 hydra-core==1.3.8 omegaconf==2.3.1 wandb==0.31.0 einops==0.8.2 numpy==2.4.6 \
         tqdm==4.70.1 matplotlib==3.11.2 pytest==9.2.0 pytest-xdist==3.8.0 \
         hydra-submitit-launcher==1.2.0 submitit==1.5.4 \
-        hydra-joblib-launcher==1.2.0 joblib==1.6.0 hydra-optuna-sweeper==1.3.0 optuna==2.10.1
+        hydra-joblib-launcher==1.2.0 joblib==1.6.0 hydra-optuna-sweeper==1.3.0 optuna==2.10.1 \
+        ruff==0.17.6 import-linter==2.17
 STAMP := $(VENV)/.installed
+# what ruff lints and formats
+SOURCES := grok tests benchmarks hydra_plugins docs/examples train.py sweep.py
 
-.PHONY: install train test bench clean
+.PHONY: help install train test lint format bench clean
 
-install: $(STAMP)
+help:  ## this list of targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z]+):.*## /  make \1\t/' | expand -t 16
+
+install: $(STAMP)  ## the virtual environment .venv, pinned versions, the project in editable mode
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +27,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]"
 	touch $@
 
-train: $(STAMP)
+train: $(STAMP)  ## the default experiment (ARGS="task=divide train_frac=0.1" for another)
 	$(PY) train.py $(ARGS)
 
 # The float-sensitive tests again under other kernels of this CPU: generic ATen code, AVX2, MKL's
@@ -29,16 +35,27 @@ train: $(STAMP)
 # rounding only fails here, not first in CI. Any failure fails the target, "no tests ran" (5) too.
 KERNELS := ATEN_CPU_CAPABILITY=default ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=COMPATIBLE
 
-test: $(STAMP)
+test: $(STAMP) lint  ## lint, layering, the test suite, then the float-sensitive tests under other CPU kernels
 	$(PY) -m pytest -n 2 --dist loadfile --durations=10 $(ARGS)
 	for kernel in $(KERNELS); do \
 		echo "float-sensitive tests under $$kernel"; \
 		env $$kernel $(PY) -m pytest -n 2 --dist loadfile -q -m float_sensitive || exit 1; \
 	done
 
-# epochs/s of the harness against benchmarks/reference.py, measured in one run (README "Performance")
-bench: $(STAMP)
+# ruff's lint and format check, and the layering of grok/ as import-linter contracts (pyproject.toml):
+# a new import cycle or an upward import fails here, and so in CI
+lint: $(STAMP)  ## ruff (lint, format check) and import-linter (the layering of grok/)
+	$(VENV)/bin/ruff check $(SOURCES)
+	$(VENV)/bin/ruff format --check $(SOURCES)
+	$(VENV)/bin/lint-imports
+
+format: $(STAMP)  ## ruff format and ruff's safe fixes, in place
+	$(VENV)/bin/ruff check --fix $(SOURCES)
+	$(VENV)/bin/ruff format $(SOURCES)
+
+# epochs/s of the harness against benchmarks/reference.py, measured in one run (docs/performance.md)
+bench: $(STAMP)  ## speed against the reference implementation, in one run; writes bench.json
 	$(PY) benchmarks/bench.py $(ARGS)
 
-clean:
+clean:  ## remove .venv, outputs and build files
 	rm -rf $(VENV) outputs multirun *.egg-info

@@ -1,4 +1,4 @@
-"""Sweeps as one command (README.md, "Sweeps"):
+"""Sweeps as one command (docs/sweeps.md):
 
     python sweep.py NAME [overrides...] [--jobs N | --batched]   run conf/sweep/NAME.yaml, then summarize it
     python sweep.py summarize SWEEP_DIR [--no-wandb]     sweep_summary.csv, figures, table, W&B summary run

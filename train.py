@@ -9,9 +9,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from grok.config import ConfigError, register_configs
+from grok.app import register
+from grok.errors import ConfigError
 
-register_configs()
+register()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -19,9 +20,8 @@ def main(cfg: DictConfig) -> float:
     """Run one experiment; return its `objective` (what hydra/sweeper=optuna minimizes or maximizes).
     A failure the user can act on (a config value, divergence, a full disk) ends a single run with
     one `error:` line and exit 1; a signal ends it with exit 128 + the signal's number."""
-    from grok.run import DISK_ERRORS, failure_reason, run, run_dir_of  # here, so that --help and --cfg stay fast
+    from grok.run import DISK_ERRORS, failure_reason, objective, run, run_dir_of  # here: --help and --cfg stay fast
     from grok.system.signals import Interrupted
-    from grok.sweeps.named import objective
     from grok.training.loop import Diverged
 
     hydra_cfg = HydraConfig.get()

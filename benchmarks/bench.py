@@ -12,8 +12,8 @@ and the default experiment's time to grok (from a finished run, --grok-run, or a
 with the plateau figure: epochs/s from that run's last checkpoint before it grokked against fresh
 weights, alternated (float32 denormals are flushed to zero as train.py does; --keep-denormals not).
 
-The batched figure (README "Batched sweeps"): run-epochs/s of K runs trained together as one stacked
-model, grok.sweeps.batched.Batch (its epoch: backward, step, evaluate, metrics read back, as train_together
+The batched figure (docs/sweeps.md): run-epochs/s of K runs trained together as one stacked
+model, grok.training.stacked.Stack (its epoch: backward, step, evaluate, metrics read back, as train_together
 runs it without the logging), for K = 1, 8, 64 (--batched-k) against K runs one after another, whose
 run-epochs/s is the harness epoch's above, on a run of its own built by grok.run.start as train.py builds it.
 The K members differ as a sweep's do (seed, data_seed) with the same shapes: the default experiment's
@@ -21,9 +21,9 @@ and conf/sweep/phase_diagram_small.yaml's (--batched-shape). Batched and sequent
 of at least two epochs; the ratio batched/sequential is the median of the per-round ratios. Peak
 memory: the process's peak resident memory during the figure on a CPU, the peak CUDA allocation on a GPU.
 
-The loaded-machine figure (README "Performance"): the default experiment's epochs/s with no busy
+The loaded-machine figure (docs/performance.md): the default experiment's epochs/s with no busy
 process started and beside N = 1, 2 (--load-busy) pure-Python spin loops in subprocesses, each
-way: PyTorch's default threads held fixed (the harness before grok/threads.py), threads=1, and the
+way: PyTorch's default threads held fixed (the harness before grok/system/threads.py), threads=1, and the
 harness's default, grok.system.threads.AdaptiveThreads updated once an epoch as train_loop does. The three
 alternate in rounds at each N; the adaptive threads' ratios to the other two are medians of per-round ratios.
 
@@ -55,16 +55,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import reference  # noqa: E402
-from grok.sweeps.batched import Batch, batchable  # noqa: E402
-from grok.config import ConfigError, register_configs, validate  # noqa: E402
-from grok.training.losses import LOSSES  # noqa: E402
-from grok.models import build_model  # noqa: E402
-from grok.training.optimizers import build_optimizer  # noqa: E402
-from grok.run import Experiment, resolve_device, start  # noqa: E402
+from grok.app import compose as compose_config  # noqa: E402
+from grok.config import validate  # noqa: E402
+from grok.data import make_dataset  # noqa: E402
+from grok.errors import ConfigError  # noqa: E402
+from grok.models import build_model, fast  # noqa: E402
+from grok.plugins import plugin  # noqa: E402
+from grok.run import resolve_device, start  # noqa: E402
+from grok.sweeps.batched import batchable  # noqa: E402
 from grok.system.speed import flush_denormals, for_training, keep_freed_memory  # noqa: E402
-from grok.data.tasks import make_dataset  # noqa: E402
 from grok.system.threads import WINDOW, AdaptiveThreads  # noqa: E402
-from grok.training.loop import Split, evaluate, train_epoch  # noqa: E402
+from grok.training.loop import Experiment, Split, evaluate, train_epoch  # noqa: E402
+from grok.training.optimizers import build_optimizer  # noqa: E402
+from grok.training.stacked import Stack  # noqa: E402
 
 
 # conf/sweep/phase_diagram_small.yaml's task, model and lr at its middle train fraction (its threads=1
@@ -73,13 +76,7 @@ SMALL_SWEEP = "task.p=31 model.d_model=64 model.d_mlp=256 optimizer.lr=3e-3 trai
 
 
 def compose(overrides: List[str]):
-    from hydra import compose as hydra_compose, initialize_config_dir
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = hydra_compose(config_name="config", overrides=overrides)
-    validate(cfg)
-    return cfg
+    return validate(compose_config(overrides))
 
 
 def sync(device: torch.device) -> None:
@@ -166,9 +163,9 @@ def setup(overrides: List[str], device: torch.device):
     torch.manual_seed(cfg.seed)
     n_ctx = data.inputs.shape[1]
     model = build_model(model_cfg, data.n_vocab, data.n_classes, n_ctx).to(device)
-    optimizer, scheduler = build_optimizer(cfg.optimizer, model.parameters())
+    optimizer, scheduler = build_optimizer(cfg.optimizer, cfg.transforms, model.parameters())
     generator = torch.Generator().manual_seed(cfg.seed)
-    trained = for_training(model, cfg.compile, device)  # what grok.training.loop.train_loop trains
+    trained = for_training(fast(model), cfg.compile, device)  # what grok.training.loop.Alone trains
 
     if model_cfg.name == "mlp":
         ref = reference.ReferenceMLP(data.n_vocab, data.n_classes, n_ctx, model_cfg.d_model, model_cfg.d_mlp)
@@ -185,13 +182,13 @@ def setup(overrides: List[str], device: torch.device):
                               (test.inputs, test.labels))
 
     harness = lambda module: harness_epoch(cfg, module, train, test, optimizer, scheduler, generator)
-    return harness(trained), harness(model), reference_epoch
+    return harness(trained), harness(fast(model)), reference_epoch
 
 
 def harness_epoch(cfg, module: torch.nn.Module, train: Split, test: Split, optimizer, scheduler,
                   generator) -> Callable[[], None]:
-    """An epoch as grok.training.loop.train_loop runs it: the step, the test pass, the metrics read back."""
-    loss_fn = LOSSES[cfg.loss.name]
+    """An epoch as grok.training.loop.Alone runs it: the step, the test pass, the metrics read back."""
+    loss_fn = plugin(cfg.loss, "loss")
 
     def epoch() -> None:
         train_metrics = train_epoch(module, train, optimizer, scheduler, cfg.batch_size, generator, loss_fn)
@@ -269,7 +266,7 @@ def peak_memory(device: torch.device) -> int:
 
 
 def bench_batched(overrides: List[str], k: int, device: torch.device, rounds: int, seconds: float) -> Dict:
-    """Run-epochs/s of k runs trained together as one stacked model (grok.sweeps.batched.Batch: its epoch is
+    """Run-epochs/s of k runs trained together as one stacked model (grok.training.stacked.Stack: its epoch is
     train_together's, without the logging) against runs trained one after another (harness_epoch); the
     members differ as a sweep's do (seed=i, data_seed=i), with the same shapes."""
     cfg = compose_for_batch(overrides, device.type)
@@ -282,14 +279,13 @@ def bench_batched(overrides: List[str], k: int, device: torch.device, rounds: in
             return start(member, out_dir, f"member{i}", time.perf_counter())
 
         alone_run = experiment(0)
-        alone = harness_epoch(cfg, for_training(alone_run.model, cfg.compile, device), alone_run.train, alone_run.test,
+        alone = harness_epoch(cfg, for_training(fast(alone_run.model), cfg.compile, device), alone_run.train, alone_run.test,
                               alone_run.optimizer, alone_run.scheduler, alone_run.generator)
-        batch = Batch([experiment(i) for i in range(k)])
+        batch = Stack([experiment(i) for i in range(k)])
         stack.callback(batch.release)
 
         def batched_epoch() -> None:
-            train_metrics = batch.backward()
-            batch.step()
+            train_metrics = batch.train_epoch()
             test_metrics = batch.evaluate()
             metrics = [value.double() for member in train_metrics + test_metrics for value in member.values()]
             torch.stack(metrics).tolist()  # read back, in one transfer, as train_together reads them
@@ -385,20 +381,20 @@ def harness_at(checkpoint: Optional[Path], device: torch.device) -> Callable[[],
     split = lambda idx: Split(data.inputs[idx].to(device), data.labels[idx].to(device))
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, data.n_vocab, data.n_classes, data.inputs.shape[1]).to(device)
-    optimizer, scheduler = build_optimizer(cfg.optimizer, model.parameters())
+    optimizer, scheduler = build_optimizer(cfg.optimizer, cfg.transforms, model.parameters())
     if checkpoint is not None:
         saved = torch.load(checkpoint, map_location=device, weights_only=True)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
-    return harness_epoch(cfg, model, split(data.train_idx), split(data.test_idx), optimizer, scheduler,
+    return harness_epoch(cfg, fast(model), split(data.train_idx), split(data.test_idx), optimizer, scheduler,
                          torch.Generator().manual_seed(cfg.seed))
 
 
 def bench_plateau(run_dir: Path, device: torch.device, rounds: int, seconds: float) -> Dict:
     """Epochs/s of the default experiment deep in its plateau (a checkpoint of `run_dir`, a default
     run) against fresh weights, alternated. Without denormals flushed to zero the plateau ran 3-6x
-    slower than the start (grok/speed.py, flush_denormals; --keep-denormals measures that)."""
+    slower than the start (grok/system/speed.py, flush_denormals; --keep-denormals measures that)."""
     checkpoint = plateau_checkpoint(run_dir)
     if checkpoint is None:
         return {"run_dir": str(run_dir), "status": "no checkpoint before the grok epoch"}

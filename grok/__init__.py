@@ -1,7 +1,7 @@
 """grok: a Hydra-configured harness for grokking research (see README.md).
 
 `grok.generate(model, "226+336=")` answers a sequence-task problem by greedy decoding
-(grok/sequences.py); it is imported on first use so that `import grok.config` stays light.
+(grok/data/sequences.py); it is imported on first use so that `import grok.config` stays light.
 """
 
 

@@ -1,42 +1,48 @@
 """One experiment, start to finish: config -> task data -> model -> training loop -> loggers -> outputs.
 
+`start` assembles a run top to bottom (validated config, data, model, optimizer, checkpoint,
+loggers); grok/training/loop.py trains it; `finish` writes its figures and summary, and
+`record_failure` says why it did not finish.
+
 Everything a run writes goes into its run directory (Hydra's output directory, or the directory
 being resumed): config.yaml, metrics.csv, checkpoints/, curves.png, wandb/ and, last of all,
 summary.json. A summary.json with status "completed" is the one sign that a run finished; "interrupted"
-(a signal, grok/signals.py) and "failed" say why it did not. One process at a time writes a run
-directory (grok/lock.py), and a command refused before the run began writes nothing into it.
+(a signal, grok/system/signals.py) and "failed" say why it did not. One process at a time writes a run
+directory (grok/system/lock.py), and a command refused before the run began writes nothing into it.
 """
 
 import errno
-import json
 import os
 import time
 import traceback
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from grok.training.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
-from grok.config import ConfigError, ProgressAnalysisConfig, Refused, validate
-from grok.recording.analysis import embedding_spectrum, key_frequencies
-from grok.system.lock import lock_run_dir, unlock_run_dir
-from grok.recording.loggers import Loggers, WandbLogger, read_metrics, write_atomically
-from grok.training.memory import check_memory
+from grok.config import validate
+from grok.data import make_dataset
+from grok.errors import ConfigError, Refused
 from grok.models import build_model
-from grok.training.optimizers import build_optimizer
+from grok.plugins import TARGET, plugin
+from grok.recording import Loggers, WandbLogger
+from grok.recording.analysis import embedding_spectrum, key_frequencies
+from grok.recording.files import read_metrics, write_json
 from grok.recording.plots import plot_curves, plot_fourier_spectrum, plot_progress
+from grok.system.lock import lock_run_dir, unlock_run_dir
 from grok.system.signals import Interrupted, Preempted, stop_on_signals
 from grok.system.slurm import requeued_checkpoint, stable_run_id
 from grok.system.speed import flush_denormals, keep_freed_memory
-from grok.data.tasks import make_dataset
 from grok.system.threads import explicit_threads
-from grok.training.loop import Diverged, Split, TrainState, train_loop
+from grok.training.checkpoint import load_checkpoint, remove_stale_temporaries
+from grok.training.loop import Diverged, Experiment, Split, TrainState, train_runs
+from grok.training.memory import check_memory
+from grok.training.optimizers import build_optimizer
 
 # Everything that changes the math: a resumed run must agree with its checkpoint on all of these.
-EXPERIMENT_KEYS = ("task", "model", "optimizer", "loss", "train_frac", "seed", "data_seed", "batch_size", "eval_every")
+EXPERIMENT_KEYS = ("task", "model", "optimizer", "transforms", "loss", "train_frac", "seed", "data_seed",
+                   "batch_size", "eval_every")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -45,10 +51,6 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={name}: no CUDA device is available here; use device=auto or device=cpu")
     return torch.device(name)
-
-
-def write_json(path: Path, data: Dict[str, Any]) -> None:
-    write_atomically(path, json.dumps(data, indent=2) + "\n")
 
 
 def process_age() -> Optional[float]:
@@ -67,7 +69,7 @@ _ABSENT = "(absent)"
 def _first_difference(current: Any, saved: Any, field: str) -> Optional[str]:
     """The first leaf where two configs differ, as `field=current ... field=saved`; None when equal."""
     if isinstance(current, dict) and isinstance(saved, dict):
-        for key in sorted(set(current) | set(saved)):
+        for key in sorted((set(current) | set(saved)) - {TARGET}):  # the plug-in's name says which it is
             found = _first_difference(current.get(key, _ABSENT), saved.get(key, _ABSENT), f"{field}.{key}")
             if found:
                 return found
@@ -86,53 +88,36 @@ def check_resumable(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     return checkpoint
 
 
-@dataclass
-class Experiment:
-    """One run's live parts: what the training loop (grok/training.py) reads and updates, and where
-    it writes. grok/batched.py trains several of them together; each keeps its own."""
-
-    cfg: DictConfig
-    run_dir: Path
-    device: torch.device
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    generator: torch.Generator  # minibatch order
-    train: Split
-    test: Split
-    state: TrainState
-    loggers: Loggers
-    started: float  # perf_counter() when the run began
-    startup_seconds: Optional[float]  # imports, Hydra, data, model, W&B: everything before the first epoch
-
-    def save(self) -> None:
-        cuda = self.device.type == "cuda"
-        save_checkpoint(self.run_dir / "checkpoints", self.state.epoch, {
-            # clone: a batched run's parameters are views into its batch's stacked tensors (grok/batched.py)
-            "model": {key: value.clone() for key, value in self.model.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "state": asdict(self.state),
-            "rng": {"torch": torch.get_rng_state(), "batches": self.generator.get_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if cuda else []},
-            "config": OmegaConf.to_container(self.cfg, resolve=True),
-        })
-
-
 def run(cfg: DictConfig, out_dir: Path, run_name: str = "run") -> Dict[str, Any]:
     """Run one experiment; return its summary. Failures write a 'failed' summary, then re-raise; a
     run stopped by a signal checkpoints, closes its loggers, writes an 'interrupted' summary and
-    raises grok.system.signals.Interrupted (grok/signals.py)."""
+    raises grok.system.signals.Interrupted."""
     started = time.perf_counter()
-    experiment = None
     with stop_on_signals() as stop:
         try:
             experiment = start(cfg, out_dir, run_name, started)
-            train_loop(experiment, stop)
-            return finish(experiment)
         except BaseException as error:
-            record_failure(error, cfg, out_dir, experiment)
+            record_failure(error, cfg, out_dir, None)
             raise
+        (result,) = train_runs([experiment], stop, end)
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def end(experiment: Experiment, error: Optional[BaseException]) -> Any:
+    """How the training loop ends a run: finished (its summary), or failed or interrupted by `error`."""
+    if error is None:
+        return finish(experiment)
+    record_failure(error, experiment.cfg, experiment.run_dir, experiment)
+    return error
+
+
+def objective(summary: Dict[str, Any], cfg) -> float:
+    """The value train.py returns to a sweeper: summary[cfg.objective]; an epoch never reached
+    (never grokked, never memorized) scores as the whole epoch budget."""
+    value = summary[cfg.objective]
+    return float(cfg.epochs if value is None else value)
 
 
 def run_dir_of(cfg: DictConfig, out_dir: Path) -> Path:
@@ -143,8 +128,8 @@ def run_dir_of(cfg: DictConfig, out_dir: Path) -> Path:
 def start(cfg: DictConfig, out_dir: Path, run_name: str, started: float) -> Experiment:
     """Everything before the first epoch: validation, data, model, optimizer, checkpoint, loggers."""
     run_dir = run_dir_of(cfg, out_dir)
-    flush_denormals()  # first, before anything starts PyTorch's threads (grok/speed.py)
-    validate(cfg)
+    flush_denormals()  # first, before anything starts PyTorch's threads (grok/system/speed.py)
+    cfg = validate(cfg)
     threads = explicit_threads(cfg)
     if threads is not None:  # set per job: jobs sharing a joblib worker set their own
         torch.set_num_threads(threads)
@@ -158,7 +143,7 @@ def start(cfg: DictConfig, out_dir: Path, run_name: str, started: float) -> Expe
     checkpoint = check_resumable(cfg, run_dir) if resume else None
     device = resolve_device(cfg.device)
     check_memory(cfg, device)  # a run that would not fit is refused before anything is allocated
-    keep_freed_memory()  # no page faults on every epoch's activations (grok/speed.py)
+    keep_freed_memory()  # no page faults on every epoch's activations (grok/system/speed.py)
     run_id = checkpoint["state"]["wandb_run_id"] if checkpoint is not None else stable_run_id()
     wandb = None
     if cfg.logger.name == "wandb":  # now: W&B starts in its own process while the data and model are built
@@ -172,7 +157,7 @@ def start(cfg: DictConfig, out_dir: Path, run_name: str, started: float) -> Expe
 
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.model, data.n_vocab, data.n_classes, data.inputs.shape[1]).to(device)
-        optimizer, scheduler = build_optimizer(cfg.optimizer, model.parameters())
+        optimizer, scheduler = build_optimizer(cfg.optimizer, cfg.transforms, model.parameters())
         generator = torch.Generator().manual_seed(cfg.seed)
         state = TrainState(wandb_run_id=run_id)
         if checkpoint is not None:
@@ -193,8 +178,10 @@ def start(cfg: DictConfig, out_dir: Path, run_name: str, started: float) -> Expe
         raise
     if checkpoint is not None:  # last: a resume that fails to start leaves the run's summary as it was
         (run_dir / "summary.json").unlink(missing_ok=True)  # the run is no longer finished
-    return Experiment(cfg, run_dir, device, model, optimizer, scheduler, generator, train, test, state, loggers,
-                      started, process_age())
+    return Experiment(cfg=cfg, run_dir=run_dir, device=device, model=model, loss_fn=plugin(cfg.loss, "loss"),
+                      fourier_sign=plugin(cfg.task, "task").fourier_sign, optimizer=optimizer, scheduler=scheduler,
+                      generator=generator, train=train, test=test, state=state, loggers=loggers, started=started,
+                      startup_seconds=process_age())
 
 
 def finish(experiment: Experiment) -> Dict[str, Any]:
@@ -212,8 +199,8 @@ def finish(experiment: Experiment) -> Dict[str, Any]:
     spectrum = embedding_spectrum(model, cfg.task.get("p"))
     if spectrum is not None:
         images["fourier_spectrum"] = run_dir / "fourier_spectrum.png"
-        n_key = cfg.analysis.get("n_key_freqs", ProgressAnalysisConfig.n_key_freqs)
-        plot_fourier_spectrum(spectrum.tolist(), key_frequencies(spectrum, n_key), images["fourier_spectrum"])
+        plot_fourier_spectrum(spectrum.tolist(), key_frequencies(spectrum, cfg.analysis.n_key_freqs),
+                              images["fourier_spectrum"])
     final = {key: value for key, value in rows[-1].items() if key != "epoch"}
     summary = {
         "status": "completed",

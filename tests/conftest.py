@@ -7,12 +7,9 @@ from pathlib import Path
 from typing import List
 
 import pytest
-from hydra import compose, initialize_config_dir
-
-from grok.config import register_configs
+from grok.app import compose
 
 ROOT = Path(__file__).resolve().parents[1]
-register_configs()
 
 # A configuration that memorizes within ~100 epochs and groks within ~1000 on a CPU.
 GROKS_FAST = ["task.p=31", "train_frac=0.5", "optimizer.lr=3e-3", "model.d_model=64", "model.d_mlp=256"]
@@ -27,8 +24,8 @@ FLOAT32_ROUNDINGS = 100 * 2**-23  # float32's machine epsilon
 
 
 def make_config(overrides: List[str] = ()):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+    """The config `python train.py overrides...` composes (before validation)."""
+    return compose(overrides)
 
 
 def cli_env() -> dict:

@@ -1,5 +1,6 @@
 """Grokking accelerators and progress measures, each checked against a direct re-computation of its
-formula: Grokfast EMA/MA, ⊥Grad, StableMax, the Fourier measures and softmax collapse."""
+formula: the gradient transforms (Grokfast EMA/MA, ⊥Grad, alone and stacked), StableMax, the Fourier
+measures and softmax collapse."""
 
 import io
 import math
@@ -11,6 +12,8 @@ import torch.nn.functional as F
 from grok.recording.analysis import (frequency_norms, gini, key_frequencies, restricted_and_excluded_loss,
                            softmax_collapse)
 from grok.training.losses import stablemax_cross_entropy
+from grok.config import validate
+from grok.errors import ConfigError
 from grok.training.optimizers import build_optimizer
 from tests.conftest import make_config
 
@@ -19,10 +22,10 @@ GRADIENTS = [[1.0, -2.0, 0.5], [0.3, 0.1, -1.0], [-0.5, 0.4, 0.2], [2.0, 0.0, 1.
 
 def sgd_with(*overrides):
     """A 3-vector trained by plain SGD (lr 1, no momentum, decay or warmup) with the given transforms."""
-    cfg = make_config(["optimizer=sgd", "optimizer.lr=1", "optimizer.momentum=0", "optimizer.weight_decay=0",
-                       "optimizer.warmup_steps=0", *overrides])
+    cfg = validate(make_config(["optimizer=sgd", "optimizer.lr=1", "optimizer.momentum=0", "optimizer.weight_decay=0",
+                                "optimizer.warmup_steps=0", *overrides]))
     param = torch.nn.Parameter(torch.tensor([0.5, 1.0, -1.5], dtype=torch.float64))
-    optimizer, _ = build_optimizer(cfg.optimizer, [param])
+    optimizer, _ = build_optimizer(cfg.optimizer, cfg.transforms, [param])
     return param, optimizer
 
 
@@ -33,7 +36,8 @@ def step(param, optimizer, gradient):
 
 
 def test_grokfast_ema_adds_lamb_times_the_moving_average_of_gradients():
-    param, optimizer = sgd_with("optimizer.grokfast=ema", "optimizer.grokfast_alpha=0.9", "optimizer.grokfast_lamb=2")
+    param, optimizer = sgd_with("transforms=[grokfast_ema]", "transforms.grokfast_ema.alpha=0.9",
+                                "transforms.grokfast_ema.lamb=2")
     expected, ema = [0.5, 1.0, -1.5], None
     for g in GRADIENTS:
         step(param, optimizer, g)
@@ -44,8 +48,8 @@ def test_grokfast_ema_adds_lamb_times_the_moving_average_of_gradients():
 
 @pytest.mark.parametrize("reduce,warmup", [("mean", True), ("sum", True), ("mean", False)])
 def test_grokfast_ma_adds_lamb_times_the_window_mean_or_sum(reduce, warmup):
-    param, optimizer = sgd_with("optimizer.grokfast=ma", "optimizer.grokfast_window=3", "optimizer.grokfast_lamb=5",
-                                f"optimizer.grokfast_reduce={reduce}", f"optimizer.grokfast_warmup={warmup}")
+    param, optimizer = sgd_with("transforms=[grokfast_ma]", "transforms.grokfast_ma.window=3", "transforms.grokfast_ma.lamb=5",
+                                f"transforms.grokfast_ma.reduce={reduce}", f"transforms.grokfast_ma.warmup={warmup}")
     expected = [0.5, 1.0, -1.5]
     for t, g in enumerate(GRADIENTS):
         step(param, optimizer, g)
@@ -59,7 +63,9 @@ def test_grokfast_ma_adds_lamb_times_the_window_mean_or_sum(reduce, warmup):
     assert param.tolist() == pytest.approx(expected, abs=1e-12)
 
 
-@pytest.mark.parametrize("filter_args", [["optimizer.grokfast=ema"], ["optimizer.grokfast=ma", "optimizer.grokfast_window=3"]])
+@pytest.mark.parametrize("filter_args", [["transforms=[grokfast_ema]"],
+                                         ["transforms=[grokfast_ma]", "transforms.grokfast_ma.window=3"],
+                                         ["transforms=[grokfast_ma,grokfast_ema]", "transforms.grokfast_ma.window=3"]])
 def test_resume_with_a_filter_is_exact(filter_args):
     straight, straight_opt = sgd_with(*filter_args)
     for g in GRADIENTS:
@@ -82,12 +88,41 @@ def test_resume_with_a_filter_is_exact(filter_args):
 
 
 def test_orthograd_update_is_orthogonal_to_the_weights_with_the_gradient_norm():
-    param, optimizer = sgd_with("optimizer.orthograd=true")
+    param, optimizer = sgd_with("transforms=[orthograd]")
     before = param.detach().clone()
     step(param, optimizer, GRADIENTS[0])
     update = before - param.detach()
     assert torch.dot(update, before).item() == pytest.approx(0, abs=1e-12)
     assert update.norm().item() == pytest.approx(math.sqrt(sum(g * g for g in GRADIENTS[0])), rel=1e-12)
+
+
+def orthogonalized(w, g):
+    """⊥Grad's formula, by hand: g less its projection on w, rescaled to |g|."""
+    dot = sum(wi * gi for wi, gi in zip(w, g)) / sum(wi * wi for wi in w)
+    o = [gi - dot * wi for wi, gi in zip(w, g)]
+    scale = math.sqrt(sum(gi * gi for gi in g)) / math.sqrt(sum(oi * oi for oi in o))
+    return [oi * scale for oi in o]
+
+
+@pytest.mark.parametrize("order", [["grokfast_ema", "orthograd"], ["orthograd", "grokfast_ema"]])
+def test_transforms_stack_in_the_order_given(order):
+    param, optimizer = sgd_with(f"transforms=[{','.join(order)}]", "transforms.grokfast_ema.alpha=0.9")
+    expected, ema = [0.5, 1.0, -1.5], None
+    for g in GRADIENTS[:3]:
+        step(param, optimizer, g)
+        for name in order:
+            if name == "orthograd":
+                g = orthogonalized(expected, g)
+            else:
+                ema = list(g) if ema is None else [0.9 * e + 0.1 * gi for e, gi in zip(ema, g)]
+                g = [gi + 2.0 * e for gi, e in zip(g, ema)]
+        expected = [x - gi for x, gi in zip(expected, g)]
+    assert param.tolist() == pytest.approx(expected, abs=1e-12)
+
+
+def test_a_bad_transform_setting_names_its_field():
+    with pytest.raises(ConfigError, match=r"^transforms.grokfast_ema.alpha=1.5: must be in \[0, 1\)$"):
+        sgd_with("transforms=[grokfast_ema]", "transforms.grokfast_ema.alpha=1.5")
 
 
 def test_accelerators_are_off_by_default():
@@ -154,7 +189,7 @@ def test_softmax_collapse_counts_zero_losses_and_saturated_softmaxes_in_float32(
 
 
 # ----------------------------------------------------------------------------- in a run
-from grok.recording.loggers import read_metrics  # noqa: E402
+from grok.recording.files import read_metrics  # noqa: E402
 from grok.run import run  # noqa: E402
 from tests.conftest import GROKS_FAST, run_cli, wandb_records  # noqa: E402
 
@@ -195,8 +230,9 @@ def test_stablemax_runs_are_trained_and_scored_with_stablemax(tmp_path):
     assert read_metrics(out / "metrics.csv")[0]["train_loss"] == pytest.approx(math.log(11), rel=0.2)
 
 
-@pytest.mark.parametrize("accelerator", [["optimizer.grokfast=ema"], ["optimizer.grokfast=ma", "optimizer.grokfast_window=5"],
-                                         ["optimizer.orthograd=true"]])
+@pytest.mark.parametrize("accelerator", [["transforms=[grokfast_ema]"],
+                                         ["transforms=[grokfast_ma]", "transforms.grokfast_ma.window=5"],
+                                         ["transforms=[orthograd]"]])
 def test_a_run_with_an_accelerator_resumes_exactly(tmp_path, accelerator):
     args = ["task.p=11", "analysis=none", "save_every=10", *accelerator]
     train(tmp_path, "straight", *args, "epochs=20")

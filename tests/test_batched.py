@@ -1,5 +1,6 @@
-"""Batched sweeps (grok/batched.py, hydra/launcher=batched): runs that share shapes train together as
-one stacked model, and each still ends exactly as it would alone: its own split, labels and noise,
+"""Batched sweeps (grok/sweeps/batched.py, hydra/launcher=batched): runs that share shapes train together
+as one stacked model (grok/training/stacked.py), through the loop a run alone goes through
+(grok/training/loop.py), and each still ends exactly as it would alone: its own split, labels and noise,
 its own steps, stopping, output directory, metrics.csv, checkpoint, W&B run and summary.json."""
 
 import json
@@ -10,14 +11,15 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from grok.data import IGNORE, make_dataset
+from grok.recording.files import read_metrics
+from grok.run import end, start
 from grok.sweeps import batched
-from grok.sweeps.batched import Batch, Job, Member, run_batched, train_together
-from grok.recording.loggers import read_metrics
-from grok.training.losses import IGNORE
-from grok.run import start, finish
+from grok.sweeps.batched import Job, run_batched
 from grok.system.signals import Preempted, StopRequest, preemption_signal
-from grok.data.tasks import make_dataset
-from grok.training.loop import train_loop
+from grok.training import memory
+from grok.training.loop import train_runs
+from grok.training.stacked import Stack
 from tests.conftest import EARLY_EPOCHS, FLOAT32_ROUNDINGS, make_config, run_cli, wandb_records
 from tests.test_speed_equivalence import autograd_ops
 
@@ -27,8 +29,8 @@ SMALL = ["task=noisy_label", "task.p=31", "model.d_model=32", "model.d_mlp=128",
 MEMBERS = [
     ["task.noise=0", "train_frac=0.5", "stop.test_acc=0.25"],  # stops early
     ["task.noise=0", "train_frac=0.3", "optimizer.weight_decay=0.3", "seed=1"],
-    ["task.noise=2", "train_frac=0.7", "data_seed=2", "optimizer.grokfast=ema"],
-    ["task.noise=4", "train_frac=0.5", "optimizer.orthograd=true", "optimizer.lr=1e-3"],
+    ["task.noise=2", "train_frac=0.7", "data_seed=2", "transforms=[grokfast_ema]"],
+    ["task.noise=4", "train_frac=0.5", "transforms=[orthograd]", "optimizer.lr=1e-3"],
     ["task.noise=2", "train_frac=0.6", "seed=2"],
 ]
 PLAIN = SMALL[1:]  # (a + b) mod 31, no noise
@@ -54,11 +56,9 @@ def trajectories(root: Path, tag: str):
 def batched_and_alone(root: Path, dtype: torch.dtype, extra=()):
     """MEMBERS trained together (root/batched_k) and one by one (root/alone_k)."""
     torch.set_num_threads(1)  # module fixtures run before conftest's per-test setting
-    together = experiments(root, "batched_", dtype, extra)
-    train_together([Member(i, e) for i, e in enumerate(together)], StopRequest())
+    train_runs(experiments(root, "batched_", dtype, extra), StopRequest(), end)
     for experiment in experiments(root, "alone_", dtype, extra):
-        train_loop(experiment, StopRequest())
-        finish(experiment)
+        train_runs([experiment], StopRequest(), end)
     return root
 
 
@@ -114,7 +114,7 @@ def test_members_end_as_runs_alone_end(in_float64):
 
 def test_each_member_trains_on_its_own_split_labels_and_noise(tmp_path):
     together = experiments(tmp_path, "m", torch.float32)
-    batch = Batch(together)
+    batch = Stack(together)
     try:
         for k, (overrides, experiment) in enumerate(zip(MEMBERS, together)):
             cfg = make_config(SMALL + overrides)
@@ -127,7 +127,7 @@ def test_each_member_trains_on_its_own_split_labels_and_noise(tmp_path):
             assert torch.equal(batch.train["clean_labels"][k, :n], data.clean_labels[data.train_idx])
             noisy = cfg.task.noise > 0
             assert torch.equal(data.labels, data.clean_labels) != noisy, "the noise is in the labels trained on"
-            for name, param in experiment.model.named_parameters():
+            for name, param in zip(batch.names, experiment.model.parameters()):
                 assert param.data_ptr() == batch.params[name][k].data_ptr(), "a member's weights are its slice"
     finally:
         batch.release()
@@ -149,9 +149,8 @@ def test_a_member_that_diverges_fails_alone_and_the_others_finish(tmp_path):
 def batch_sizes(monkeypatch):
     """The number of members of each batch that grok.sweeps.batched trains, in order."""
     sizes = []
-    real_train_together = batched.train_together
-    monkeypatch.setattr(batched, "train_together",
-                        lambda members, preemption: sizes.append(len(members)) or real_train_together(members, preemption))
+    real_train_runs = batched.train_runs
+    monkeypatch.setattr(batched, "train_runs", lambda runs, stop, end: sizes.append(len(runs)) or real_train_runs(runs, stop, end))
     return sizes
 
 
@@ -172,8 +171,8 @@ def test_a_group_too_big_for_memory_is_split_into_batches_that_fit(tmp_path, mon
     jobs = [Job(make_config(PLAIN + ["epochs=5", f"seed={i}"]), tmp_path / str(i), str(i)) for i in range(5)]
     for job in jobs:
         job.out_dir.mkdir()
-    one_member = batched.member_bytes(start(jobs[0].cfg, tmp_path, "probe", 0.0))
-    monkeypatch.setattr(batched, "free_memory", lambda device: int(2.5 * one_member / batched.MEMORY_SHARE))
+    one_member = memory.member_bytes(start(jobs[0].cfg, tmp_path, "probe", 0.0))
+    monkeypatch.setattr(memory, "free_memory", lambda device: int(2.5 * one_member / memory.MEMORY_SHARE))
     results = run_batched(jobs)
     assert batch_sizes == [2, 2, 1], "two members fit in the memory given"
     assert all(result["status"] == "completed" for result in results)
@@ -181,19 +180,19 @@ def test_a_group_too_big_for_memory_is_split_into_batches_that_fit(tmp_path, mon
 
 def test_a_batch_out_of_gpu_memory_goes_on_as_two_halves(tmp_path, monkeypatch):
     # the GPU's out-of-memory error, raised for batches of more than two runs
-    real_backward = Batch.backward
+    real_train_epoch = Stack.train_epoch
 
-    def backward(self):
+    def train_epoch(self):
         if len(self.experiments) > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_backward(self)
+        return real_train_epoch(self)
 
     reference = experiments(tmp_path / "whole", "r", torch.float64, ["epochs=30"])[1:]
-    train_together([Member(i, e) for i, e in enumerate(reference)], StopRequest())
-    monkeypatch.setattr(Batch, "backward", backward)
+    train_runs(reference, StopRequest(), end)
+    monkeypatch.setattr(Stack, "train_epoch", train_epoch)
     halves = experiments(tmp_path / "halves", "h", torch.float64, ["epochs=30"])[1:]
     with pytest.warns(UserWarning, match="ran out of GPU memory at epoch 1"):
-        train_together([Member(i, e) for i, e in enumerate(halves)], StopRequest())
+        train_runs(halves, StopRequest(), end)
     for i in range(1, 5):
         whole, split = (read_metrics(tmp_path / d / f"{t}{i}" / "metrics.csv") for d, t in (("whole", "r"), ("halves", "h")))
         assert len(whole) == len(split) == 30
@@ -240,7 +239,7 @@ def test_the_batched_launcher_writes_each_job_as_the_basic_launcher_does(tmp_pat
 
 
 class PreemptedAt(StopRequest):
-    """The stop request SLURM's warning signal makes (grok/signals.py), made once the batch reaches `epoch`."""
+    """The stop request SLURM's warning signal makes (grok/system/signals.py), made once the batch reaches `epoch`."""
 
     def __init__(self, experiments, epoch):
         self.experiments, self.epoch = experiments, epoch
@@ -256,9 +255,9 @@ def test_a_requeued_batch_goes_on_from_its_members_checkpoints(tmp_path, monkeyp
             for name, overrides in (("short", ["epochs=4"]), ("long", ["epochs=10"]), ("other", ["epochs=10", "seed=5"]))]
     for job in jobs:
         job.out_dir.mkdir()
-    members = [Member(i, start(job.cfg, job.out_dir, job.run_name, 0.0)) for i, job in enumerate(jobs)]
+    runs = [start(job.cfg, job.out_dir, job.run_name, 0.0) for job in jobs]
     with pytest.raises(Preempted):
-        train_together(members, PreemptedAt([m.experiment for m in members], 6))
+        train_runs(runs, PreemptedAt(runs, 6), end)
     summary = json.loads((tmp_path / "long" / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["epochs"] == 6, "preempted: checkpointed at epoch 6, not finished"
 
@@ -277,9 +276,9 @@ def test_a_requeued_batch_goes_on_from_its_members_checkpoints(tmp_path, monkeyp
 
 @pytest.mark.float_sensitive
 def test_under_vmap_one_embedding_bag_serves_every_run():
-    """grok.system.speed.embedding_bag: vmap has no batching rule for embedding_bag (the models' table
+    """grok.models.tables.embedding_bag: vmap has no batching rule for embedding_bag (the models' table
     paths); the one given concatenates the runs' rows. Same sums and gradients as run by run."""
-    from grok.system.speed import embedding_bag
+    from grok.models.tables import embedding_bag
 
     runs, n_rows, width = 4, 10, 6
     rows = torch.randn(runs, n_rows, width, dtype=torch.float64, requires_grad=True)

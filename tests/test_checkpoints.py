@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from grok.training.checkpoint import CheckpointWriteError, load_checkpoint, remove_stale_temporaries, save_checkpoint
-from grok.config import Refused
+from grok.errors import Refused
 from tests.conftest import ROOT
 
 

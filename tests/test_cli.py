@@ -37,7 +37,8 @@ def test_a_divide_run_writes_every_output_and_a_wandb_run(tmp_path):
     assert [row["epoch"] for row in wandb["history"]] == list(range(1, 31)), "one history row per epoch"
     assert wandb["history"][-1]["test_acc"] == pytest.approx(summary["test_acc"])
     assert wandb["summary"]["state"] == "finished" and wandb["summary"]["exit_code"] == 0
-    assert wandb["summary"]["config"]["task"] == {"name": "divide", "p": 11, "label_noise_frac": 0.0}
+    assert wandb["summary"]["config"]["task"] == {"_target_": "grok.data.tasks.divide", "name": "divide", "p": 11,
+                                                  "label_noise_frac": 0.0}
     assert wandb["summary"]["summary"]["memorize_epoch"] == summary["memorize_epoch"]
     assert wandb["summary"]["summary"]["curves"]["_type"] == "image-file"
     assert wandb["run"]["run_group"] == "demo" and wandb["run"]["tags"] == ["a", "b"] and wandb["run"]["job_type"] == "train"

@@ -4,7 +4,8 @@ start-up, and each bad value is refused with one line naming the field and what 
 import pytest
 from hydra.errors import ConfigCompositionException
 
-from grok.config import ConfigError, validate
+from grok.errors import ConfigError
+from grok.config import validate
 from tests.conftest import make_config
 
 
@@ -87,3 +88,48 @@ def test_bad_values_are_refused_with_one_line_naming_the_field(overrides, messag
         validate(make_config(overrides))
     assert str(error.value) == message
     assert "\n" not in str(error.value)
+
+
+PLUGIN_GROUPS = ["task", "model", "optimizer", "loss", "transforms"]
+
+
+@pytest.mark.parametrize("group", PLUGIN_GROUPS)
+def test_every_option_lists_each_key_of_its_plug_ins_schema_so_each_can_be_set(group):
+    """An option's yaml names its implementation (`_target_`) and sets every key of its schema: a key
+    it left out could not be set from the command line without Hydra's `+`."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    from grok.plugins import Named, plugin
+    from tests.conftest import ROOT
+
+    for path in sorted((ROOT / "conf" / group).glob("*.yaml")):
+        node = OmegaConf.load(path)
+        if group == "transforms":  # one top-level key: the transform's name
+            ((_, node),) = node.items()
+        schema = getattr(plugin(node, group), "Config", Named)
+        assert set(node) == {"_target_"} | {f.name for f in dataclasses.fields(schema)}, path.name
+
+
+def test_a_key_its_plug_in_does_not_have_is_refused_with_the_keys_it_has():
+    with pytest.raises(ConfigError, match=r"^task.pp: not a key of task=add; its keys: name, p, label_noise_frac$"):
+        validate(make_config(["+task.pp=3"]))
+
+
+def test_a_plug_in_that_cannot_be_imported_is_refused_in_one_line():
+    with pytest.raises(ConfigError) as error:
+        validate(make_config(["task._target_=my_tasks.nowhere"]))
+    assert str(error.value).startswith("task._target_=my_tasks.nowhere: cannot be imported (")
+    assert "\n" not in str(error.value)
+
+
+def test_a_value_its_plug_in_types_refuse_names_the_field():
+    with pytest.raises(ConfigError, match=r"^task.p: "):
+        validate(make_config(["task.p=many"]))
+
+
+def test_transforms_are_off_by_default_and_several_can_be_chosen_in_order():
+    assert dict(make_config().transforms) == {}
+    cfg = validate(make_config(["transforms=[orthograd,grokfast_ema]", "transforms.grokfast_ema.alpha=0.9"]))
+    assert list(cfg.transforms) == ["orthograd", "grokfast_ema"] and cfg.transforms.grokfast_ema.alpha == 0.9

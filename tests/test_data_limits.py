@@ -11,10 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from grok.config import ConfigError
+from grok.errors import ConfigError
 from grok.models import build_model
 from grok.training.memory import cgroup_limits, check_data, check_memory, data_size, training_bytes
-from grok.data.tasks import TASKS, make_dataset
+from grok.data import make_dataset
+from grok.plugins import plugin
 from tests.conftest import ROOT, cli_env, make_config, run_cli
 
 CPU = torch.device("cpu")
@@ -66,7 +67,7 @@ PEAK_SCRIPT = """
 import sys
 from pathlib import Path
 from grok.system.speed import keep_freed_memory
-from grok.data.tasks import make_dataset
+from grok.data import make_dataset
 from tests.conftest import make_config
 from tests.test_data_limits import tensors
 
@@ -155,7 +156,7 @@ def test_the_value_offered_fits_and_the_next_does_not(overrides, field, budget, 
     """With memory for exactly the data set of `budget`, the largest value offered is `largest`: its real
     tensors fit, those of the next value allowed do not."""
     resized = lambda value: task_config(*overrides, f"task.{field}={value}")
-    peak = TASKS[resized(budget).name].peak
+    peak = plugin(resized(budget), "task").peak
     real_need = lambda value: int(peak * nbytes(tensors(make_dataset(resized(value), 0.3, 0))[0]))
     available = data_size(resized(budget)).build_bytes()
     with pytest.raises(ConfigError) as error:

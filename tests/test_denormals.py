@@ -1,4 +1,4 @@
-"""Float32 denormals are flushed to zero on every thread that computes (grok/speed.py): deep into
+"""Float32 denormals are flushed to zero on every thread that computes (grok/system/speed.py): deep into
 grokking's plateau they otherwise put the CPU on its slow path and the epochs run several times slower."""
 
 import subprocess
@@ -31,8 +31,7 @@ def test_set_after_the_threads_started_only_the_calling_thread_flushes_and_the_c
 
 
 def test_a_run_flushes_them_before_it_starts_any_thread():
-    code = ("from grok.config import register_configs; register_configs(); "
-            "from tests.conftest import make_config; from grok.run import start; import tempfile, pathlib, time; "
+    code = ("from tests.conftest import make_config; from grok.run import start; import tempfile, pathlib, time; "
             "start(make_config(['task.p=11', 'logger=none', 'threads=2']), pathlib.Path(tempfile.mkdtemp()), 'r', "
             f"time.perf_counter()); {DENORMALS_LEFT}")
     assert in_a_fresh_process(code) == ["0"]
@@ -40,7 +39,7 @@ def test_a_run_flushes_them_before_it_starts_any_thread():
 
 def test_a_batched_sweep_flushes_them_before_grouping_builds_any_data_set():
     # p=401: grouping builds 160,801 examples, a data set large enough to start PyTorch's threads
-    code = ("from grok.config import register_configs; register_configs(); import tempfile, pathlib; "
+    code = ("import tempfile, pathlib; "
             "from tests.conftest import make_config; from grok.sweeps.batched import Job, run_batched; "
             "cfg = make_config(['task.p=401', 'model.d_model=8', 'model.n_heads=1', 'model.d_mlp=8', 'epochs=1', "
             "'logger=none', 'progress=false', 'analysis=none', 'threads=2']); "

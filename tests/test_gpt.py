@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from grok.models import build_model, rotate, run_with_cache
-from grok.data.tasks import make_dataset
+from grok.models import build_model, run_with_cache
+from grok.models.gpt import rotate
+from grok.data import make_dataset
 from tests.conftest import make_config
 
 
@@ -50,7 +51,8 @@ def reference_gpt(model, tokens):
                 mixed.append(attn.out.weight @ torch.cat(heads) + attn.out.bias)
             x = x + torch.stack(mixed)
             m = torch.stack([ln(r, block.ln2) for r in x])
-            x = x + F.gelu(m @ block.fc_in.weight.T + block.fc_in.bias) @ block.fc_out.weight.T + block.fc_out.bias
+            fc_in, fc_out = block.mlp.fc_in, block.mlp.fc_out
+            x = x + F.gelu(m @ fc_in.weight.T + fc_in.bias) @ fc_out.weight.T + fc_out.bias
         x = torch.stack([ln(r, model.ln_final) for r in x])
         out.append(x @ model.unembed.weight.T + model.unembed.bias)
     return torch.stack(out)  # (B, T, C)
@@ -96,7 +98,7 @@ def test_initialisation_is_gpt2s():
         elif "ln" in name:
             assert (param == 1).all(), name
         else:
-            expected = residual_std if name.endswith(("attn.out.weight", "fc_out.weight")) else 0.02
+            expected = residual_std if name.endswith(("attn.out.weight", "mlp.fc_out.weight")) else 0.02
             assert param.std().item() == pytest.approx(expected, rel=0.1), name
             assert abs(param.mean().item()) < 3 * expected / math.sqrt(param.numel()), name
 
@@ -120,9 +122,37 @@ def test_every_gpt_activation_is_reachable_by_name():
     model = gpt()
     tokens = torch.randint(0, 11, (2, 7))
     logits, cache = run_with_cache(model, tokens)
-    for name in ["hook_embed", "blocks.1.hook_resid_pre", "blocks.1.attn.hook_q", "blocks.1.attn.hook_pattern",
-                 "blocks.1.attn.hook_z", "blocks.1.hook_attn_out", "blocks.1.hook_resid_mid", "blocks.1.hook_mlp_pre",
-                 "blocks.1.hook_mlp_post", "blocks.1.hook_mlp_out", "blocks.1.hook_resid_post"]:
+    for name in ["hook_embed", "blocks.1.hook_resid_pre", "blocks.1.attn.hook_q", "blocks.1.attn.hook_k",
+                 "blocks.1.attn.hook_v", "blocks.1.attn.hook_attn_scores", "blocks.1.attn.hook_pattern",
+                 "blocks.1.attn.hook_z", "blocks.1.hook_attn_out", "blocks.1.hook_resid_mid", "blocks.1.mlp.hook_pre",
+                 "blocks.1.mlp.hook_post", "blocks.1.hook_mlp_out", "blocks.1.hook_resid_post"]:
         assert name in cache, name
     assert (cache["blocks.0.attn.hook_pattern"].triu(1) == 0).all()
     assert torch.allclose(model.unembed(model.ln_final(cache["blocks.1.hook_resid_post"])), logits)
+
+
+def test_parameters_are_created_and_initialised_in_seed_002s_order():
+    """The init loop draws in named_parameters() order: the MLP's weights come after attention's, as
+    when they were the block's own fc_in and fc_out, so a seed gives the same weights as then."""
+    names = [name for name, _ in gpt("model.n_layers=1").named_parameters()]
+    assert names == ["embed.weight", "blocks.0.ln1.weight", "blocks.0.ln1.bias", "blocks.0.ln2.weight",
+                     "blocks.0.ln2.bias", "blocks.0.attn.qkv.weight", "blocks.0.attn.out.weight",
+                     "blocks.0.attn.out.bias", "blocks.0.mlp.fc_in.weight", "blocks.0.mlp.fc_in.bias",
+                     "blocks.0.mlp.fc_out.weight", "blocks.0.mlp.fc_out.bias", "ln_final.weight", "ln_final.bias",
+                     "unembed.weight", "unembed.bias"]
+
+
+def test_a_checkpoint_from_before_the_mlp_module_still_loads():
+    """Checkpoints written before the MLP had a module of its own name its weights blocks.{i}.fc_in.* and
+    blocks.{i}.fc_out.*: they load into blocks.{i}.mlp.fc_in.* and .fc_out.*, strictly."""
+    trained, fresh = gpt(), gpt()
+    with torch.no_grad():
+        for param in trained.parameters():
+            param.add_(torch.randn_like(param))  # trained: every weight differs from the fresh model's
+    old_names = {key.replace(".mlp.fc_", ".fc_"): value for key, value in trained.state_dict().items()}
+    assert "blocks.1.fc_out.weight" in old_names and not any(".mlp." in key for key in old_names)
+    fresh.load_state_dict(old_names)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), trained.state_dict().values()))
+    tokens = torch.randint(0, 11, (2, 7))
+    with torch.no_grad():
+        assert torch.equal(fresh(tokens), trained(tokens))

@@ -1,4 +1,4 @@
-"""Signals (grok/signals.py): SIGTERM and Ctrl-C stop a run after its epoch with a checkpoint, a closed
+"""Signals (grok/system/signals.py): SIGTERM and Ctrl-C stop a run after its epoch with a checkpoint, a closed
 W&B run and an 'interrupted' summary.json; the process exits with 128 + the signal; `resume` then
 continues exactly, and W&B's history holds every epoch exactly once. A second Ctrl-C leaves at once."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from grok.recording.loggers import read_metrics
+from grok.recording.files import read_metrics
 from grok.system.signals import Interrupted, Preempted, StopRequest, preemption_signal
 from tests.conftest import ROOT, cli_env, run_cli, wandb_records
 

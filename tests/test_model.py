@@ -1,13 +1,21 @@
-"""Models: output shapes, every activation reachable by name, and the math equal to a second,
-loop-by-loop implementation written from the formulas; the loss is a float64 cross-entropy."""
+"""Models: plug-ins that `model._target_` names, output shapes, every activation reachable by name,
+and the math equal to a second, loop-by-loop implementation written from the formulas; the loss is a
+float64 cross-entropy."""
 
 import math
+from dataclasses import asdict
 
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
-from grok.models import HookPoint, build_model, run_with_cache
+from grok.errors import ConfigError
+from grok.models import HookPoint, build_model, fast, run_with_cache
+from grok.models.gpt import GPT
+from grok.models.mlp import OperandMLP
+from grok.models.tables import TableForward
+from grok.models.transformer import Transformer
 from grok.training.losses import cross_entropy
 from tests.conftest import make_config
 
@@ -89,15 +97,16 @@ def test_every_activation_is_reachable_by_name():
     model, tokens = model_and_tokens()
     logits, cache = run_with_cache(model, tokens)
     for name in ["hook_embed", "hook_pos_embed", "blocks.0.hook_resid_pre", "blocks.0.attn.hook_q",
-                 "blocks.0.attn.hook_k", "blocks.0.attn.hook_v", "blocks.0.attn.hook_pattern",
-                 "blocks.0.attn.hook_z", "blocks.0.hook_attn_out", "blocks.0.hook_resid_mid",
-                 "blocks.0.mlp.hook_pre", "blocks.0.mlp.hook_post", "blocks.0.hook_mlp_out",
+                 "blocks.0.attn.hook_k", "blocks.0.attn.hook_v", "blocks.0.attn.hook_attn_scores",
+                 "blocks.0.attn.hook_pattern", "blocks.0.attn.hook_z", "blocks.0.hook_attn_out",
+                 "blocks.0.hook_resid_mid", "blocks.0.mlp.hook_pre", "blocks.0.mlp.hook_post", "blocks.0.hook_mlp_out",
                  "blocks.0.hook_resid_post"]:
         assert name in cache, name
     assert cache["blocks.0.attn.hook_q"].shape == (6, 4, 3, 32)  # (B, H, T, E)
     pattern = cache["blocks.0.attn.hook_pattern"]
     assert torch.allclose(pattern.sum(-1), torch.ones(6, 4, 3, dtype=pattern.dtype))
     assert (pattern.triu(1) == 0).all(), "causal: no position attends to a later one"
+    assert torch.equal(cache["blocks.0.attn.hook_attn_scores"].softmax(-1), pattern)
     assert torch.allclose(cache["blocks.0.hook_resid_post"] @ model.W_U, logits)
     assert not any(module._forward_hooks for module in model.modules()), "hooks are removed afterwards"
 
@@ -111,6 +120,54 @@ def test_a_hook_can_edit_an_activation():
         ablated = model(tokens)
     handle.remove()
     assert not torch.allclose(ablated, model(tokens).detach())
+
+
+PLUGINS = {"transformer": Transformer, "mlp": OperandMLP, "gpt": GPT}
+
+
+@pytest.mark.parametrize("name", PLUGINS)
+def test_a_model_is_the_plugin_its_target_names(name):
+    plugin = PLUGINS[name]
+    cfg = OmegaConf.create({"_target_": f"{plugin.__module__}.{plugin.__qualname__}", **asdict(plugin.Config())})
+    assert cfg.name == name, "its schema's defaults name it"
+    model = build_model(cfg, n_vocab=P + 1, n_classes=P, n_ctx=3)
+    assert type(model) is plugin
+    assert plugin.reads_sequences == (name != "mlp"), "the MLP reads two operands, not a sequence"
+    plugin.check(cfg)  # the defaults pass their own checks
+
+
+def test_build_model_names_the_missing_target():
+    with pytest.raises(ConfigError, match=r"^model: has no _target_"):
+        build_model(OmegaConf.create({"name": "transformer"}), n_vocab=P + 1, n_classes=P, n_ctx=3)
+
+
+@pytest.mark.parametrize("plugin, overrides, message", [
+    (Transformer, {"d_model": 0}, "model.d_model=0: must be >= 1"),
+    (OperandMLP, {"d_mlp": 0}, "model.d_mlp=0: must be >= 1"),
+    (GPT, {"act": "tanh"}, "model.act=tanh: must be one of relu, gelu"),
+    (Transformer, {"n_layers": 0}, "model.n_layers=0: must be >= 1"),
+    (GPT, {"n_heads": 0}, "model.n_heads=0: must be >= 1"),
+    (Transformer, {"d_model": 100, "n_heads": 3}, "model.d_model=100: must be divisible by model.n_heads=3"),
+    (GPT, {"d_model": 12, "n_heads": 4}, "model.d_model=12: d_model / n_heads must be even for rotary positions"),
+])
+def test_each_model_checks_its_own_config_in_one_line(plugin, overrides, message):
+    cfg = OmegaConf.merge(OmegaConf.structured(plugin.Config), overrides)
+    with pytest.raises(ConfigError) as error:
+        plugin.check(cfg)
+    assert str(error.value) == message
+
+
+def test_fast_wraps_the_models_that_have_tables_and_shares_their_weights():
+    transformer, _ = model_and_tokens()
+    mlp, _ = model_and_tokens("model=mlp")
+    gpt = build_model(make_config(["model=gpt"]).model, n_vocab=P + 1, n_classes=P, n_ctx=3)
+    for model in (transformer, mlp):
+        wrapped = fast(model)
+        assert isinstance(wrapped, TableForward) and wrapped.model is model
+        names = [name for name, _ in model.named_parameters()]
+        assert [name for name, _ in wrapped.named_parameters()] == [f"model.{name}" for name in names]
+        assert all(a is b for a, b in zip(wrapped.parameters(), model.parameters()))
+    assert fast(gpt) is gpt, "no tables: the model itself"
 
 
 def test_loss_is_float64_cross_entropy():

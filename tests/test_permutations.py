@@ -6,8 +6,9 @@ from itertools import permutations
 import pytest
 import torch
 
-from grok.config import ConfigError, validate
-from grok.data.tasks import make_dataset
+from grok.errors import ConfigError
+from grok.config import validate
+from grok.data import make_dataset
 from tests.conftest import make_config
 
 

@@ -1,6 +1,7 @@
 """The fast harness does the reference's math (issue 5): from the same initial weights, its training
-steps and test passes (grok.training.loop) give the losses and accuracies of benchmarks/reference.py, the
-straightforward implementation; and the models' table paths equal their plain, hooked paths."""
+steps and test passes (grok.training.loop, through fast(model) as training runs it) give the losses and
+accuracies of benchmarks/reference.py, the straightforward implementation; and the models' table paths
+(fast(model), grok/models/tables.py) equal their plain paths (model itself)."""
 
 import subprocess
 import sys
@@ -9,10 +10,10 @@ import pytest
 import torch
 
 from benchmarks import reference
-from grok.models import build_model, run_with_cache
+from grok.models import build_model, fast, run_with_cache
 from grok.training.optimizers import build_optimizer
 from grok.system.speed import Compiled
-from grok.data.tasks import make_dataset
+from grok.data import make_dataset
 from grok.training.loop import Split, evaluate, train_epoch
 from tests.conftest import EARLY_EPOCHS, FLOAT32_ROUNDINGS, ROOT, make_config
 
@@ -37,11 +38,11 @@ def setup(overrides, dtype):
 
 def harness_run(overrides, dtype, epochs):
     cfg, model, _, train, test = setup(overrides, dtype)
-    optimizer, scheduler = build_optimizer(cfg.optimizer, model.parameters())
+    optimizer, scheduler = build_optimizer(cfg.optimizer, cfg.transforms, model.parameters())
     rows = []
     for _ in range(epochs):
-        train_metrics = train_epoch(model, train, optimizer, scheduler, None, None)
-        test_metrics = evaluate(model, test)
+        train_metrics = train_epoch(fast(model), train, optimizer, scheduler, None, None)
+        test_metrics = evaluate(fast(model), test)
         rows.append([train_metrics["loss"], train_metrics["acc"], test_metrics["loss"], test_metrics["acc"]])
     return torch.tensor(rows, dtype=torch.float64)
 
@@ -114,42 +115,43 @@ def autograd_ops(tensor):
 @pytest.mark.float_sensitive
 @pytest.mark.parametrize("overrides", [[], ["model.n_layers=2"], ["model.act=gelu"], ["model=mlp"],
                                        ["model.d_mlp=100", "model.n_heads=2"]])
-def test_the_table_path_equals_the_hooked_path_in_values_and_gradients(overrides):
+def test_the_table_path_equals_the_plain_path_in_values_and_gradients(overrides):
     cfg = make_config(["task.p=31", *overrides])
     data = make_dataset(cfg.task, 0.5, 0)
     torch.manual_seed(0)
     model = build_model(cfg.model, data.n_vocab, data.n_classes, 3).double()
     tokens = data.inputs  # all 961 pairs
     for all_positions in ([False, True] if cfg.model.name == "transformer" else [False]):
-        fast = model(tokens, all_positions=all_positions)
-        assert "EmbeddingBagBackward0" in autograd_ops(fast), "no hook attached: the table path"
-        hook_point = dict(model.named_modules())["hook_embed"]
-        handle = hook_point.register_forward_hook(lambda module, inputs, output: None)
+        tables = fast(model)(tokens, all_positions=all_positions)
+        assert "EmbeddingBagBackward0" in autograd_ops(tables), "fast(model) on a large batch: the table path"
         plain = model(tokens, all_positions=all_positions)
-        handle.remove()
-        assert "EmbeddingBagBackward0" not in autograd_ops(plain), "a hook attached: the plain path"
-        assert torch.allclose(fast, plain, rtol=0, atol=1e-12)
+        assert "EmbeddingBagBackward0" not in autograd_ops(plain), "the model itself: the plain path"
+        assert torch.allclose(tables, plain, rtol=0, atol=1e-12)
         with torch.inference_mode():  # evaluation goes through the tables in slices (2883 rows: three)
-            assert torch.allclose(model(tokens, all_positions=all_positions), plain, rtol=0, atol=1e-12)
-        grads = [torch.autograd.grad(out.square().sum(), list(model.parameters())) for out in (fast, plain)]
+            assert torch.allclose(fast(model)(tokens, all_positions=all_positions), plain, rtol=0, atol=1e-12)
+        grads = [torch.autograd.grad(out.square().sum(), list(model.parameters())) for out in (tables, plain)]
         assert all(torch.allclose(f, p, rtol=1e-10, atol=1e-10) for f, p in zip(*grads))
 
 
 @pytest.mark.float_sensitive
-def test_hooks_see_every_activation_of_a_large_batch():
+@pytest.mark.parametrize("on", ["blocks.0.mlp.hook_post", ""], ids=["on_a_hook_point", "on_the_model"])
+def test_a_hook_attached_sends_even_a_large_batch_down_the_plain_path(on):
     cfg = make_config(["task.p=31"])
     data = make_dataset(cfg.task, 0.5, 0)
     model = build_model(cfg.model, data.n_vocab, data.n_classes, 3).double()  # the paths sum in other orders
-    logits, cache = run_with_cache(model, data.inputs)
-    assert cache["blocks.0.mlp.hook_post"].shape == (len(data.inputs), 3, cfg.model.d_mlp)
-    hook_point = dict(model.named_modules())["blocks.0.mlp.hook_post"]
-    handle = hook_point.register_forward_hook(lambda module, inputs, output: torch.zeros_like(output))
-    ablated = model(data.inputs)
+    logits, cache = run_with_cache(fast(model), data.inputs)  # a hook on every hook point: all computed
+    assert cache["model.blocks.0.mlp.hook_post"].shape == (len(data.inputs), 3, cfg.model.d_mlp)
+    if on:  # the MLP's output zeroed: the stream after attention, plus b_out, unembedded
+        expected = ((cache["model.blocks.0.hook_resid_mid"] + model.blocks[0].mlp.b_out) @ model.W_U)[:, -1]
+        handle = dict(model.named_modules())[on].register_forward_hook(lambda m, i, output: torch.zeros_like(output))
+    else:  # the logits doubled
+        expected = 2 * logits[:, -1]
+        handle = model.register_forward_hook(lambda m, i, output: 2 * output)
+    edited = fast(model)(data.inputs)
     handle.remove()
-    with torch.no_grad():
-        expected = (cache["blocks.0.hook_resid_mid"] + model.blocks[0].mlp.b_out) @ model.W_U
-    assert torch.allclose(ablated, expected[:, -1], rtol=0, atol=1e-12), "the hook edited the large batch's MLP output"
-    assert torch.allclose(logits[:, -1], model(data.inputs), rtol=0, atol=1e-12)
+    assert "EmbeddingBagBackward0" not in autograd_ops(edited)
+    assert torch.allclose(edited, expected, rtol=0, atol=1e-12), "the hook edited the large batch"
+    assert torch.allclose(logits[:, -1], fast(model)(data.inputs), rtol=0, atol=1e-12)
 
 
 @pytest.mark.float_sensitive
@@ -157,10 +159,10 @@ def test_a_compiled_model_trains_like_the_plain_one():
     cfg, model, _, train, test = setup(SMALL, torch.float32)
     twin = build_model(cfg.model, 32, 31, 3)
     twin.load_state_dict(model.state_dict())
-    compiled = Compiled(twin, backend="eager")  # Dynamo traces the forward; no C++ toolchain needed
+    compiled = Compiled(fast(twin), backend="eager")  # Dynamo traces the forward; no C++ toolchain needed
     runs = []
-    for module, weights in ((model, model), (compiled, twin)):
-        optimizer, scheduler = build_optimizer(cfg.optimizer, weights.parameters())
+    for module, weights in ((fast(model), model), (compiled, twin)):
+        optimizer, scheduler = build_optimizer(cfg.optimizer, cfg.transforms, weights.parameters())
         runs.append([[*train_epoch(module, train, optimizer, scheduler, None, None).values(),
                       *evaluate(module, test).values()] for _ in range(3)])  # float32: EARLY_EPOCHS at most
     assert torch.allclose(torch.tensor(runs[0]), torch.tensor(runs[1]), rtol=1e-5, atol=1e-6)

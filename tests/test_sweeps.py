@@ -14,7 +14,8 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from grok.config import ConfigError, validate
+from grok.errors import ConfigError
+from grok.config import validate
 from grok.sweeps.phase import is_log_spaced, phase
 from grok.sweeps.named import sweep_names
 from grok.sweeps.wandb_sweep import wandb_sweep_config

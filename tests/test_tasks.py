@@ -5,9 +5,10 @@ import math
 import pytest
 import torch
 
-from grok.config import ConfigError
-from grok.data.tasks import TASKS, make_dataset
-from tests.conftest import make_config
+from grok.errors import ConfigError
+from grok.data import make_dataset
+from grok.plugins import plugin
+from tests.conftest import ROOT, make_config
 
 def divide(a, b, p):
     return next(c for c in range(p) if (c * b) % p == a)  # c with c*b = a
@@ -52,10 +53,12 @@ def test_labels_match_the_formula_for_every_pair(task):
         assert label == FORMULAS[task](a, b, p), (a, b)
 
 
-def test_every_registered_task_has_a_config_and_a_formula_or_table():
-    assert set(TASKS) == set(FORMULAS) | {"random"} | PERMUTATION_TASKS | SEQUENCE_TASKS
-    for task in TASKS:
-        assert make_config([f"task={task}"]).task.name == task
+def test_every_task_option_names_its_plug_in_and_has_a_formula_or_table():
+    options = {path.stem for path in (ROOT / "conf" / "task").glob("*.yaml")}
+    assert options == set(FORMULAS) | {"random"} | PERMUTATION_TASKS | SEQUENCE_TASKS
+    for task in options:
+        cfg = make_config([f"task={task}"]).task
+        assert cfg.name == task and all(hasattr(plugin(cfg, "task"), attr) for attr in ("make", "size", "check"))
 
 
 def test_divide_uses_the_p_times_p_minus_1_pairs_with_nonzero_divisor():

@@ -1,4 +1,4 @@
-"""grok/threads.py: a run whose threads nobody chose runs on the CPUs other processes leave free."""
+"""grok/system/threads.py: a run whose threads nobody chose runs on the CPUs other processes leave free."""
 
 import os
 import time

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from grok.models import build_model
+from grok.models import build_model, fast
 from grok.run import run
-from grok.data.tasks import make_dataset
+from grok.data import make_dataset
 from tests.conftest import GROKS_FAST, make_config
 
 
@@ -60,7 +60,7 @@ def test_recorded_metrics_are_those_of_the_final_weights(tmp_path):
     checkpoint = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     model.load_state_dict(checkpoint["model"])
     with torch.no_grad():
-        logits = model(data.inputs[data.test_idx]).double()
+        logits = fast(model)(data.inputs[data.test_idx]).double()  # the forward the loop evaluates with
     noisy, clean = data.labels[data.test_idx], data.clean_labels[data.test_idx]
     log_probs = logits - logits.logsumexp(-1, keepdim=True)
     last = read_rows(out)[-1]
@@ -112,7 +112,8 @@ def test_checkpoints_every_save_every_and_at_the_end_with_full_state(tmp_path):
     assert names == ["epoch_000010.pt", "epoch_000020.pt", "epoch_000025.pt", "last.pt"]
     checkpoint = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert checkpoint["state"]["epoch"] == 25
-    assert checkpoint["config"]["task"] == {"name": "add", "p": 11, "label_noise_frac": 0.0}
+    assert checkpoint["config"]["task"] == {"_target_": "grok.data.tasks.add", "name": "add", "p": 11,
+                                            "label_noise_frac": 0.0}
     assert {"model", "optimizer", "scheduler", "rng"} <= set(checkpoint)
     assert checkpoint["scheduler"]["last_epoch"] == 25
 

@@ -1,4 +1,4 @@
-"""W&B off the training process's path (grok/loggers.py): a helper process holds the W&B runs and
+"""W&B off the training process's path (grok/recording/wandb_logger.py): a helper process holds the W&B runs and
 the training process only hands it rows. What W&B ends up with is still exactly what the run
 wrote: one history row per evaluated epoch, in order and equal to metrics.csv, the summary, and the
 run's exit code on completion and on failure; a W&B failure warns once and training goes on."""
@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from grok.recording.loggers import read_metrics
+from grok.recording.files import read_metrics
 from tests.conftest import ROOT, cli_env, run_cli, wandb_records
 
 TINY = ["task.p=5", "model.d_model=8", "model.n_heads=1", "model.d_mlp=8", "threads=1", "analysis=none",
@@ -82,8 +82,6 @@ def test_a_failed_run_is_closed_in_wandb_with_exit_code_1_and_every_epoch_it_log
 
 IN_A_PROCESS = """
 import sys, pathlib, time
-from grok.config import register_configs
-register_configs()
 from tests.conftest import make_config, wandb_records
 from grok.run import run, start
 out_dir, *overrides = sys.argv[1:]

@@ -14,7 +14,7 @@ import operator
 
 import numpy as np
 
-from grok.config import ConfigError
+from grok.errors import ConfigError
 
 MAX_BITS = 4096  # no intermediate value may be larger than 2**MAX_BITS in magnitude
 ALLOWED = "use x, y, p, integers, + - * // % ** and parentheses"

@@ -1,4 +1,4 @@
-"""The symmetric group S_n for the permutation tasks (s5, s5conj, s5aba of Power et al. 2022).
+"""The symmetric group S_n and its binary-operation tasks (s5, s5conj, s5aba of Power et al. 2022).
 
 Element k is the k-th tuple of `itertools.permutations(range(n))`, which is lexicographic order, so
 element 0 is the identity; a permutation is stored as the tuple (a(0), ..., a(n-1)). Composition
@@ -7,9 +7,15 @@ element 0 is the identity; a permutation is stored as the tuple (a(0), ..., a(n-
 
 import itertools
 import math
+from dataclasses import dataclass
+from typing import Callable, Tuple
 
 import torch
+from omegaconf import MISSING
 from torch import Tensor
+
+from grok.data.tasks import BinaryOperation
+from grok.errors import ConfigError
 
 
 def elements(n: int) -> Tensor:
@@ -33,3 +39,44 @@ def compose(a: Tensor, b: Tensor) -> Tensor:
 
 def inverse(a: Tensor) -> Tensor:
     return a.argsort(dim=1)
+
+
+@dataclass
+class PermutationConfig:
+    """A binary operation on S_n: n! elements, token k the k-th of itertools.permutations(range(n))."""
+
+    name: str = MISSING
+    n: int = 5
+    label_noise_frac: float = 0.0
+
+
+@dataclass(frozen=True)
+class PermutationOperation(BinaryOperation):
+    """A task on S_n (`task.n`): the label of (a, b) is the element word(a, b), computed on the
+    permutations' arrays. Building it compares every pair of positions (the Lehmer code, (N, n, n)):
+    its peak memory, measured at n = 6, is larger."""
+
+    label: Callable = None  # unused: the label comes from `word`
+    word: Callable[[Tensor, Tensor], Tensor] = None
+    Config: type = PermutationConfig
+    peak: float = 15
+
+    def n_elements(self, cfg) -> int:
+        return math.factorial(cfg.n)
+
+    def size_key(self, cfg) -> Tuple[str, int]:
+        return "n", 2
+
+    def check(self, cfg) -> None:
+        if not 2 <= cfg.n <= 6:
+            raise ConfigError(f"task.n={cfg.n}: must be in 2..6 (S_n has n! elements, (n!)^2 pairs)")
+        super().check(cfg)
+
+    def labels(self, a: Tensor, b: Tensor, cfg, data_seed: int) -> Tensor:
+        perms = elements(cfg.n)
+        return index(self.word(perms[a], perms[b]))
+
+
+s5 = PermutationOperation(word=lambda a, b: compose(a, b))
+s5conj = PermutationOperation(word=lambda a, b: compose(compose(a, b), inverse(a)))
+s5aba = PermutationOperation(word=lambda a, b: compose(compose(a, b), a))

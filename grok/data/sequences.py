@@ -23,19 +23,21 @@ hash of the problem, so a problem drawn twice never sits on both sides of the sp
 
 import operator
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+from omegaconf import MISSING
 from torch import Tensor, nn
 
-from grok.training.losses import IGNORE  # the label of a position that is not scored
+from grok.data import IGNORE, PROBLEM_STREAM, Dataset, DataSize, rng, split
+from grok.errors import ConfigError
 
 VOCAB = "0123456789+-*/=."
 EQUALS, END = VOCAB.index("="), VOCAB.index(".")
 MAX_LISTED = 10**6  # more problems than this must be sampled: set task.n_problems
 OPERATIONS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.floordiv}
-TASK_OPERATORS = {"digit_add": "+", "calculator": "+-*/"}
 
 _TOKEN_OF_BYTE = np.full(256, -1, dtype=np.int64)
 _TOKEN_OF_BYTE[np.frombuffer(VOCAB.encode("ascii"), dtype=np.uint8)] = np.arange(len(VOCAB))
@@ -60,19 +62,19 @@ def problem_text(a: int, op: str, b: int, width: int, reverse: bool) -> str:
     return f"{a:0{width}d}{op}{b:0{width}d}={'-' if c < 0 else ''}{digits}."
 
 
-def count_problems(task_cfg) -> int:
-    """How many distinct problems the task has (a/0 excluded)."""
-    base = 10**task_cfg.digits
-    return len(TASK_OPERATORS[task_cfg.name]) * base * base - ("/" in TASK_OPERATORS[task_cfg.name]) * base
+def count_problems(operators: str, digits: int) -> int:
+    """How many distinct problems there are (a/0 excluded)."""
+    base = 10**digits
+    return len(operators) * base * base - ("/" in operators) * base
 
 
-def input_length(task_cfg) -> int:
+def input_length(operators: str, digits: int) -> int:
     """T, the tokens a row of inputs holds: the longest problem's text but its closing '.', read only
     as a label. Every listed problem set reaches it; a sample that misses the longest problems is
     narrower (make_problems pads to the longest it drew)."""
-    operators, largest = TASK_OPERATORS[task_cfg.name], 10**task_cfg.digits - 1
+    largest = 10**digits - 1
     # |a op b| is largest at the corners: + and * at (largest, largest), - at (0, largest), / at b = 1
-    return max(len(problem_text(a, op, b, task_cfg.digits, False))
+    return max(len(problem_text(a, op, b, digits, False))
                for op in operators for a in (0, largest) for b in (1, largest)) - 1
 
 
@@ -91,9 +93,9 @@ def _hash_unit(op: np.ndarray, a: np.ndarray, b: np.ndarray, salt: int) -> Tenso
     return torch.from_numpy((h >> np.uint64(11)).astype(np.float64) / 2.0**53)
 
 
-def _operands(task_cfg, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[Tensor]]:
+def _operands(operators: str, task_cfg, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[Tensor]]:
     """(operator index, a, b, split hash or None) for every problem, or for n_problems drawn ones."""
-    operators, base = TASK_OPERATORS[task_cfg.name], 10**task_cfg.digits
+    base = 10**task_cfg.digits
     divide = operators.find("/")
     if task_cfg.n_problems is None:
         op, a, b = (g.ravel() for g in np.meshgrid(np.arange(len(operators)), np.arange(base), np.arange(base),
@@ -107,10 +109,9 @@ def _operands(task_cfg, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarra
     return op, a, b, _hash_unit(op, a, b, int(rng.integers(0, 2**63)))
 
 
-def make_problems(task_cfg, rng: np.random.Generator) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+def make_problems(operators: str, task_cfg, rng: np.random.Generator) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
     """(inputs (N, T), labels (N, T) with IGNORE off the answer, split hash (N,) or None)."""
-    op, a, b, split_hash = _operands(task_cfg, rng)
-    operators = TASK_OPERATORS[task_cfg.name]
+    op, a, b, split_hash = _operands(operators, task_cfg, rng)
     texts = [problem_text(x, operators[o], y, task_cfg.digits, task_cfg.reverse)
              for o, x, y in zip(op.tolist(), a.tolist(), b.tolist())]
     width = max(map(len, texts))
@@ -120,6 +121,55 @@ def make_problems(task_cfg, rng: np.random.Generator) -> Tuple[Tensor, Tensor, O
     position = torch.arange(width - 1)[None, :]  # input position j predicts token j + 1
     labels = tokens[:, 1:].masked_fill((position < equals) | (position >= end), IGNORE)
     return tokens[:, :-1].contiguous(), labels, split_hash
+
+
+@dataclass
+class DigitConfig:
+    """Arithmetic written out character by character; `digits` per operand."""
+
+    name: str = MISSING
+    digits: int = 2
+    reverse: bool = True  # answer digits least significant first
+    n_problems: Optional[int] = None  # None: every problem; a number: that many drawn, split by hash
+
+
+@dataclass(frozen=True)
+class SequenceTask:
+    """A sequence task: problems `a op b` for each op of `operators`, one plug-in entry each."""
+
+    operators: str
+    Config = DigitConfig
+    sequences = True
+    needs_prime = False
+    fourier_sign = None
+    peak = 3.5  # each problem's text as a Python string first
+
+    def check(self, cfg) -> None:
+        if not 1 <= cfg.digits <= 18:
+            raise ConfigError(f"task.digits={cfg.digits}: must be in 1..18")
+        if cfg.n_problems is not None and cfg.n_problems < 2:
+            raise ConfigError(f"task.n_problems={cfg.n_problems}: must be >= 2, or null for every problem")
+        if cfg.n_problems is None and count_problems(self.operators, cfg.digits) > MAX_LISTED:
+            raise ConfigError(f"task.n_problems=null: task={cfg.name} with digits={cfg.digits} has "
+                              f"{count_problems(self.operators, cfg.digits)} problems, more than {MAX_LISTED} "
+                              "to list; set task.n_problems to sample")
+
+    def size_key(self, cfg) -> Tuple[str, int]:
+        return ("digits", 1) if cfg.n_problems is None else ("n_problems", 2)
+
+    def size(self, cfg) -> DataSize:
+        n = count_problems(self.operators, cfg.digits) if cfg.n_problems is None else cfg.n_problems
+        width = input_length(self.operators, cfg.digits)
+        return DataSize(n, width, width, len(VOCAB), False, self.peak)
+
+    def make(self, cfg, train_frac: float, data_seed: int) -> Dataset:
+        inputs, labels, split_hash = make_problems(self.operators, cfg, rng(data_seed, PROBLEM_STREAM))
+        train_idx, test_idx = split(len(inputs), train_frac, data_seed, cfg.name, split_hash)
+        return Dataset(inputs, labels, None, train_idx, test_idx, len(VOCAB), len(VOCAB))
+
+
+digit_add = SequenceTask("+")
+calculator = SequenceTask("+-*/")
 
 
 def _context_length(model: nn.Module) -> int:

@@ -18,8 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# Tasks whose label is (a + sign * b) mod p: the Fourier circuit's directions are w(a + sign*b - c).
-ADDITIVE_TASKS = {"add": 1, "noisy_label": 1, "subtract": -1}
+from grok.models import fast
 
 
 def fourier_basis(p: int) -> Tensor:
@@ -86,12 +85,14 @@ def softmax_collapse(logits: Tensor, labels: Tensor) -> Dict[str, float]:
 
 
 @torch.no_grad()
-def progress_measures(model: torch.nn.Module, task_name: str, p: Optional[int], inputs: Tensor, labels: Tensor,
-                      n_key: int) -> Dict[str, float]:
-    """All measures for the model on the train split (inputs (N, 3) tokens [a, b, =], labels (N,))."""
+def progress_measures(model: torch.nn.Module, p: Optional[int], fourier_sign: Optional[int], inputs: Tensor,
+                      labels: Tensor, n_key: int) -> Dict[str, float]:
+    """All measures for the model on the train split (inputs (N, 3) tokens [a, b, =], labels (N,)).
+    `fourier_sign`: the task's labels are (a + sign*b) mod p, where the restricted and excluded
+    losses apply (the task's own attribute; None elsewhere)."""
     was_training = model.training
     model.eval()
-    logits = model(inputs)  # (N, C)
+    logits = fast(model)(inputs)  # (N, C), as training computes them
     model.train(was_training)
     measures = {f"weight_norm/{name}": param.norm().item() for name, param in model.named_parameters()}
     measures.update(softmax_collapse(logits, labels))
@@ -99,7 +100,7 @@ def progress_measures(model: torch.nn.Module, task_name: str, p: Optional[int], 
     if norms is not None:
         freqs = key_frequencies(norms, n_key)
         measures.update(fourier_gini=gini(norms), key_frequencies=" ".join(map(str, freqs)))
-        if task_name in ADDITIVE_TASKS:
+        if fourier_sign is not None:
             measures.update(restricted_and_excluded_loss(logits, inputs[:, 0], inputs[:, 1], labels, p, freqs,
-                                                         ADDITIVE_TASKS[task_name]))
+                                                         fourier_sign))
     return measures

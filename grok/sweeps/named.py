@@ -1,5 +1,5 @@
-"""Named sweeps (conf/sweep/): their grid, running one with progress over the whole sweep, the W&B
-group their jobs share, and the objective a sweeper optimizes (the W&B sweep: grok/wandb_sweep.py).
+"""Named sweeps (conf/sweep/): their grid, and running one with progress over the whole sweep (the W&B
+sweep: grok/sweeps/wandb_sweep.py).
 
 A named sweep is `python train.py -m +sweep=NAME [overrides]`: Hydra's sweeper expands
 `hydra.sweeper.params` and any comma lists on the command line into one job per grid point;
@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-ROOT = Path(__file__).resolve().parents[2]
-CONF_DIR = ROOT / "conf"
+from grok.app import CONF_DIR, ROOT, compose
 
 
 class SweepError(ValueError):
@@ -25,27 +24,6 @@ class SweepError(ValueError):
 
 def sweep_names() -> List[str]:
     return sorted(path.stem for path in (CONF_DIR / "sweep").glob("*.yaml"))
-
-
-def sweep_group() -> Optional[str]:
-    """`${grok_sweep_group:}`: '<sweep name>-<sweep dir name>' in a multirun job, None otherwise.
-
-    Both names are read off Hydra's sweep config, which is identical in every job of a multirun
-    (whatever the launcher), so all its jobs land in one W&B group; the dir name is the start time."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return None
-    hydra_cfg = HydraConfig.get()
-    return f"{hydra_cfg.runtime.choices.get('sweep') or 'multirun'}-{Path(hydra_cfg.sweep.dir).name}"
-
-
-def objective(summary: Dict[str, Any], cfg) -> float:
-    """The value train.py returns to a sweeper: summary[cfg.objective]; an epoch never reached
-    (never grokked, never memorized) scores as the whole epoch budget."""
-    value = summary[cfg.objective]
-    return float(cfg.epochs if value is None else value)
 
 
 # ----------------------------------------------------------------------------- the grid
@@ -88,19 +66,14 @@ def grid_jobs(axes: Sequence[Axis]) -> List[List[str]]:
 def compose_sweep(name: str, overrides: Sequence[str]):
     """The master config (hydra node included) of `train.py -m +sweep=NAME overrides`; comma lists
     are left out here (compose cannot take them) and enter through `grid_axes`."""
-    from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from grok.config import register_configs
-
     if name not in sweep_names():
         raise SweepError(f"no sweep named {name!r}: choose one of {', '.join(sweep_names())}")
-    register_configs()
     try:
         single = [text for text, override in zip(overrides, _parse(overrides)) if not override.is_sweep_override()]
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose(config_name="config", overrides=[f"+sweep={name}", *single], return_hydra_config=True)
+        return compose([f"+sweep={name}", *single], return_hydra_config=True)
     except (HydraException, OmegaConfBaseException) as error:  # a bad override: Hydra says which
         raise SweepError(" ".join(str(error).split())) from None
 
@@ -141,7 +114,7 @@ def run_sweep(name: str, overrides: Sequence[str], jobs: Optional[int] = None,
     """Run `train.py -m +sweep=NAME overrides` in a subprocess, with a progress bar over the whole
     sweep read from the job dirs; Hydra's own output goes to <sweep dir>/multirun.log.
     `jobs`: run that many at once through hydra/launcher=joblib, each with cores // jobs threads.
-    `batched`: train them together in one process (hydra/launcher=batched, grok/batched.py).
+    `batched`: train them together in one process (hydra/launcher=batched, grok/sweeps/batched.py).
     Returns the sweep dir and train.py's exit status; raises SweepError if no job ran at all."""
     from tqdm import tqdm
 

@@ -193,6 +193,8 @@ def plot_phase_map(records: List[Dict[str, Any]], keys: Sequence[str], path: Pat
 def plot_test_curves(curves: List[Tuple[Dict[str, Any], List[Dict[str, float]]]], keys: Sequence[str], path: Path) -> None:
     """Every job's test accuracy (clean labels for noisy tasks) against epoch, coloured by the first
     swept key; one panel per value of the second."""
+    from grok.training.loop import generalization_key
+
     import matplotlib.cm as cm
 
     plt = _plt()
@@ -212,7 +214,7 @@ def plot_test_curves(curves: List[Tuple[Dict[str, Any], List[Dict[str, float]]]]
                 continue
             value = str(record[colour_key]) if colour_key else ""
             colour = cm.plasma(0.85 * (positions[value] - low) / (high - low) if high > low else 0.0)
-            test_key = "test_acc_clean" if "test_acc_clean" in rows[0] else "test_acc"
+            test_key = generalization_key(rows[0])
             ax.plot([row["epoch"] for row in rows], [row[test_key] for row in rows], color=colour, lw=1,
                     label=None if value in labelled else f"{colour_key}={value}")
             labelled.add(value)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from grok.recording.files import read_metrics
 from grok.sweeps.phase import phase, plot_grok_epochs, plot_phase_map, plot_test_curves
 from grok.sweeps.named import grid_axes, grid_jobs, job_dirs, job_status
 
@@ -21,7 +22,7 @@ FIGURES = {"phase_diagram": "phase_diagram.png", "phase_map": "phase_map.png", "
 
 
 @dataclass
-class Job:
+class JobDir:
     name: str  # its directory's name: the job number
     overrides: List[str]  # as in .hydra/overrides.yaml: key=value
     status: str  # completed | failed | incomplete (running, or stopped) | unreadable
@@ -34,27 +35,17 @@ class Job:
 
 
 def read_rows(path: Path, problems: List[str]) -> List[Dict[str, float]]:
-    """metrics.csv's rows; rows cut short (a copy interrupted mid-write) are left out and reported."""
+    """metrics.csv's rows, if it exists; a damaged file or rows cut short are reported in `problems`."""
     if not path.exists():
         return []
     try:
-        with open(path, newline="") as f:
-            raw = list(csv.DictReader(f))
+        return read_metrics(path, problems)
     except (csv.Error, UnicodeDecodeError) as error:
         problems.append(f"metrics.csv is unreadable: {error}")
         return []
-    rows = []
-    for row in raw:
-        try:
-            rows.append({key: float(value) for key, value in row.items()})
-        except (TypeError, ValueError):  # a missing field reads as None, a cut number may not parse
-            pass
-    if len(rows) < len(raw):
-        problems.append(f"metrics.csv: {len(raw) - len(rows)} unreadable row(s), cut short?")
-    return rows
 
 
-def read_job(job_dir: Path) -> Job:
+def read_job(job_dir: Path) -> JobDir:
     from omegaconf import OmegaConf
 
     problems: List[str] = []
@@ -77,17 +68,17 @@ def read_job(job_dir: Path) -> Job:
     rows = read_rows(job_dir / "metrics.csv", problems)
     if status == "completed" and not rows:
         problems.append("metrics.csv is missing or empty: no curve")
-    return Job(job_dir.name, overrides, status, summary, rows, problems)
+    return JobDir(job_dir.name, overrides, status, summary, rows, problems)
 
 
 def _first_epoch(rows: List[Dict[str, float]], key: str, threshold: float) -> Optional[int]:
     return next((int(row["epoch"]) for row in rows if row.get(key, -1) >= threshold), None)
 
 
-def job_record(job: Job, keys: List[str]) -> Dict[str, Any]:
+def job_record(job: JobDir, keys: List[str]) -> Dict[str, Any]:
     """One CSV row: the job's swept values, then its outcome. A finished job's outcome is its
     summary.json; an unfinished or failed one's is read off metrics.csv so far."""
-    from grok.training.loop import GROKKED, MEMORIZED
+    from grok.training.loop import GROKKED, MEMORIZED, generalization_key
 
     values = job.values()
     record: Dict[str, Any] = {"job": job.name, **{key: values.get(key) for key in keys}}
@@ -95,10 +86,9 @@ def job_record(job: Job, keys: List[str]) -> Dict[str, Any]:
         outcome = {name: job.summary.get(name) for name in FIELDS if name in job.summary}
     else:
         last = job.rows[-1] if job.rows else {}
-        test_key = "test_acc_clean" if "test_acc_clean" in last else "test_acc"
         outcome = {name: last.get(name) for name in ("train_loss", "train_acc", "test_loss", "test_acc")}
         outcome.update(memorize_epoch=_first_epoch(job.rows, "train_acc", MEMORIZED),
-                       grok_epoch=_first_epoch(job.rows, test_key, GROKKED),
+                       grok_epoch=_first_epoch(job.rows, generalization_key(last), GROKKED) if last else None,
                        epochs=int(last["epoch"]) if last else None, error=job.summary.get("error"))
     record.update({name: outcome.get(name) for name in FIELDS})
     record["status"] = job.status
@@ -122,7 +112,7 @@ def expected_jobs(sweep_dir: Path) -> Optional[List[List[str]]]:
         return None
 
 
-def swept_keys(jobs: List[Job], expected: Optional[List[List[str]]]) -> List[str]:
+def swept_keys(jobs: List[JobDir], expected: Optional[List[List[str]]]) -> List[str]:
     """Keys that take more than one value, over the grid where known and the jobs found."""
     values: Dict[str, set] = {}
     for overrides in (expected or []) + [job.overrides for job in jobs]:
@@ -177,7 +167,7 @@ def log_summary_run(summary: SweepSummary) -> Optional[str]:
     Returns its group, or None where the jobs ran without W&B (logger=none)."""
     from omegaconf import OmegaConf
 
-    from grok.recording.loggers import WandbLogger
+    from grok.recording.wandb_logger import WandbLogger
 
     configs = [OmegaConf.load(path) for path in sorted(summary.sweep_dir.glob("*/config.yaml"))]
     logger_cfg = next((cfg.logger for cfg in configs if cfg.logger.name == "wandb"), None)

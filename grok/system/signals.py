@@ -4,7 +4,7 @@
 - SIGINT (Ctrl-C) and SIGTERM (`kill`, `timeout`, `docker stop`, `scancel`, a time limit): the run
   stops after its epoch and the process exits with 128 + the signal's number (train.py). The same
   signal a second time leaves at once, without a checkpoint.
-- The preemption signal (USR2, or `SUBMITIT_PREEMPT_SIGNAL`; grok/slurm.py): the run stops the same
+- The preemption signal (USR2, or `SUBMITIT_PREEMPT_SIGNAL`; grok/system/slurm.py): the run stops the same
   way, then the signal goes on to whoever listened before: under submitit that requeues the job,
   which resumes from the checkpoint; elsewhere the signal's default action ends the process. It
   wins over a SIGTERM received before it (SLURM sends both when it preempts a job).
@@ -36,7 +36,7 @@ class Interrupted(Exception):
 
 
 class Preempted(Interrupted):
-    """Interrupted by the scheduler's preemption signal: the requeued job resumes (grok/slurm.py)."""
+    """Interrupted by the scheduler's preemption signal: the requeued job resumes (grok/system/slurm.py)."""
 
 
 def preemption_signal() -> signal.Signals:

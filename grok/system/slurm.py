@@ -2,7 +2,7 @@
 launcher's GPU default.
 
 SLURM warns a job with a signal (submitit asks for USR2, `SUBMITIT_PREEMPT_SIGNAL` changes it) some
-time before it stops it; grok/signals.py has the run checkpoint its epoch and hands the signal on to
+time before it stops it; grok/system/signals.py has the run checkpoint its epoch and hands the signal on to
 submitit, which requeues the job. The requeued job (SLURM_RESTART_COUNT > 0) resumes from that
 checkpoint in the same output directory, with the same W&B run id.
 """

@@ -1,15 +1,13 @@
-"""Speed that leaves the math alone: the C allocator, torch.compile where it pays, and embedding_bag
-over a batch of runs (README "Performance").
+"""Speed that leaves the math alone: the C allocator, denormals, and torch.compile where it pays
+(docs/performance.md).
 
-The model's own fast path (tables of the first layer's inputs) lives in grok/model.py.
+The models' own fast path (tables of the first layer's inputs) lives in grok/models/tables.py.
 """
 
 import ctypes
 import warnings
-from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt() parameters
@@ -33,14 +31,14 @@ def flush_denormals() -> bool:
     gradients fall below float32's normal range, where Intel Xeons take a slow path: there the
     plateau's epochs ran 3-6x slower than the first ones (AMD EPYC cores showed no penalty). The flag is per thread and threads inherit it when
     they are created, so it must be set before the first parallel operation starts PyTorch's
-    OpenMP threads (grok/run.py and grok/batched.py do so before anything is computed); where they
+    OpenMP threads (grok/run.py and grok/sweeps/batched.py do so before anything is computed); where they
     exist already, only the calling thread flushes, and a warning says so."""
     torch.set_flush_denormal(True)
     tiny = torch.full((1 << 20,), 1e-30)  # split across the threads: each computes its own part
     everywhere = bool((tiny * 1e-10 == 0).all())  # 1e-40 is denormal in float32
     if not everywhere:
         warnings.warn("float32 denormals are flushed to zero on this thread only: PyTorch's threads started "
-                      "earlier, so late epochs may run several times slower (README, Performance)", stacklevel=2)
+                      "earlier, so late epochs may run several times slower (docs/performance.md)", stacklevel=2)
     return everywhere
 
 
@@ -72,43 +70,3 @@ def for_training(model: nn.Module, compile: bool, device: torch.device) -> nn.Mo
     if not compile:
         return model
     return Compiled(model, mode="reduce-overhead" if device.type == "cuda" else None)
-
-
-def embedding_bag(index: Tensor, rows: Tensor, weights: Optional[Tensor] = None) -> Tensor:
-    """F.embedding_bag in mode "sum": out[n] = sum_j weights[n, j] * rows[index[n, j]] (weights 1 when
-    None). Under torch.vmap, with a stack of runs' rows (grok/batched.py), one call for all runs."""
-    if torch._C._functorch.is_batchedtensor(rows):  # inside torch.vmap, over runs
-        return _RunsEmbeddingBag.apply(index, rows, weights)
-    return F.embedding_bag(index, rows, per_sample_weights=weights, mode="sum")
-
-
-class _RunsEmbeddingBag(torch.autograd.Function):
-    """The batching rule torch.vmap lacks for embedding_bag: without one, vmap calls it once per run
-    and stacks the results (7-13x slower than one call, for 8 runs of the default experiment's
-    tables, forward and backward). Here the runs' rows are
-    concatenated, each run's indices shifted into its own block, and one embedding_bag computes every
-    run's sums. vmap applies the rule to the unbatched tensors, so autograd records that native call
-    and its native backward; the Function's own forward and backward never run."""
-
-    @staticmethod
-    def forward(index: Tensor, rows: Tensor, weights: Optional[Tensor]) -> Tensor:
-        raise RuntimeError("only for torch.vmap: call grok.system.speed.embedding_bag")
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        pass
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        raise RuntimeError("only for torch.vmap: call grok.system.speed.embedding_bag")
-
-    @staticmethod
-    def vmap(info, in_dims, index: Tensor, rows: Tensor, weights: Optional[Tensor]):
-        runs = info.batch_size
-        stacked = lambda x, dim: x.expand(runs, *x.shape) if dim is None else x.movedim(dim, 0)
-        index, rows = stacked(index, in_dims[0]), stacked(rows, in_dims[1])  # (K, N, J), (K, R, D)
-        offsets = rows.shape[1] * torch.arange(runs, device=index.device)  # run k's rows start at k * R
-        flat_index = (index + offsets.view(runs, 1, 1)).flatten(0, 1)  # (K*N, J)
-        flat_weights = None if weights is None else stacked(weights, in_dims[2]).flatten(0, 1)
-        out = F.embedding_bag(flat_index, rows.flatten(0, 1), per_sample_weights=flat_weights, mode="sum")
-        return out.view(runs, -1, out.shape[-1]), 0

@@ -1,4 +1,4 @@
-"""Torch threads that follow the CPUs other processes leave free (README "Performance").
+"""Torch threads that follow the CPUs other processes leave free (docs/performance.md).
 
 PyTorch runs an operation on all of its OpenMP threads and waits for the last one. When another
 process holds one of their CPUs, every operation waits for the descheduled thread's next time

@@ -20,7 +20,7 @@ from typing import Any, Dict, Iterator, List, Tuple
 
 import torch
 
-from grok.config import ConfigError, Refused
+from grok.errors import ConfigError, Refused
 
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "state", "rng", "config")
 

@@ -4,14 +4,15 @@
 - `stablemax` (Prieto et al. 2025): softmax's exp replaced by s(x) = x + 1 for x >= 0 and
   1 / (1 - x) below, which grows linearly instead of exponentially and so delays softmax collapse.
 Both take logits (..., C) and labels (...): one label per example, or per position for sequence
-tasks, where positions labelled IGNORE are not scored. They average over the scored labels.
+tasks, where positions labelled IGNORE are not scored. They average over the scored labels. Each is
+a plug-in named by `loss._target_` (conf/loss/); a loss of your own is one such function.
 """
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-IGNORE = -100  # the label of a position that is not scored (torch's default ignore_index)
+from grok.data import IGNORE
 
 
 def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
@@ -26,11 +27,9 @@ def stablemax(logits: Tensor) -> Tensor:
 
 
 def stablemax_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
-    # a mask, not boolean indexing: torch.vmap (grok/batched.py) needs shapes that do not depend on values
+    # a mask, not boolean indexing: torch.vmap (grok/sweeps/batched.py) needs shapes that do not depend on values
     logits, labels = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
     kept = labels != IGNORE
     picked = stablemax(logits).gather(-1, labels.clamp(min=0)[:, None])[:, 0]
     return -torch.where(kept, picked.log(), 0).sum() / kept.sum()
 
-
-LOSSES = {"cross_entropy": cross_entropy, "stablemax": stablemax_cross_entropy}

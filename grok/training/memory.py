@@ -3,68 +3,34 @@ before anything is allocated, so that a large modulus, group or digit count is r
 (a ConfigError naming the field that sets the size, and the largest value of it that fits) instead
 of dying in the allocator.
 
-Sizes: N examples of T tokens, int64 inputs and labels (grok/tasks.py, grok/sequences.py); a task's
-`peak` is what building them takes over the finished tensors. Training holds the splits and the
-logits of its largest pass (grok/training.py).
+Sizes: N examples of T tokens, int64 inputs and labels, as each task's `size` gives them (grok/data);
+a task's `peak` is what building them takes over the finished tensors. Training holds the splits and
+the logits of its largest pass (grok/training/loop.py). Runs stacked together (grok/training/stacked.py)
+are as many as fit in MEMORY_SHARE of the device's free memory.
 """
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Tuple
 
 import torch
+from torch import Tensor
 from omegaconf import OmegaConf
 
-from grok.config import ConfigError, is_prime
-from grok.data.sequences import VOCAB, count_problems, input_length
-from grok.data.tasks import TASKS
-from grok.training.loop import EVAL_TOKENS
+from grok.errors import ConfigError
+from grok.data import DataSize
+from grok.data.tasks import is_prime
+from grok.models import fast
+from grok.plugins import plugin, typed
+from grok.training.loop import EVAL_TOKENS, Experiment
 
-LOGIT_BYTES = 12  # a logit in float32, and the float64 copy of it the loss computes on (grok/losses.py)
-ANALYSIS_LOGIT_BYTES = 8  # progress measures: float32 logits and their float32 log-softmax (grok/analysis.py)
-SMALLEST = {"task.p": 2, "task.n": 2, "task.digits": 1, "task.n_problems": 2}  # what validate allows
-
-
-@dataclass(frozen=True)
-class DataSize:
-    """What make_dataset will build for a task config, computed from the config alone."""
-
-    examples: int  # N; for expr every pair, those the formula leaves undefined included
-    width: int  # T, input tokens per example
-    scored: int  # logits per example: 1, or T for sequence tasks
-    n_classes: int
-    clean_labels: bool
-    peak: float  # the Task's
-
-    def split_bytes(self) -> int:
-        """The int64 inputs and labels (and clean labels) of every example: what the splits hold."""
-        return 8 * self.examples * (self.width + self.scored + self.clean_labels)
-
-    def tensor_bytes(self) -> int:
-        """The Dataset's tensors: the splits' contents, and train_idx and test_idx (int64, one per example)."""
-        return self.split_bytes() + 8 * self.examples
-
-    def build_bytes(self) -> int:
-        return int(self.peak * self.tensor_bytes())
+LOGIT_BYTES = 12  # a logit in float32, and the float64 copy of it the loss computes on (grok/training/losses.py)
+ANALYSIS_LOGIT_BYTES = 8  # progress measures: float32 logits and their float32 log-softmax (grok/recording/analysis.py)
+MEMORY_SHARE = 0.5  # of the free memory, what a stack of runs may plan to use
 
 
 def data_size(task_cfg) -> DataSize:
-    task = TASKS[task_cfg.name]
-    if task.sequence:
-        n = count_problems(task_cfg) if task_cfg.n_problems is None else task_cfg.n_problems
-        width = input_length(task_cfg)
-        return DataSize(n, width, width, len(VOCAB), False, task.peak)
-    m = task.n_elements(task_cfg)
-    noisy = task.binomial_noise or ("label_noise_frac" in task_cfg and task_cfg.label_noise_frac > 0)
-    return DataSize(m * (m - 1 if task.nonzero_b else m), 3, 1, m, noisy, task.peak)
-
-
-def size_field(task_cfg) -> str:
-    """The field that sets how many examples there are."""
-    task = TASKS[task_cfg.name]
-    if task.sequence:
-        return "task.digits" if task_cfg.n_problems is None else "task.n_problems"
-    return "task.p" if "p" in task_cfg else "task.n"
+    task_cfg = typed(task_cfg, "task")
+    return plugin(task_cfg, "task").size(task_cfg)
 
 
 def cgroup_limits(proc_cgroup: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> List[int]:
@@ -120,23 +86,23 @@ def _bytes(n: float) -> str:
 def _largest_fitting(task_cfg, fits: Callable[[Any], bool]) -> Optional[int]:
     """The largest value of the size field below the config's own for which fits(the config with
     it) holds, fits being monotone; for a task that needs a prime p, the largest prime. None: none fits."""
-    field = size_field(task_cfg)
-    key = field.split(".")[1]
-    low, high = SMALLEST[field] - 1, task_cfg[key]  # fits(low) taken as true, fits(high) is false
+    task = plugin(task_cfg, "task")
+    key, smallest = task.size_key(task_cfg)
+    low, high = smallest - 1, task_cfg[key]  # fits(low) taken as true, fits(high) is false
     while high - low > 1:
         middle = (low + high) // 2
         low, high = (middle, high) if fits(OmegaConf.merge(task_cfg, {key: middle})) else (low, middle)
-    if TASKS[task_cfg.name].needs_prime:
-        while low >= SMALLEST[field] and not is_prime(low):
+    if task.needs_prime:
+        while low >= smallest and not is_prime(low):
             low -= 1
-    return low if low >= SMALLEST[field] else None
+    return low if low >= smallest else None
 
 
 def _refusal(task_cfg, reason: str, fits: Callable[[Any], bool], hint: str = "") -> ConfigError:
-    field = size_field(task_cfg)
+    key, _ = plugin(task_cfg, "task").size_key(task_cfg)
     best = _largest_fitting(task_cfg, fits)
-    fitting = f"no {field} fits" if best is None else f"{field} up to {best} fits"
-    return ConfigError(f"{field}={task_cfg[field.split('.')[1]]}: {reason}; {fitting}{hint}")
+    fitting = f"no task.{key} fits" if best is None else f"task.{key} up to {best} fits"
+    return ConfigError(f"task.{key}={task_cfg[key]}: {reason}; {fitting}{hint}")
 
 
 def _data_refusal(task_cfg, size: DataSize, available: int, fits: Callable[[Any], bool]) -> ConfigError:
@@ -162,7 +128,7 @@ def training_bytes(size: DataSize, train_frac: float, batch_size: Optional[int],
     passes = [(n_train, LOGIT_BYTES, "a full-batch step") if batch_size is None
               else (min(batch_size, n_train), LOGIT_BYTES, "a minibatch"),
               (min(size.examples - n_train, max(1, EVAL_TOKENS // size.width)), LOGIT_BYTES, "an evaluation chunk")]
-    if analysis and size.scored == 1:  # grok/training.py takes progress measures of binary operations only
+    if analysis and size.scored == 1:  # grok/training/loop.py takes progress measures of binary operations only
         passes.append((n_train, ANALYSIS_LOGIT_BYTES, "the progress measures"))
     rows, per_logit, name = max(passes, key=lambda p: p[0] * p[1])
     return size.split_bytes() + rows * size.scored * size.n_classes * per_logit, rows, name
@@ -193,3 +159,37 @@ def check_memory(cfg, device: torch.device, available_bytes: Optional[int] = Non
     raise _refusal(cfg.task, f"training needs ~{_bytes(need)} on {device} (the splits of its {size.examples:,} "
                              f"examples, and the logits of {rows:,} at once in {name}), more than the "
                              f"{_bytes(on_device)} available", fits, hint)
+
+
+# ----------------------------------------------------------------------------- runs stacked together
+def free_memory(device: torch.device) -> int:
+    """Bytes the device can still allocate: free GPU memory, or the machine's available memory."""
+    available = available_memory(device)
+    return 4 << 30 if available is None else available  # where it cannot be read, assume 4 GiB
+
+
+def member_bytes(experiment: Experiment) -> int:
+    """Memory one run of a stack needs: what autograd saves for a training step on its split
+    (measured, on the run's own model), scaled up when its test split is larger, plus its
+    parameters, gradients and optimizer state (four copies of the parameters)."""
+    saved = 0
+
+    def pack(tensor: Tensor) -> Tensor:
+        nonlocal saved
+        saved += tensor.numel() * tensor.element_size()
+        return tensor
+
+    model, train, test = experiment.model, experiment.train, experiment.test
+    forward = fast(model)  # what a stack runs
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        logits = forward(train.inputs, all_positions=train.labels.dim() == 2)
+    saved += 2 * logits.numel() * 8  # the float64 loss' copy of the logits and its gradient
+    del logits
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    return int(saved * max(1.0, len(test.labels) / len(train.labels))) + 4 * params
+
+
+def members_that_fit(experiment: Experiment, scale: float = 1.0) -> int:
+    """How many runs like `experiment`, with splits up to `scale` times its larger one, one stack
+    may hold in MEMORY_SHARE of the device's free memory."""
+    return max(1, int(MEMORY_SHARE * free_memory(experiment.device) // (scale * member_bytes(experiment))))

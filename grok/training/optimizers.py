@@ -1,12 +1,63 @@
-"""The optimizer, its learning-rate schedule (a linear warmup, as in seed 001), and the gradient
-transforms of grok/accelerators.py when configured."""
+"""The optimizers, their learning-rate schedule (a linear warmup, as in seed 001), and the gradient
+transforms of grok/training/transforms.py. Each optimizer is one plug-in entry, named by
+`optimizer._target_` (conf/optimizer/adamw.yaml: `_target_: grok.training.optimizers.adamw`)."""
 
-from typing import Iterable, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, List, Tuple
 
 import torch
+from omegaconf import MISSING
 from torch.optim.lr_scheduler import LambdaLR
 
-from grok.training.transforms import attach_gradient_transforms
+from grok.errors import ConfigError
+from grok.plugins import plugin
+from grok.training.transforms import attach_transforms
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = MISSING
+    lr: float = 1e-3
+    weight_decay: float = 1.0
+    warmup_steps: int = 10  # linear warmup from 0, as in seed 001
+
+
+@dataclass
+class AdamConfig(OptimizerConfig):
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
+
+
+@dataclass
+class SGDConfig(OptimizerConfig):
+    momentum: float = 0.9
+
+
+@dataclass(frozen=True)
+class TorchOptimizer:
+    """One of torch.optim's optimizers: `make(params, cfg, extra)` builds it, `extra` holding the
+    options only some devices have (fused kernels on a GPU)."""
+
+    make: Callable[[List[torch.nn.Parameter], Any, Dict[str, Any]], torch.optim.Optimizer]
+    Config: type = OptimizerConfig
+
+    def check(self, cfg) -> None:
+        if cfg.lr <= 0:
+            raise ConfigError(f"optimizer.lr={cfg.lr}: must be > 0")
+        if cfg.weight_decay < 0:
+            raise ConfigError(f"optimizer.weight_decay={cfg.weight_decay}: must be >= 0")
+        if cfg.warmup_steps < 0:
+            raise ConfigError(f"optimizer.warmup_steps={cfg.warmup_steps}: must be >= 0")
+        if "betas" in cfg and not (len(cfg.betas) == 2 and all(0 <= b < 1 for b in cfg.betas)):
+            raise ConfigError(f"optimizer.betas={list(cfg.betas)}: must be two numbers in [0, 1)")
+
+
+adamw = TorchOptimizer(lambda params, cfg, extra: torch.optim.AdamW(
+    params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, **extra), AdamConfig)
+# weight decay as an L2 term in the gradient
+adam = TorchOptimizer(lambda params, cfg, extra: torch.optim.Adam(
+    params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, **extra), AdamConfig)
+sgd = TorchOptimizer(lambda params, cfg, extra: torch.optim.SGD(
+    params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay), SGDConfig)
 
 
 class LinearWarmup:
@@ -19,16 +70,12 @@ class LinearWarmup:
         return min(step / self.warmup_steps, 1.0) if self.warmup_steps else 1.0
 
 
-def build_optimizer(cfg, params: Iterable[torch.nn.Parameter]) -> Tuple[torch.optim.Optimizer, LambdaLR]:
+def build_optimizer(cfg, transforms: Dict[str, Any], params: Iterable[torch.nn.Parameter]
+                    ) -> Tuple[torch.optim.Optimizer, LambdaLR]:
+    """The optimizer of `cfg` (cfg.optimizer) over `params`, the gradient transforms of `transforms`
+    (cfg.transforms) before each of its steps, and its warmup schedule."""
     params = list(params)
     fused = {"fused": True} if params and params[0].is_cuda else {}  # one kernel for all parameters on a GPU
-    if cfg.name == "adamw":
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, **fused)
-    elif cfg.name == "adam":  # weight decay as an L2 term in the gradient
-        optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, **fused)
-    elif cfg.name == "sgd":
-        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    else:
-        raise ValueError(f"optimizer.name={cfg.name}: must be one of adamw, adam, sgd")
-    attach_gradient_transforms(optimizer, params, cfg)
+    optimizer = plugin(cfg, "optimizer").make(params, cfg, fused)
+    attach_transforms(optimizer, params, transforms)
     return optimizer, LambdaLR(optimizer, LinearWarmup(cfg.warmup_steps))

@@ -1,5 +1,5 @@
 """`hydra/launcher=batched`: a multirun's jobs in this process, trained together where their shapes
-allow (grok/batched.py; README "Batched sweeps"). Hydra prepares each job as its basic launcher does
+allow (grok/sweeps/batched.py; docs/sweeps.md). Hydra prepares each job as its basic launcher does
 (output directory, .hydra/ files, the job's resolved config); then grok.sweeps.batched trains them all and
 each job's return value is its objective, as train.py would return it."""
 
@@ -30,7 +30,7 @@ class BatchedLauncher(Launcher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from grok.sweeps.batched import Job, run_batched
         from grok.system.signals import Interrupted
-        from grok.sweeps.named import objective
+        from grok.run import objective
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)

@@ -1,14 +1,9 @@
-"""Where each evaluated epoch goes: `metrics.csv` always, the progress measures (grok/analysis.py)
-to `analysis.csv`, and both as one row to Weights & Biases unless `logger=none`. W&B runs in a
-helper process, so that it costs the training process neither start-up time nor time per epoch.
-
-A W&B failure (import, network, disk) never stops training: the W&B logger warns once and turns
-itself off, while `metrics.csv` and the rest of the run carry on.
+"""Weights & Biases, in a helper process, so that it costs the training process neither start-up
+time nor time per epoch. A W&B failure (import, network, disk) never stops training: the W&B logger
+warns once and turns itself off, while `metrics.csv` and the rest of the run carry on.
 """
 
 import atexit
-import csv
-import io
 import itertools
 import os
 import pickle
@@ -20,79 +15,6 @@ import threading
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
-
-
-class CSVLogger:
-    """One row per logged epoch, the file created with the first. On resume, rows past the
-    checkpoint's epoch are dropped first, so a resumed run's file equals an uninterrupted run's.
-    Each row goes to the file in one unbuffered write: nothing is left in a buffer to fail again
-    when a run that hit a full disk closes its files."""
-
-    def __init__(self, path: Path, resume_epoch: Optional[int] = None):
-        self.path = path
-        self.fields: Optional[List[str]] = None
-        if resume_epoch is not None and path.exists():
-            with open(path, newline="") as f:
-                rows = list(csv.reader(f))
-            if rows:
-                self.fields = rows[0]
-                # a row cut short (a full disk, a kill mid-write) has fewer fields and goes too
-                kept = [rows[0]] + [row for row in rows[1:] if len(row) == len(rows[0]) and int(row[0]) <= resume_epoch]
-                write_atomically(path, _csv_lines(kept))
-        elif path.exists():
-            path.unlink()
-        self.fd: Optional[int] = None
-
-    def log_epoch(self, row: Dict[str, Any]) -> None:
-        lines = []
-        if self.fields is None:
-            self.fields = list(row)
-            lines.append(self.fields)
-        lines.append([repr(row[key]) if isinstance(row[key], float) else row[key] for key in self.fields])
-        data = _csv_lines(lines).encode()
-        try:
-            if self.fd is None:
-                self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            while data:
-                data = data[os.write(self.fd, data):]
-        except OSError as error:
-            raise OSError(error.errno, error.strerror, str(self.path)) from None
-
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-
-def _csv_lines(rows: List[list]) -> str:
-    text = io.StringIO()
-    csv.writer(text, lineterminator="\n").writerows(rows)
-    return text.getvalue()
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Replace `path` by `text` in one rename, so that a reader (or a full disk) never sees half a file;
-    on failure the old file stays and the temporary file is removed."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as error:
-        tmp.unlink(missing_ok=True)
-        raise OSError(error.errno, error.strerror, str(path)) from None
-
-
-def read_metrics(path: Path) -> List[Dict[str, Any]]:
-    """A CSVLogger's rows, numbers as floats (other values, like a list of frequencies, as text)."""
-
-    def value(text: str) -> Any:
-        try:
-            return float(text)
-        except ValueError:
-            return text
-
-    with open(path, newline="") as f:
-        return [{key: value(text) for key, text in row.items()} for row in csv.DictReader(f)]
 
 
 class WandbLogger:
@@ -160,7 +82,7 @@ class WandbLogger:
 
 class _Helper:
     """The process that holds this process's W&B runs, started with the first and ended at exit:
-    one for all the runs of a batched sweep (grok/batched.py) or of consecutive jobs. Messages go
+    one for all the runs of a batched sweep (grok/sweeps/batched.py) or of consecutive jobs. Messages go
     to it pickled through its stdin; its replies (a failure, a run finished) come back on its stdout
     to a thread that hands them to their logger."""
 
@@ -213,7 +135,7 @@ class _Helper:
 
 _HELPER: Optional[_Helper] = None
 _ENDED = "the W&B helper process ended"
-_HELPER_MAIN = "import sys; sys.path.insert(0, sys.argv[1]); from grok.recording.loggers import serve; serve()"
+_HELPER_MAIN = "import sys; sys.path.insert(0, sys.argv[1]); from grok.recording.wandb_logger import serve; serve()"
 
 
 def _helper() -> _Helper:
@@ -294,7 +216,7 @@ def _start_run(**settings):
     run = wandb.init(
         **settings,
         resume="allow",
-        reinit="create_new",  # a batched sweep (grok/batched.py) holds one run per job in one process
+        reinit="create_new",  # a batched sweep (grok/sweeps/batched.py) holds one run per job in one process
         settings=wandb.Settings(console="off", silent=True, x_disable_stats=True, disable_git=True),
     )
     run.define_metric("epoch")
@@ -321,32 +243,3 @@ _ACTIONS = {
     "image": _image,
     "table": _table,
 }
-
-
-class Loggers:
-    """A run's loggers: `metrics.csv`, `analysis.csv` and W&B (None with `logger=none`)."""
-
-    def __init__(self, run_dir: Path, resume_epoch: Optional[int], wandb: Optional[WandbLogger]):
-        self.metrics = CSVLogger(run_dir / "metrics.csv", resume_epoch)
-        self.measures = CSVLogger(run_dir / "analysis.csv", resume_epoch)
-        self.wandb = wandb
-
-    def log_epoch(self, row: Dict[str, Any], measures: Dict[str, Any]) -> None:
-        self.metrics.log_epoch(row)
-        if measures:
-            self.measures.log_epoch({"epoch": row["epoch"], **measures})
-        if self.wandb is not None:
-            self.wandb.log_epoch({**row, **measures})  # one W&B history row per evaluated epoch
-
-    def log_summary(self, summary: Dict[str, Any], images: Dict[str, Path]) -> None:
-        if self.wandb is not None:
-            self.wandb.log_summary(summary)
-            for key, path in images.items():
-                self.wandb.log_image(key, path)
-
-    def finish(self, exit_code: int) -> None:
-        """Close every logger; W&B marks the run by `exit_code` (0: finished, or preempted to resume)."""
-        self.metrics.close()
-        self.measures.close()
-        if self.wandb is not None:
-            self.wandb.finish(exit_code)

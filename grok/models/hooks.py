@@ -1,0 +1,38 @@
+"""Hook points, as in TransformerLens: every intermediate activation of a model passes through a named
+`HookPoint`, an identity module, so standard PyTorch forward hooks can read or edit it by name
+("blocks.0.attn.hook_pattern"). `run_with_cache` collects them all in one forward pass."""
+
+from typing import Dict, Tuple
+
+from torch import Tensor, nn
+
+
+class HookPoint(nn.Identity):
+    """Names an activation: attach hooks with `register_forward_hook` to cache or patch it."""
+
+
+def hooks_attached(model: nn.Module) -> bool:
+    """Whether a hook waits on any submodule of `model` (or globally, on every module). The table path
+    (grok/models/tables.py) calls no hook point, so it runs only where this is False."""
+    from torch.nn.modules import module as registry
+
+    kinds = ("forward_hooks", "forward_pre_hooks", "backward_hooks", "backward_pre_hooks")
+    if any(getattr(registry, f"_global_{kind}") for kind in kinds):
+        return True
+    return any(getattr(m, f"_{kind}") for m in model.modules() if m is not model for kind in kinds)
+
+
+def run_with_cache(model: nn.Module, tokens: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
+    """Run every position and return (logits, {hook name: activation}) for all hook points."""
+    cache: Dict[str, Tensor] = {}
+    handles = [
+        module.register_forward_hook(lambda mod, inp, out, name=name: cache.__setitem__(name, out.detach()))
+        for name, module in model.named_modules()
+        if isinstance(module, HookPoint)
+    ]
+    try:
+        logits = model(tokens, all_positions=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return logits, cache

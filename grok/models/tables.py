@@ -1,0 +1,183 @@
+"""The table path: the same math as the plain models, grouped so that a large batch costs less
+(docs/performance.md). Training runs the model through `fast(model)`; `model(...)` itself always takes
+the plain path, where every hook point sees its activation.
+
+The first layer only ever sees V x T distinct inputs (a token at a position). So for a large batch,
+`Transformer` (without LayerNorm) computes its first block from tables of those rows, and `OperandMLP`
+its hidden layer's input; each example then sums a few table rows (`embedding_bag`). A hook attached
+anywhere on the model switches back to the plain path.
+
+Shapes: B batch, T positions, Q query positions, D d_model, H heads, E d_head, M d_mlp, V vocabulary,
+C classes, O operands.
+"""
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from grok.models.hooks import hooks_attached
+from grok.models.mlp import OperandMLP
+from grok.models.transformer import Transformer
+
+
+class TableForward(nn.Module):
+    """`model` run by its tables where they pay and no hook is attached, else as itself. Its
+    parameters are the model's (named `model.<name>`)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: Tensor, all_positions: bool = False) -> Tensor:
+        model = self.model
+        if not hooks_attached(self):  # a hook on the model or any of its modules: the plain path
+            if isinstance(model, Transformer) and transformer_tables_pay(model, tokens, all_positions):
+                return transformer_by_tables(model, tokens, all_positions)
+            if isinstance(model, OperandMLP) and len(tokens) >= model.W_E.shape[0]:
+                return operand_mlp_by_tables(model, tokens)
+        return model(tokens, all_positions=all_positions)
+
+
+def fast(model: nn.Module) -> nn.Module:
+    """The module to train and evaluate `model` through: TableForward(model) for the models that have
+    tables, the model itself for the others."""
+    return TableForward(model) if isinstance(model, (Transformer, OperandMLP)) else model
+
+
+# ----------------------------------------------------------------------------- transformer
+def transformer_tables_pay(model: Transformer, tokens: Tensor, all_positions: bool) -> bool:
+    """Without LayerNorm, when the batch's B*Q rows through W_in outnumber the tables': (T + Q) * V of width D."""
+    T, V = tokens.shape[1], model.W_E.shape[0]
+    Q = model.n_queries(T, all_positions)[0]
+    return isinstance(model.ln_final, nn.Identity) and len(tokens) * Q >= (T + Q) * V
+
+
+def transformer_by_tables(model: Transformer, tokens: Tensor, all_positions: bool) -> Tensor:
+    """Transformer.forward with its first block from tables."""
+    n_queries = model.n_queries(tokens.shape[1], all_positions)
+    if len(model.blocks) == 1:  # W_U alone reads the block's output: the tables fold it in
+        logits = first_block_by_tables(model, tokens, n_queries[0], readout=model.W_U)
+        return logits if all_positions else logits[:, -1]
+    x = first_block_by_tables(model, tokens, n_queries[0])
+    for block, n in zip(model.blocks[1:], n_queries[1:]):
+        x = block(x, n)
+    logits = model.ln_final(x) @ model.W_U
+    return logits if all_positions else logits[:, -1]
+
+
+def first_block_by_tables(model: Transformer, tokens: Tensor, Q: int, readout: Optional[Tensor] = None) -> Tensor:
+    """Block 0 at the last Q positions, without hooks or LayerNorm: Block.forward's math, grouped
+    by table rows. Its input W_E[token] + W_pos[position] is one of V x T rows, so q, k, v are
+    computed once per row and the attention scores once per (query row, key row) pair. After the
+    softmax, all up to the MLP's activation is linear: the residual stream and the pre-activations
+    are pattern-weighted sums of value rows (through W_O), plus the query's own row. embedding_bag
+    forms such sums without gathering the rows; its backward scatters gradients into the tables.
+    Returns the residual stream after the block (B, Q, D), or with `readout` (D, C) that stream
+    times readout: what is linear in the stream (value rows, own rows, W_out) is multiplied by
+    readout once per row instead of once per example, and (B, M) @ (M, D) @ (D, C) becomes
+    (B, M) @ (M, C)."""
+    attn, mlp = model.blocks[0].attn, model.blocks[0].mlp
+    (B, T), V, (H, _, E) = tokens.shape, model.W_E.shape[0], attn.W_Q.shape
+    pos, heads = torch.arange(T, device=tokens.device), torch.arange(H, device=tokens.device)
+    resid = model.W_E[:, None] + model.W_pos[:T]  # (V, T, D): token v at position t
+    q = torch.einsum("vtd,hde->vthe", resid[:, T - Q :], attn.W_Q)  # (V, Q, H, E)
+    k = torch.einsum("vtd,hde->vthe", resid, attn.W_K)  # (V, T, H, E)
+    v = torch.einsum("vtd,hde->vthe", resid, attn.W_V)
+    # the scores of every (key row, query row) pair, looked up per example as a row of H heads, in
+    # (key position, example, query, head) order: the softmax over the T keys then runs along the
+    # first axis, vectorized across examples (along a last axis of length T it is ~20x slower)
+    pair_scores = torch.einsum("aqhe,bkhe->kbaqh", q, k).flatten(0, 3) / math.sqrt(E)  # (T*V*V*Q, H)
+    query_tokens = tokens[:, T - Q :]  # (B, Q)
+    pair = ((pos[:, None, None] * V + tokens.T[:, :, None]) * V + query_tokens) * Q + pos[:Q]  # (T, B, Q)
+    future = (pos[:, None] > pos[T - Q :])[:, None, :, None]  # (T, 1, Q, 1): the key comes after the query
+    pattern = pair_scores[pair].masked_fill(future, float("-inf")).softmax(dim=0)  # (T, B, Q, H)
+
+    # bag rows: the value of (head h, token v, key position t) at (h*V + v)*T + t, then the query's
+    # own residual row (position q, token v) at H*V*T + q*V + v, which carries the biases
+    value_index = (heads[:, None] * V + tokens[:, None, :]) * T + pos  # (B, H, T)
+    own_index = H * V * T + pos[:Q] * V + query_tokens  # (B, Q)
+    index = torch.cat([value_index[:, None].expand(B, Q, H, T).flatten(2), own_index[..., None]], dim=-1)
+    weights = torch.cat([pattern.permute(1, 2, 3, 0).flatten(2), pattern.new_ones(B, Q, 1)], dim=-1)  # as index
+    index, weights = index.flatten(0, 1), weights.flatten(0, 1)  # one bag of H*T + 1 rows per query
+
+    # table rows [the MLP's pre-activation (M) | the residual stream (D), or with readout the logits
+    # it adds (C) | zeros up to a multiple of 8 floats, on which embedding_bag's backward runs several
+    # times faster]. A value row has rank E: through W_O and W_in it costs E*M per row, not D*M.
+    read = (lambda x: x) if readout is None else (lambda x: x @ readout)
+    W_out = read(mlp.W_out)  # (M, D or C)
+    widths = [mlp.W_in.shape[1], W_out.shape[1], -(mlp.W_in.shape[1] + W_out.shape[1]) % 8]
+    zeros = lambda *shape: W_out.new_zeros(*shape, widths[2])
+    W_O_in = torch.einsum("hed,dm->hem", attn.W_O, mlp.W_in)
+    value_rows = torch.einsum("vthe,hef->hvtf", v, torch.cat([W_O_in, read(attn.W_O), zeros(H, E)], dim=-1))
+    own = resid[:, T - Q :].transpose(0, 1).flatten(0, 1)  # (Q*V, D)
+    own_rows = torch.cat([own @ mlp.W_in + mlp.b_in, read(own + mlp.b_out), zeros(Q * V)], dim=-1)
+    rows = torch.cat([value_rows.flatten(0, 2), own_rows])  # (H*V*T + Q*V, sum(widths))
+
+    def rest_of_block(index: Tensor, weights: Tensor) -> Tensor:
+        # -> (n, D or C): the stream after attention (+ b_out) + the MLP's output, through readout if given
+        pre, stream, _ = embedding_bag(index, rows, weights).split(widths, dim=1)
+        return torch.addmm(stream, mlp.act(pre), W_out)
+
+    if torch.is_grad_enabled():
+        return rest_of_block(index, weights).view(B, Q, -1)
+    # inference: in slices whose (slice, M) activations stay in cache from one step to the next, joined
+    # flat (torch.cat runs ~10x slower on rows whose width is not a multiple of 8 floats, as C=97's)
+    parts = [rest_of_block(*part).flatten() for part in zip(index.split(1024), weights.split(1024))]
+    return torch.cat(parts).view(B, Q, -1)
+
+
+# ----------------------------------------------------------------------------- operand MLP
+def operand_mlp_by_tables(model: OperandMLP, tokens: Tensor) -> Tensor:
+    """OperandMLP.forward with the hidden layer's input from a table: concat(W_E[a], W_E[b]) @ W_in =
+    W_E[a] @ W_in[:D] + W_E[b] @ W_in[D:], so one (O, V, M) table holds every operand's term, and each
+    example sums O rows of it (embedding_bag: gather + sum)."""
+    mlp, operands = model.mlp, tokens[:, :-1]  # (B, O)
+    (V, D), O = model.W_E.shape, operands.shape[1]
+    table = torch.einsum("vd,odm->ovm", model.W_E, mlp.W_in.view(O, D, -1)).flatten(0, 1)  # (O*V, M)
+    rows = operands + V * torch.arange(O, device=tokens.device)  # (B, O) rows of the table
+    pre = embedding_bag(rows, table) + mlp.b_in  # (B, M)
+    return (mlp.act(pre) @ mlp.W_out + mlp.b_out) @ model.W_U
+
+
+# ----------------------------------------------------------------------------- embedding_bag
+def embedding_bag(index: Tensor, rows: Tensor, weights: Optional[Tensor] = None) -> Tensor:
+    """F.embedding_bag in mode "sum": out[n] = sum_j weights[n, j] * rows[index[n, j]] (weights 1 when
+    None). Under torch.vmap, with a stack of runs' rows (grok/sweeps/batched.py), one call for all runs."""
+    if torch._C._functorch.is_batchedtensor(rows):  # inside torch.vmap, over runs
+        return _RunsEmbeddingBag.apply(index, rows, weights)
+    return F.embedding_bag(index, rows, per_sample_weights=weights, mode="sum")
+
+
+class _RunsEmbeddingBag(torch.autograd.Function):
+    """The batching rule torch.vmap lacks for embedding_bag: without one, vmap calls it once per run
+    and stacks the results (7-13x slower than one call, for 8 runs of the default experiment's
+    tables, forward and backward). Here the runs' rows are
+    concatenated, each run's indices shifted into its own block, and one embedding_bag computes every
+    run's sums. vmap applies the rule to the unbatched tensors, so autograd records that native call
+    and its native backward; the Function's own forward and backward never run."""
+
+    @staticmethod
+    def forward(index: Tensor, rows: Tensor, weights: Optional[Tensor]) -> Tensor:
+        raise RuntimeError("only for torch.vmap: call grok.models.tables.embedding_bag")
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        raise RuntimeError("only for torch.vmap: call grok.models.tables.embedding_bag")
+
+    @staticmethod
+    def vmap(info, in_dims, index: Tensor, rows: Tensor, weights: Optional[Tensor]):
+        runs = info.batch_size
+        stacked = lambda x, dim: x.expand(runs, *x.shape) if dim is None else x.movedim(dim, 0)
+        index, rows = stacked(index, in_dims[0]), stacked(rows, in_dims[1])  # (K, N, J), (K, R, D)
+        offsets = rows.shape[1] * torch.arange(runs, device=index.device)  # run k's rows start at k * R
+        flat_index = (index + offsets.view(runs, 1, 1)).flatten(0, 1)  # (K*N, J)
+        flat_weights = None if weights is None else stacked(weights, in_dims[2]).flatten(0, 1)
+        out = F.embedding_bag(flat_index, rows.flatten(0, 1), per_sample_weights=flat_weights, mode="sum")
+        return out.view(runs, -1, out.shape[-1]), 0
