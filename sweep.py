@@ -21,8 +21,10 @@ def _summarize(sweep_dir: Path, log_wandb: bool) -> int:
     print(f"\nwrote {summary.sweep_dir / 'sweep_summary.csv'} and the figures beside it")
     failed = summary.failed()
     if failed:
-        print(f"error: {len(failed)} of {len(summary.records)} jobs failed: job {', '.join(r['job'] for r in failed)}",
-              file=sys.stderr)
+        print(
+            f"error: {len(failed)} of {len(summary.records)} jobs failed: job {', '.join(r['job'] for r in failed)}",
+            file=sys.stderr,
+        )
     return 1 if failed else 0
 
 
@@ -31,9 +33,11 @@ def main(argv) -> int:
 
     names = ", ".join(sweep_names())
     command = argv[0] if argv else None
-    parser = argparse.ArgumentParser(prog=f"sweep.py {command}" if command in ("summarize", "wandb") else "sweep.py",
-                                     description=__doc__ + f"\nsweeps: {names}",
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=f"sweep.py {command}" if command in ("summarize", "wandb") else "sweep.py",
+        description=__doc__ + f"\nsweeps: {names}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     if command == "summarize":
         parser.add_argument("sweep_dir", type=Path)
         parser.add_argument("--no-wandb", action="store_true", help="no W&B summary run")
@@ -43,11 +47,16 @@ def main(argv) -> int:
         parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py")
         if command == "wandb":
             parser.add_argument("--agent", action="store_true", help="create the sweep on W&B and run an agent")
-            parser.add_argument("--out", type=Path, help="where to write the YAML (default: outputs/sweeps/NAME/wandb_sweep.yaml)")
+            parser.add_argument(
+                "--out", type=Path, help="where to write the YAML (default: outputs/sweeps/NAME/wandb_sweep.yaml)"
+            )
         else:
             parser.add_argument("--jobs", type=int, help="run N jobs at once (hydra/launcher=joblib)")
-            parser.add_argument("--batched", action="store_true",
-                                help="train the jobs together in this process, as stacked models (hydra/launcher=batched)")
+            parser.add_argument(
+                "--batched",
+                action="store_true",
+                help="train the jobs together in this process, as stacked models (hydra/launcher=batched)",
+            )
         args = parser.parse_intermixed_args(argv[1:] if command == "wandb" else argv)
     try:
         if command == "summarize":

@@ -45,5 +45,6 @@ def main(cfg: DictConfig) -> float:
             message += f"; once there is space, resume from the last checkpoint with: {resume}"
         sys.exit(f"error: {message}")
 
+
 if __name__ == "__main__":
     main()

@@ -1,9 +1,10 @@
 """`make bench`: epochs/s of the harness against the straightforward reference, measured in one run.
 
 For each experiment (the default one and `model=mlp`; others with --experiment) the harness's task,
-model and optimizer are built by its own code (Hydra compose, grok.data.tasks, grok.models, grok.training.optimizers) and
-an epoch is what train.py runs: grok.training.loop.train_epoch (one full-batch step) + evaluate (the test
-pass), metrics read back to Python. benchmarks/reference.py trains from the same initial weights.
+model and optimizer are built by its own code (Hydra compose, grok.data, grok.models,
+grok.training.optimizers) and an epoch is what train.py runs: grok.training.loop.train_epoch (one
+full-batch step) + evaluate (the test pass), metrics read back to Python. benchmarks/reference.py
+trains from the same initial weights.
 The two alternate in rounds, so that both see the same load on a shared machine; the ratio is the
 median of the per-round ratios. FLOPs per epoch are those of the matrix products, counted with
 torch's FLOP formulas; "peak fraction" divides the FLOP rate by a large matmul's, measured here.
@@ -68,7 +69,6 @@ from grok.system.threads import WINDOW, AdaptiveThreads  # noqa: E402
 from grok.training.loop import Experiment, Split, evaluate, train_epoch  # noqa: E402
 from grok.training.optimizers import build_optimizer  # noqa: E402
 from grok.training.stacked import Stack  # noqa: E402
-
 
 # conf/sweep/phase_diagram_small.yaml's task, model and lr at its middle train fraction (its threads=1
 # left out: the batched figure compares one process's ways of using the machine's threads)
@@ -157,8 +157,11 @@ def setup(overrides: List[str], device: torch.device):
     cfg = compose_for_reference(overrides)
     model_cfg = cfg.model
     data = make_dataset(cfg.task, cfg.train_frac, cfg.data_seed)
-    split = lambda idx: Split(data.inputs[idx].to(device), data.labels[idx].to(device),
-                              None if data.clean_labels is None else data.clean_labels[idx].to(device))
+    split = lambda idx: Split(
+        data.inputs[idx].to(device),
+        data.labels[idx].to(device),
+        None if data.clean_labels is None else data.clean_labels[idx].to(device),
+    )
     train, test = split(data.train_idx), split(data.test_idx)
     torch.manual_seed(cfg.seed)
     n_ctx = data.inputs.shape[1]
@@ -170,23 +173,28 @@ def setup(overrides: List[str], device: torch.device):
     if model_cfg.name == "mlp":
         ref = reference.ReferenceMLP(data.n_vocab, data.n_classes, n_ctx, model_cfg.d_model, model_cfg.d_mlp)
     else:
-        ref = reference.ReferenceTransformer(data.n_vocab, data.n_classes, n_ctx, model_cfg.d_model,
-                                             model_cfg.n_heads, model_cfg.d_mlp)
+        ref = reference.ReferenceTransformer(
+            data.n_vocab, data.n_classes, n_ctx, model_cfg.d_model, model_cfg.n_heads, model_cfg.d_mlp
+        )
     reference.load_weights(ref, model.state_dict())
     ref.to(device)
     opt = cfg.optimizer
-    ref_optimizer, ref_scheduler = reference.optimizer_for(ref, opt.lr, opt.weight_decay, tuple(opt.betas),
-                                                           opt.warmup_steps)
+    ref_optimizer, ref_scheduler = reference.optimizer_for(
+        ref, opt.lr, opt.weight_decay, tuple(opt.betas), opt.warmup_steps
+    )
+
     def reference_epoch() -> None:
-        reference.train_epoch(ref, ref_optimizer, ref_scheduler, (train.inputs, train.labels),
-                              (test.inputs, test.labels))
+        reference.train_epoch(
+            ref, ref_optimizer, ref_scheduler, (train.inputs, train.labels), (test.inputs, test.labels)
+        )
 
     harness = lambda module: harness_epoch(cfg, module, train, test, optimizer, scheduler, generator)
     return harness(trained), harness(fast(model)), reference_epoch
 
 
-def harness_epoch(cfg, module: torch.nn.Module, train: Split, test: Split, optimizer, scheduler,
-                  generator) -> Callable[[], None]:
+def harness_epoch(
+    cfg, module: torch.nn.Module, train: Split, test: Split, optimizer, scheduler, generator
+) -> Callable[[], None]:
     """An epoch as grok.training.loop.Alone runs it: the step, the test pass, the metrics read back."""
     loss_fn = plugin(cfg.loss, "loss")
 
@@ -199,8 +207,9 @@ def harness_epoch(cfg, module: torch.nn.Module, train: Split, test: Split, optim
     return epoch
 
 
-def alternate(epochs: Dict[str, Callable[[], None]], rounds: int, seconds: float, device: torch.device,
-              min_epochs: int = 1) -> Dict[str, List[float]]:
+def alternate(
+    epochs: Dict[str, Callable[[], None]], rounds: int, seconds: float, device: torch.device, min_epochs: int = 1
+) -> Dict[str, List[float]]:
     """Epochs/s of each epoch function over `rounds` timed blocks, the order reversed every round, so
     that all of them see the same load on a shared machine."""
     rates: Dict[str, List[float]] = {name: [] for name in epochs}
@@ -219,8 +228,12 @@ def bench_experiment(overrides: List[str], device: torch.device, rounds: int, se
         reference_epoch()
     rates = alternate({"harness": harness, "reference": reference_epoch}, rounds, seconds, device)
     ratios = [h / r for h, r in zip(rates["harness"], rates["reference"])]
-    result = {"experiment": " ".join(overrides) or "default", "overrides": overrides,
-              "ratio": statistics.median(ratios), "ratio_per_round": ratios}
+    result = {
+        "experiment": " ".join(overrides) or "default",
+        "overrides": overrides,
+        "ratio": statistics.median(ratios),
+        "ratio_per_round": ratios,
+    }
     for name in ("harness", "reference"):
         median = statistics.median(rates[name])
         result[name] = {
@@ -272,6 +285,7 @@ def bench_batched(overrides: List[str], k: int, device: torch.device, rounds: in
     cfg = compose_for_batch(overrides, device.type)
     measure_memory = reset_peak_memory(device)
     with ExitStack() as stack:
+
         def experiment(i: int) -> Experiment:
             member = cfg.copy()
             member.seed = member.data_seed = i
@@ -279,8 +293,15 @@ def bench_batched(overrides: List[str], k: int, device: torch.device, rounds: in
             return start(member, out_dir, f"member{i}", time.perf_counter())
 
         alone_run = experiment(0)
-        alone = harness_epoch(cfg, for_training(fast(alone_run.model), cfg.compile, device), alone_run.train, alone_run.test,
-                              alone_run.optimizer, alone_run.scheduler, alone_run.generator)
+        alone = harness_epoch(
+            cfg,
+            for_training(fast(alone_run.model), cfg.compile, device),
+            alone_run.train,
+            alone_run.test,
+            alone_run.optimizer,
+            alone_run.scheduler,
+            alone_run.generator,
+        )
         batch = Stack([experiment(i) for i in range(k)])
         stack.callback(batch.release)
 
@@ -298,13 +319,21 @@ def bench_batched(overrides: List[str], k: int, device: torch.device, rounds: in
         rates["batched"] = [k * rate for rate in rates["batched"]]  # run-epochs: k runs per batched epoch
         memory = peak_memory(device) if measure_memory else None
     ratios = [b / s for b, s in zip(rates["batched"], rates["sequential"])]
-    result = {"shape": " ".join(overrides) or "default", "overrides": overrides, "k": k,
-              "members_differ_by": "seed=i data_seed=i", "ratio": statistics.median(ratios), "ratio_per_round": ratios,
-              "peak_memory_bytes": memory,
-              "peak_memory_of": "CUDA allocations" if device.type == "cuda" else "the process (resident)"}
+    result = {
+        "shape": " ".join(overrides) or "default",
+        "overrides": overrides,
+        "k": k,
+        "members_differ_by": "seed=i data_seed=i",
+        "ratio": statistics.median(ratios),
+        "ratio_per_round": ratios,
+        "peak_memory_bytes": memory,
+        "peak_memory_of": "CUDA allocations" if device.type == "cuda" else "the process (resident)",
+    }
     for name in ("batched", "sequential"):
-        result[name] = {"run_epochs_per_second": statistics.median(rates[name]),
-                        "run_epochs_per_second_per_round": rates[name]}
+        result[name] = {
+            "run_epochs_per_second": statistics.median(rates[name]),
+            "run_epochs_per_second_per_round": rates[name],
+        }
     return result
 
 
@@ -342,6 +371,7 @@ def bench_load(busy: List[int], device: torch.device, rounds: int, seconds: floa
             used[governor.threads] += 1
             at(governor.threads)
             governor.update()
+
         return epoch
 
     result = {"pytorch_default_threads": default, "adaptive_active": governor.active, "levels": []}
@@ -387,8 +417,15 @@ def harness_at(checkpoint: Optional[Path], device: torch.device) -> Callable[[],
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
-    return harness_epoch(cfg, fast(model), split(data.train_idx), split(data.test_idx), optimizer, scheduler,
-                         torch.Generator().manual_seed(cfg.seed))
+    return harness_epoch(
+        cfg,
+        fast(model),
+        split(data.train_idx),
+        split(data.test_idx),
+        optimizer,
+        scheduler,
+        torch.Generator().manual_seed(cfg.seed),
+    )
 
 
 def bench_plateau(run_dir: Path, device: torch.device, rounds: int, seconds: float) -> Dict:
@@ -403,9 +440,15 @@ def bench_plateau(run_dir: Path, device: torch.device, rounds: int, seconds: flo
         epoch()
     rates = alternate(epochs, rounds, seconds, device)
     ratios = [p / f for p, f in zip(rates["plateau"], rates["fresh"])]
-    return {"checkpoint": str(checkpoint), "ratio": statistics.median(ratios), "ratio_per_round": ratios,
-            **{name: {"epochs_per_second": statistics.median(rate), "epochs_per_second_per_round": rate}
-               for name, rate in rates.items()}}
+    return {
+        "checkpoint": str(checkpoint),
+        "ratio": statistics.median(ratios),
+        "ratio_per_round": ratios,
+        **{
+            name: {"epochs_per_second": statistics.median(rate), "epochs_per_second_per_round": rate}
+            for name, rate in rates.items()
+        },
+    }
 
 
 def startup_overhead(out: Path) -> Dict:
@@ -413,12 +456,20 @@ def startup_overhead(out: Path) -> Dict:
     run_dir = out / "startup_run"
     env = dict(os.environ, WANDB_SILENT="true")
     start = time.perf_counter()
-    subprocess.run([sys.executable, str(ROOT / "train.py"), "epochs=1", "progress=false", f"hydra.run.dir={run_dir}"],
-                   cwd=tempfile.gettempdir(), env=env, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "epochs=1", "progress=false", f"hydra.run.dir={run_dir}"],
+        cwd=tempfile.gettempdir(),
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     job_seconds = time.perf_counter() - start
     summary = json.loads((run_dir / "summary.json").read_text())
-    return {"seconds_to_first_epoch": summary.get("startup_seconds"), "job_wall_seconds_one_epoch": job_seconds,
-            "run_dir": str(run_dir)}
+    return {
+        "seconds_to_first_epoch": summary.get("startup_seconds"),
+        "job_wall_seconds_one_epoch": job_seconds,
+        "run_dir": str(run_dir),
+    }
 
 
 def time_to_grok(run_dir: Path, reference_rate: Optional[float]) -> Dict:
@@ -426,8 +477,20 @@ def time_to_grok(run_dir: Path, reference_rate: Optional[float]) -> Dict:
     if not (run_dir / "summary.json").exists():
         return {"run_dir": str(run_dir), "status": "no summary.json: not a finished run"}
     summary = json.loads((run_dir / "summary.json").read_text())
-    result = {key: summary.get(key) for key in ("status", "grok_epoch", "memorize_epoch", "epochs", "epochs_per_second",
-                                                "train_seconds", "wall_seconds", "startup_seconds", "device")}
+    result = {
+        key: summary.get(key)
+        for key in (
+            "status",
+            "grok_epoch",
+            "memorize_epoch",
+            "epochs",
+            "epochs_per_second",
+            "train_seconds",
+            "wall_seconds",
+            "startup_seconds",
+            "device",
+        )
+    }
     result["run_dir"] = str(run_dir)
     if summary.get("grok_epoch"):
         # a run stopped by stop.test_acc at the grok epoch trained exactly that long; otherwise pro rata
@@ -440,11 +503,23 @@ def time_to_grok(run_dir: Path, reference_rate: Optional[float]) -> Dict:
 def machine(device: torch.device) -> Dict:
     cpu = platform.processor()
     if Path("/proc/cpuinfo").exists():
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), cpu)
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "platform": platform.platform(), "load_average_1min_at_start": os.getloadavg()[0]}
+        cpu = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            cpu,
+        )
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "platform": platform.platform(),
+        "load_average_1min_at_start": os.getloadavg()[0],
+    }
 
 
 def run_counts(text: str) -> List[int]:
@@ -457,9 +532,12 @@ def run_counts(text: str) -> List[int]:
 
 def main(argv: Optional[List[str]] = None) -> Dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--experiment", action="append", metavar="OVERRIDES",
-                        help='Hydra overrides, space separated ("" = the default experiment); repeatable. '
-                             'Default: "" and "model=mlp"')
+    parser.add_argument(
+        "--experiment",
+        action="append",
+        metavar="OVERRIDES",
+        help='Hydra overrides, space separated ("" = the default experiment); repeatable. Default: "" and "model=mlp"',
+    )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per implementation (default: 5)")
     parser.add_argument("--seconds", type=float, default=2.0, help="length of one timed round (default: 2)")
@@ -468,18 +546,34 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     parser.add_argument("--grok", action="store_true", help="run the default experiment to grokking first (long)")
     parser.add_argument("--skip-startup", action="store_true", help="do not measure the per-job start-up overhead")
     parser.add_argument("--threads", type=int, help="torch threads (default: PyTorch's, all cores)")
-    parser.add_argument("--batched-shape", action="append", metavar="OVERRIDES",
-                        help=f'Hydra overrides of runs trained together; repeatable. Default: "" and "{SMALL_SWEEP}"')
-    parser.add_argument("--batched-k", type=run_counts, default=[1, 8, 64],
-                        help="runs per batch, comma separated (default: 1,8,64)")
+    parser.add_argument(
+        "--batched-shape",
+        action="append",
+        metavar="OVERRIDES",
+        help=f'Hydra overrides of runs trained together; repeatable. Default: "" and "{SMALL_SWEEP}"',
+    )
+    parser.add_argument(
+        "--batched-k", type=run_counts, default=[1, 8, 64], help="runs per batch, comma separated (default: 1,8,64)"
+    )
     parser.add_argument("--batched-rounds", type=int, default=3, help="timed rounds of a batched figure (default: 3)")
     parser.add_argument("--skip-batched", action="store_true", help="do not measure runs trained together")
-    parser.add_argument("--load-busy", type=run_counts, default=[1, 2],
-                        help="busy processes beside the loaded-machine figure's runs, comma separated (default: 1,2)")
-    parser.add_argument("--load-rounds", type=int, default=3, help="timed rounds of the loaded-machine figure (default: 3)")
-    parser.add_argument("--skip-load", action="store_true", help="do not measure the default experiment beside busy processes")
-    parser.add_argument("--keep-denormals", action="store_true",
-                        help="do not flush float32 denormals to zero, as the harness does (to measure what that gains)")
+    parser.add_argument(
+        "--load-busy",
+        type=run_counts,
+        default=[1, 2],
+        help="busy processes beside the loaded-machine figure's runs, comma separated (default: 1,2)",
+    )
+    parser.add_argument(
+        "--load-rounds", type=int, default=3, help="timed rounds of the loaded-machine figure (default: 3)"
+    )
+    parser.add_argument(
+        "--skip-load", action="store_true", help="do not measure the default experiment beside busy processes"
+    )
+    parser.add_argument(
+        "--keep-denormals",
+        action="store_true",
+        help="do not flush float32 denormals to zero, as the harness does (to measure what that gains)",
+    )
     args = parser.parse_args(argv)
     flushed = False if args.keep_denormals else flush_denormals()  # as grok/run.py does, before any thread starts
     if args.threads:
@@ -497,20 +591,27 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         compose_for_batch(overrides, device.type)
     out.mkdir(parents=True, exist_ok=True)
 
-    report: Dict = {"machine": machine(device), "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
-                    "denormals_flushed": flushed}
+    report: Dict = {
+        "machine": machine(device),
+        "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
+        "denormals_flushed": flushed,
+    }
     report["matmul_gflops"] = peak = matmul_gflops(device)
-    print(f"{report['machine']['cpu']} ({report['machine']['cpu_count']} CPUs, {report['machine']['torch_threads']} "
-          f"torch threads), device {report['machine']['device']}: float32 matmul {peak:.0f} GFLOP/s")
+    print(
+        f"{report['machine']['cpu']} ({report['machine']['cpu_count']} CPUs, {report['machine']['torch_threads']} "
+        f"torch threads), device {report['machine']['device']}: float32 matmul {peak:.0f} GFLOP/s"
+    )
     report["experiments"] = []
     for overrides in experiments:
         result = bench_experiment(overrides, device, args.rounds, args.seconds, peak)
         report["experiments"].append(result)
         h, r = result["harness"], result["reference"]
-        print(f"{result['experiment']:>24}: harness {h['epochs_per_second']:6.1f} epochs/s "
-              f"({h['gflop_per_epoch']:.2f} GFLOP/epoch, {h['peak_fraction']:.0%} of peak) | reference "
-              f"{r['epochs_per_second']:5.2f} epochs/s ({r['gflop_per_epoch']:.2f} GFLOP/epoch, "
-              f"{r['peak_fraction']:.0%} of peak) | ratio {result['ratio']:.2f}")
+        print(
+            f"{result['experiment']:>24}: harness {h['epochs_per_second']:6.1f} epochs/s "
+            f"({h['gflop_per_epoch']:.2f} GFLOP/epoch, {h['peak_fraction']:.0%} of peak) | reference "
+            f"{r['epochs_per_second']:5.2f} epochs/s ({r['gflop_per_epoch']:.2f} GFLOP/epoch, "
+            f"{r['peak_fraction']:.0%} of peak) | ratio {result['ratio']:.2f}"
+        )
 
     report["batched"] = []
     for overrides in shapes:
@@ -519,44 +620,66 @@ def main(argv: Optional[List[str]] = None) -> Dict:
             result = bench_batched(overrides, k, device, args.batched_rounds, args.seconds)
             report["batched"].append(result)
             memory = result["peak_memory_bytes"]
-            print(f"{'K=' + str(k):>8}: batched {result['batched']['run_epochs_per_second']:7.1f} run-epochs/s | "
-                  f"sequential {result['sequential']['run_epochs_per_second']:6.1f} run-epochs/s | "
-                  f"ratio {result['ratio']:5.2f}" + (f" | peak memory {memory / 2**20:.0f} MiB" if memory else ""))
+            print(
+                f"{'K=' + str(k):>8}: batched {result['batched']['run_epochs_per_second']:7.1f} run-epochs/s | "
+                f"sequential {result['sequential']['run_epochs_per_second']:6.1f} run-epochs/s | "
+                f"ratio {result['ratio']:5.2f}" + (f" | peak memory {memory / 2**20:.0f} MiB" if memory else "")
+            )
 
     if not args.skip_load:
         load = report["load"] = bench_load(args.load_busy, device, args.load_rounds, args.seconds)
-        print(f"default experiment beside busy processes, epochs/s at PyTorch's {load['pytorch_default_threads']} threads"
-              f" | threads=1 | adaptive threads{'' if load['adaptive_active'] else ' (inactive: threads chosen)'}:")
+        print(
+            f"default experiment beside busy processes, epochs/s at PyTorch's {load['pytorch_default_threads']} threads"
+            f" | threads=1 | adaptive threads{'' if load['adaptive_active'] else ' (inactive: threads chosen)'}:"
+        )
         for level in load["levels"]:
             rate = lambda name: level[name]["epochs_per_second"]
-            print(f"{level['busy_processes']:>4} busy: {rate('pytorch_default'):5.1f} | {rate('threads_1'):5.1f} | "
-                  f"{rate('adaptive'):5.1f}; adaptive/threads=1 {level['adaptive_vs_threads_1']['ratio']:.2f}, "
-                  f"adaptive/PyTorch's {level['adaptive_vs_pytorch_default']['ratio']:.2f}; "
-                  f"epochs at each thread count {level['adaptive_epochs_at_threads']}")
+            print(
+                f"{level['busy_processes']:>4} busy: {rate('pytorch_default'):5.1f} | {rate('threads_1'):5.1f} | "
+                f"{rate('adaptive'):5.1f}; adaptive/threads=1 {level['adaptive_vs_threads_1']['ratio']:.2f}, "
+                f"adaptive/PyTorch's {level['adaptive_vs_pytorch_default']['ratio']:.2f}; "
+                f"epochs at each thread count {level['adaptive_epochs_at_threads']}"
+            )
 
     if not args.skip_startup:
         report["startup"] = startup_overhead(out)
-        print(f"per-job start-up: {report['startup']['seconds_to_first_epoch']:.2f} s to the first epoch "
-              f"(a whole 1-epoch job: {report['startup']['job_wall_seconds_one_epoch']:.1f} s)")
+        print(
+            f"per-job start-up: {report['startup']['seconds_to_first_epoch']:.2f} s to the first epoch "
+            f"(a whole 1-epoch job: {report['startup']['job_wall_seconds_one_epoch']:.1f} s)"
+        )
     grok_run = args.grok_run
     if args.grok:
         grok_run = out / "grok_run"
-        subprocess.run([sys.executable, str(ROOT / "train.py"), "logger=none", "progress=false", "stop.test_acc=0.99",
-                        f"hydra.run.dir={grok_run}"], cwd=tempfile.gettempdir(), check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "train.py"),
+                "logger=none",
+                "progress=false",
+                "stop.test_acc=0.99",
+                f"hydra.run.dir={grok_run}",
+            ],
+            cwd=tempfile.gettempdir(),
+            check=True,
+        )
     if grok_run is not None:
         default = next((e for e in report["experiments"] if not e["overrides"]), None)
         report["grok"] = time_to_grok(grok_run, default and default["reference"]["epochs_per_second"])
         g = report["grok"]
         if g.get("time_to_grok_seconds"):
-            print(f"time to grok: epoch {g['grok_epoch']}, {g['time_to_grok_seconds'] / 60:.1f} min of training "
-                  f"at {g['epochs_per_second']:.1f} epochs/s ({grok_run})")
+            print(
+                f"time to grok: epoch {g['grok_epoch']}, {g['time_to_grok_seconds'] / 60:.1f} min of training "
+                f"at {g['epochs_per_second']:.1f} epochs/s ({grok_run})"
+            )
         else:
             print(f"{grok_run}: no time to grok ({g['status']})")
         plateau = report["plateau"] = bench_plateau(grok_run, device, args.rounds, args.seconds)
         if "ratio" in plateau:
-            print(f"deep in the plateau ({plateau['checkpoint']}): {plateau['plateau']['epochs_per_second']:.1f} epochs/s"
-                  f" against {plateau['fresh']['epochs_per_second']:.1f} fresh: ratio {plateau['ratio']:.2f}"
-                  + ("" if flushed else " (denormals kept)"))
+            print(
+                f"deep in the plateau ({plateau['checkpoint']}): {plateau['plateau']['epochs_per_second']:.1f} epochs/s"
+                f" against {plateau['fresh']['epochs_per_second']:.1f} fresh: ratio {plateau['ratio']:.2f}"
+                + ("" if flushed else " (denormals kept)")
+            )
         else:
             print(f"{grok_run}: no plateau figure ({plateau['status']})")
     report["machine"]["load_average_1min_at_end"] = os.getloadavg()[0]

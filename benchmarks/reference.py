@@ -23,8 +23,9 @@ def _param(*shape: int, fan_in: int) -> nn.Parameter:
 class ReferenceTransformer(nn.Module):
     """One block, no LayerNorm: embed + positions, causal multi-head attention, ReLU MLP, unembed."""
 
-    def __init__(self, n_vocab: int, n_classes: int, n_ctx: int, d_model: int = 128, n_heads: int = 4,
-                 d_mlp: int = 512):
+    def __init__(
+        self, n_vocab: int, n_classes: int, n_ctx: int, d_model: int = 128, n_heads: int = 4, d_mlp: int = 512
+    ):
         super().__init__()
         d_head = d_model // n_heads
         self.W_E = _param(n_vocab, d_model, fan_in=d_model)
@@ -80,8 +81,13 @@ def load_weights(model: nn.Module, harness_state: Dict[str, Tensor]) -> None:
     model.load_state_dict({name: by_short_name[name] for name in model.state_dict()})
 
 
-def optimizer_for(model: nn.Module, lr: float = 1e-3, weight_decay: float = 1.0,
-                  betas: Tuple[float, float] = (0.9, 0.98), warmup_steps: int = 10):
+def optimizer_for(
+    model: nn.Module,
+    lr: float = 1e-3,
+    weight_decay: float = 1.0,
+    betas: Tuple[float, float] = (0.9, 0.98),
+    warmup_steps: int = 10,
+):
     """AdamW with seed 001's linear warmup (the first step at lr 0)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(step / warmup_steps, 1.0))
@@ -97,8 +103,9 @@ def accuracy(logits: Tensor, labels: Tensor) -> float:
     return (logits.argmax(dim=-1) == labels).float().mean().item()
 
 
-def train_epoch(model: nn.Module, optimizer, scheduler, train: Tuple[Tensor, Tensor],
-                test: Tuple[Tensor, Tensor]) -> Dict[str, float]:
+def train_epoch(
+    model: nn.Module, optimizer, scheduler, train: Tuple[Tensor, Tensor], test: Tuple[Tensor, Tensor]
+) -> Dict[str, float]:
     """One full-batch step on (inputs, labels) `train`, then the test pass with the updated weights."""
     logits = model(train[0])[:, -1]
     loss = loss_fn(logits, train[1])
@@ -109,5 +116,9 @@ def train_epoch(model: nn.Module, optimizer, scheduler, train: Tuple[Tensor, Ten
     with torch.inference_mode():
         test_logits = model(test[0])[:, -1]
         test_loss = loss_fn(test_logits, test[1])
-    return {"train_loss": loss.item(), "train_acc": accuracy(logits, train[1]),
-            "test_loss": test_loss.item(), "test_acc": accuracy(test_logits, test[1])}
+    return {
+        "train_loss": loss.item(),
+        "train_acc": accuracy(logits, train[1]),
+        "test_loss": test_loss.item(),
+        "test_acc": accuracy(test_logits, test[1]),
+    }

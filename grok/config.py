@@ -106,15 +106,22 @@ def _check_top_level(cfg: Any) -> None:
         _require(cfg.analysis.every >= 1, f"analysis.every={cfg.analysis.every}: must be >= 1")
         _require(cfg.analysis.n_key_freqs >= 1, f"analysis.n_key_freqs={cfg.analysis.n_key_freqs}: must be >= 1")
     if cfg.logger.name == "wandb":
-        _require(cfg.logger.mode in WANDB_MODES, f"logger.mode={cfg.logger.mode}: must be one of {', '.join(WANDB_MODES)}")
+        _require(
+            cfg.logger.mode in WANDB_MODES, f"logger.mode={cfg.logger.mode}: must be one of {', '.join(WANDB_MODES)}"
+        )
 
 
 def validate(cfg: DictConfig) -> DictConfig:
     """The config the run uses: each plug-in's node merged over its own schema (defaults filled in,
     `_target_` kept); raises ConfigError naming the first bad field."""
     _check_top_level(cfg)
-    checked = OmegaConf.create({key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key])
-                                else cfg[key] for key in cfg if key != "hydra"})
+    checked = OmegaConf.create(
+        {
+            key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+            for key in cfg
+            if key != "hydra"
+        }
+    )
     for group in PLUGIN_GROUPS:
         checked[group] = typed(cfg[group], group)
         check(checked[group], group)

@@ -41,8 +41,18 @@ from grok.training.memory import check_memory
 from grok.training.optimizers import build_optimizer
 
 # Everything that changes the math: a resumed run must agree with its checkpoint on all of these.
-EXPERIMENT_KEYS = ("task", "model", "optimizer", "transforms", "loss", "train_frac", "seed", "data_seed",
-                   "batch_size", "eval_every")
+EXPERIMENT_KEYS = (
+    "task",
+    "model",
+    "optimizer",
+    "transforms",
+    "loss",
+    "train_frac",
+    "seed",
+    "data_seed",
+    "batch_size",
+    "eval_every",
+)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -151,8 +161,9 @@ def start(cfg: DictConfig, out_dir: Path, run_name: str, started: float) -> Expe
     try:
         data = make_dataset(cfg.task, cfg.train_frac, cfg.data_seed)
         clean = data.clean_labels
-        to_split = lambda idx: Split(data.inputs[idx].to(device), data.labels[idx].to(device),
-                                     None if clean is None else clean[idx].to(device))
+        to_split = lambda idx: Split(
+            data.inputs[idx].to(device), data.labels[idx].to(device), None if clean is None else clean[idx].to(device)
+        )
         train, test = to_split(data.train_idx), to_split(data.test_idx)
 
         torch.manual_seed(cfg.seed)
@@ -178,10 +189,23 @@ def start(cfg: DictConfig, out_dir: Path, run_name: str, started: float) -> Expe
         raise
     if checkpoint is not None:  # last: a resume that fails to start leaves the run's summary as it was
         (run_dir / "summary.json").unlink(missing_ok=True)  # the run is no longer finished
-    return Experiment(cfg=cfg, run_dir=run_dir, device=device, model=model, loss_fn=plugin(cfg.loss, "loss"),
-                      fourier_sign=plugin(cfg.task, "task").fourier_sign, optimizer=optimizer, scheduler=scheduler,
-                      generator=generator, train=train, test=test, state=state, loggers=loggers, started=started,
-                      startup_seconds=process_age())
+    return Experiment(
+        cfg=cfg,
+        run_dir=run_dir,
+        device=device,
+        model=model,
+        loss_fn=plugin(cfg.loss, "loss"),
+        fourier_sign=plugin(cfg.task, "task").fourier_sign,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        generator=generator,
+        train=train,
+        test=test,
+        state=state,
+        loggers=loggers,
+        started=started,
+        startup_seconds=process_age(),
+    )
 
 
 def finish(experiment: Experiment) -> Dict[str, Any]:
@@ -199,8 +223,9 @@ def finish(experiment: Experiment) -> Dict[str, Any]:
     spectrum = embedding_spectrum(model, cfg.task.get("p"))
     if spectrum is not None:
         images["fourier_spectrum"] = run_dir / "fourier_spectrum.png"
-        plot_fourier_spectrum(spectrum.tolist(), key_frequencies(spectrum, cfg.analysis.n_key_freqs),
-                              images["fourier_spectrum"])
+        plot_fourier_spectrum(
+            spectrum.tolist(), key_frequencies(spectrum, cfg.analysis.n_key_freqs), images["fourier_spectrum"]
+        )
     final = {key: value for key, value in rows[-1].items() if key != "epoch"}
     summary = {
         "status": "completed",
@@ -238,13 +263,20 @@ def record_failure(error: BaseException, cfg: DictConfig, out_dir: Path, experim
             exit_code = 0 if isinstance(error, Preempted) else getattr(error, "exit_code", 1)  # 0: requeued, resumes
             experiment.loggers.finish(exit_code)
         if isinstance(error, Interrupted):
-            write_json(run_dir / "summary.json", {"status": "interrupted", "signal": error.signum.name,
-                                                  "epochs": error.epoch, "error": str(error)})
+            write_json(
+                run_dir / "summary.json",
+                {"status": "interrupted", "signal": error.signum.name, "epochs": error.epoch, "error": str(error)},
+            )
             return
         target = run_dir if experiment is not None else out_dir
-        existing_run = any((target / name).exists() for name in ("summary.json", "metrics.csv", "checkpoints",
-                                                                 "config.yaml"))
-        if experiment is None and target.resolve() == run_dir.resolve() and (existing_run or isinstance(error, Refused)):
+        existing_run = any(
+            (target / name).exists() for name in ("summary.json", "metrics.csv", "checkpoints", "config.yaml")
+        )
+        if (
+            experiment is None
+            and target.resolve() == run_dir.resolve()
+            and (existing_run or isinstance(error, Refused))
+        ):
             return  # refused before it began: another run's files are not this command's to change
         reason = failure_reason(error)
         write_json(target / "summary.json", {"status": "failed", "error": reason, "error_type": type(error).__name__})

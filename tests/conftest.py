@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import List
 
 import pytest
+
 from grok.app import compose
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,12 +35,17 @@ def cli_env() -> dict:
     return env
 
 
-def run_cli(args: List[str], cwd: Path, script: str = "train.py", timeout: float = 300, check: bool = False,
-            env: dict = None):
+def run_cli(
+    args: List[str], cwd: Path, script: str = "train.py", timeout: float = 300, check: bool = False, env: dict = None
+):
     """Run `python <script> args...` in `cwd` and return the CompletedProcess (text output)."""
     result = subprocess.run(
         [sys.executable, str(ROOT / script), *args],
-        cwd=cwd, env={**cli_env(), **(env or {})}, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        env={**cli_env(), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if check and result.returncode != 0:
         raise AssertionError(f"{script} {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
@@ -61,10 +67,20 @@ def wandb_records(run_dir: Path, wandb_dir: Path = None) -> dict:
     if wandb_dir is None:
         (wandb_dir,) = (run_dir / "wandb").glob("offline-run-*")
     wandb_cli = str(Path(sys.executable).parent / "wandb")
-    records = subprocess.run([wandb_cli, "leet", "inspect", "--json", str(wandb_dir)], capture_output=True,
-                             text=True, check=True, env=cli_env()).stdout
-    summary = subprocess.run([wandb_cli, "leet", "inspect", "--summary", "--json", str(wandb_dir)],
-                             capture_output=True, text=True, check=True, env=cli_env()).stdout
+    records = subprocess.run(
+        [wandb_cli, "leet", "inspect", "--json", str(wandb_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=cli_env(),
+    ).stdout
+    summary = subprocess.run(
+        [wandb_cli, "leet", "inspect", "--summary", "--json", str(wandb_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=cli_env(),
+    ).stdout
     records = [json.loads(line) for line in records.splitlines() if line.strip()]
     return {
         "history": [r["history"]["item"] for r in records if r.get("type") == "history"],

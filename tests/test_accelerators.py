@@ -9,11 +9,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from grok.recording.analysis import (frequency_norms, gini, key_frequencies, restricted_and_excluded_loss,
-                           softmax_collapse)
-from grok.training.losses import stablemax_cross_entropy
 from grok.config import validate
 from grok.errors import ConfigError
+from grok.recording.analysis import (
+    frequency_norms,
+    gini,
+    key_frequencies,
+    restricted_and_excluded_loss,
+    softmax_collapse,
+)
+from grok.training.losses import stablemax_cross_entropy
 from grok.training.optimizers import build_optimizer
 from tests.conftest import make_config
 
@@ -22,8 +27,18 @@ GRADIENTS = [[1.0, -2.0, 0.5], [0.3, 0.1, -1.0], [-0.5, 0.4, 0.2], [2.0, 0.0, 1.
 
 def sgd_with(*overrides):
     """A 3-vector trained by plain SGD (lr 1, no momentum, decay or warmup) with the given transforms."""
-    cfg = validate(make_config(["optimizer=sgd", "optimizer.lr=1", "optimizer.momentum=0", "optimizer.weight_decay=0",
-                                "optimizer.warmup_steps=0", *overrides]))
+    cfg = validate(
+        make_config(
+            [
+                "optimizer=sgd",
+                "optimizer.lr=1",
+                "optimizer.momentum=0",
+                "optimizer.weight_decay=0",
+                "optimizer.warmup_steps=0",
+                *overrides,
+            ]
+        )
+    )
     param = torch.nn.Parameter(torch.tensor([0.5, 1.0, -1.5], dtype=torch.float64))
     optimizer, _ = build_optimizer(cfg.optimizer, cfg.transforms, [param])
     return param, optimizer
@@ -36,8 +51,9 @@ def step(param, optimizer, gradient):
 
 
 def test_grokfast_ema_adds_lamb_times_the_moving_average_of_gradients():
-    param, optimizer = sgd_with("transforms=[grokfast_ema]", "transforms.grokfast_ema.alpha=0.9",
-                                "transforms.grokfast_ema.lamb=2")
+    param, optimizer = sgd_with(
+        "transforms=[grokfast_ema]", "transforms.grokfast_ema.alpha=0.9", "transforms.grokfast_ema.lamb=2"
+    )
     expected, ema = [0.5, 1.0, -1.5], None
     for g in GRADIENTS:
         step(param, optimizer, g)
@@ -48,8 +64,13 @@ def test_grokfast_ema_adds_lamb_times_the_moving_average_of_gradients():
 
 @pytest.mark.parametrize("reduce,warmup", [("mean", True), ("sum", True), ("mean", False)])
 def test_grokfast_ma_adds_lamb_times_the_window_mean_or_sum(reduce, warmup):
-    param, optimizer = sgd_with("transforms=[grokfast_ma]", "transforms.grokfast_ma.window=3", "transforms.grokfast_ma.lamb=5",
-                                f"transforms.grokfast_ma.reduce={reduce}", f"transforms.grokfast_ma.warmup={warmup}")
+    param, optimizer = sgd_with(
+        "transforms=[grokfast_ma]",
+        "transforms.grokfast_ma.window=3",
+        "transforms.grokfast_ma.lamb=5",
+        f"transforms.grokfast_ma.reduce={reduce}",
+        f"transforms.grokfast_ma.warmup={warmup}",
+    )
     expected = [0.5, 1.0, -1.5]
     for t, g in enumerate(GRADIENTS):
         step(param, optimizer, g)
@@ -63,9 +84,14 @@ def test_grokfast_ma_adds_lamb_times_the_window_mean_or_sum(reduce, warmup):
     assert param.tolist() == pytest.approx(expected, abs=1e-12)
 
 
-@pytest.mark.parametrize("filter_args", [["transforms=[grokfast_ema]"],
-                                         ["transforms=[grokfast_ma]", "transforms.grokfast_ma.window=3"],
-                                         ["transforms=[grokfast_ma,grokfast_ema]", "transforms.grokfast_ma.window=3"]])
+@pytest.mark.parametrize(
+    "filter_args",
+    [
+        ["transforms=[grokfast_ema]"],
+        ["transforms=[grokfast_ma]", "transforms.grokfast_ma.window=3"],
+        ["transforms=[grokfast_ma,grokfast_ema]", "transforms.grokfast_ma.window=3"],
+    ],
+)
 def test_resume_with_a_filter_is_exact(filter_args):
     straight, straight_opt = sgd_with(*filter_args)
     for g in GRADIENTS:
@@ -151,8 +177,11 @@ P = 31
 def embedding_from(freqs, d=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.arange(P, dtype=torch.float64)[:, None]
-    return sum(torch.cos(2 * math.pi * k * x / P) * torch.randn(1, d, generator=g, dtype=torch.float64)
-               + torch.sin(2 * math.pi * k * x / P) * torch.randn(1, d, generator=g, dtype=torch.float64) for k in freqs)
+    return sum(
+        torch.cos(2 * math.pi * k * x / P) * torch.randn(1, d, generator=g, dtype=torch.float64)
+        + torch.sin(2 * math.pi * k * x / P) * torch.randn(1, d, generator=g, dtype=torch.float64)
+        for k in freqs
+    )
 
 
 def test_fourier_measures_recover_the_frequencies_an_embedding_is_built_from():
@@ -202,12 +231,22 @@ def train(tmp_path, name, *overrides):
 
 def test_progress_measures_are_logged_every_analysis_every_epochs_with_their_plots(tmp_path):
     run_dir = tmp_path / "run"
-    run_cli(["task.p=13", "epochs=30", "analysis.every=10", "analysis.n_key_freqs=3", f"hydra.run.dir={run_dir}"],
-            cwd=tmp_path, check=True)
+    run_cli(
+        ["task.p=13", "epochs=30", "analysis.every=10", "analysis.n_key_freqs=3", f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+        check=True,
+    )
     measures = read_metrics(run_dir / "analysis.csv")
     assert [m["epoch"] for m in measures] == [10, 20, 30]
-    for key in ["weight_norm/W_E", "weight_norm/blocks.0.attn.W_Q", "fourier_gini", "restricted_loss",
-                "excluded_loss", "zero_loss_frac", "saturated_frac"]:
+    for key in [
+        "weight_norm/W_E",
+        "weight_norm/blocks.0.attn.W_Q",
+        "fourier_gini",
+        "restricted_loss",
+        "excluded_loss",
+        "zero_loss_frac",
+        "saturated_frac",
+    ]:
         assert key in measures[0], key
     assert len(str(measures[0]["key_frequencies"]).split()) == 3
     for image in ["curves.png", "progress.png", "fourier_spectrum.png"]:
@@ -230,9 +269,14 @@ def test_stablemax_runs_are_trained_and_scored_with_stablemax(tmp_path):
     assert read_metrics(out / "metrics.csv")[0]["train_loss"] == pytest.approx(math.log(11), rel=0.2)
 
 
-@pytest.mark.parametrize("accelerator", [["transforms=[grokfast_ema]"],
-                                         ["transforms=[grokfast_ma]", "transforms.grokfast_ma.window=5"],
-                                         ["transforms=[orthograd]"]])
+@pytest.mark.parametrize(
+    "accelerator",
+    [
+        ["transforms=[grokfast_ema]"],
+        ["transforms=[grokfast_ma]", "transforms.grokfast_ma.window=5"],
+        ["transforms=[orthograd]"],
+    ],
+)
 def test_a_run_with_an_accelerator_resumes_exactly(tmp_path, accelerator):
     args = ["task.p=11", "analysis=none", "save_every=10", *accelerator]
     train(tmp_path, "straight", *args, "epochs=20")

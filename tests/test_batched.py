@@ -23,8 +23,18 @@ from grok.training.stacked import Stack
 from tests.conftest import EARLY_EPOCHS, FLOAT32_ROUNDINGS, make_config, run_cli, wandb_records
 from tests.test_speed_equivalence import autograd_ops
 
-SMALL = ["task=noisy_label", "task.p=31", "model.d_model=32", "model.d_mlp=128", "optimizer.lr=3e-3", "logger=none", "progress=false",
-         "analysis=none", "epochs=200", "save_every=1000"]
+SMALL = [
+    "task=noisy_label",
+    "task.p=31",
+    "model.d_model=32",
+    "model.d_mlp=128",
+    "optimizer.lr=3e-3",
+    "logger=none",
+    "progress=false",
+    "analysis=none",
+    "epochs=200",
+    "save_every=1000",
+]
 # Members of one batch: they differ in every key a sweep varies; all with label noise (0: clean labels)
 MEMBERS = [
     ["task.noise=0", "train_frac=0.5", "stop.test_acc=0.25"],  # stops early
@@ -49,8 +59,13 @@ def experiments(root: Path, tag: str, dtype: torch.dtype, extra=()):
 
 
 def trajectories(root: Path, tag: str):
-    return [torch.tensor([[row[key] for key in METRICS] for row in read_metrics(root / f"{tag}{i}" / "metrics.csv")],
-                         dtype=torch.float64) for i in range(len(MEMBERS))]
+    return [
+        torch.tensor(
+            [[row[key] for key in METRICS] for row in read_metrics(root / f"{tag}{i}" / "metrics.csv")],
+            dtype=torch.float64,
+        )
+        for i in range(len(MEMBERS))
+    ]
 
 
 def batched_and_alone(root: Path, dtype: torch.dtype, extra=()):
@@ -96,8 +111,9 @@ def test_in_float32_members_follow_their_runs_alone_through_the_first_epochs(in_
         relative = (together[i] - alone[i])[:, ~is_acc].abs() / alone[i][:, ~is_acc].abs()
         assert (relative < FLOAT32_ROUNDINGS).all(), (i, relative.max(dim=0).values)
         summary = json.loads((in_float32 / f"alone_{i}" / "summary.json").read_text())
-        n_examples = torch.tensor([summary["n_train" if key.startswith("train") else "n_test"]
-                                   for key in METRICS if "acc" in key])
+        n_examples = torch.tensor(
+            [summary["n_train" if key.startswith("train") else "n_test"] for key in METRICS if "acc" in key]
+        )
         examples_apart = ((together[i] - alone[i])[:, is_acc].abs() * n_examples).round()
         assert (examples_apart <= 1).all(), (i, examples_apart.max(dim=0).values)
 
@@ -106,7 +122,16 @@ def test_members_end_as_runs_alone_end(in_float64):
     for i in range(len(MEMBERS)):
         together = json.loads((in_float64 / f"batched_{i}" / "summary.json").read_text())
         alone = json.loads((in_float64 / f"alone_{i}" / "summary.json").read_text())
-        for key in ("status", "memorize_epoch", "grok_epoch", "epochs", "stopped_early", "n_train", "n_test", "n_params"):
+        for key in (
+            "status",
+            "memorize_epoch",
+            "grok_epoch",
+            "epochs",
+            "stopped_early",
+            "n_train",
+            "n_test",
+            "n_params",
+        ):
             assert together[key] == alone[key], (i, key)
         files = {path.name for path in (in_float64 / f"batched_{i}").iterdir()}
         assert {"config.yaml", "metrics.csv", "checkpoints", "curves.png", "summary.json"} <= files
@@ -134,8 +159,10 @@ def test_each_member_trains_on_its_own_split_labels_and_noise(tmp_path):
 
 
 def test_a_member_that_diverges_fails_alone_and_the_others_finish(tmp_path):
-    jobs = [Job(make_config(PLAIN + ["epochs=20", *overrides]), tmp_path / str(i), str(i))
-            for i, overrides in enumerate([[], ["optimizer=sgd", "optimizer.lr=1e30"], ["seed=3"]])]
+    jobs = [
+        Job(make_config(PLAIN + ["epochs=20", *overrides]), tmp_path / str(i), str(i))
+        for i, overrides in enumerate([[], ["optimizer=sgd", "optimizer.lr=1e30"], ["seed=3"]])
+    ]
     for job in jobs:
         job.out_dir.mkdir()
     results = run_batched(jobs)
@@ -150,14 +177,26 @@ def batch_sizes(monkeypatch):
     """The number of members of each batch that grok.sweeps.batched trains, in order."""
     sizes = []
     real_train_runs = batched.train_runs
-    monkeypatch.setattr(batched, "train_runs", lambda runs, stop, end: sizes.append(len(runs)) or real_train_runs(runs, stop, end))
+    monkeypatch.setattr(
+        batched, "train_runs", lambda runs, stop, end: sizes.append(len(runs)) or real_train_runs(runs, stop, end)
+    )
     return sizes
 
 
 def test_jobs_are_grouped_by_shape_and_unbatchable_ones_run_alone(tmp_path, batch_sizes):
-    variants = [["seed=1"], ["task.p=37"], ["seed=2"], ["task.p=37", "seed=1"], ["batch_size=64"], ["train_frac=1.5"],
-                ["task=subtract"]]
-    jobs = [Job(make_config(PLAIN + ["epochs=5", *overrides]), tmp_path / str(i), str(i)) for i, overrides in enumerate(variants)]
+    variants = [
+        ["seed=1"],
+        ["task.p=37"],
+        ["seed=2"],
+        ["task.p=37", "seed=1"],
+        ["batch_size=64"],
+        ["train_frac=1.5"],
+        ["task=subtract"],
+    ]
+    jobs = [
+        Job(make_config(PLAIN + ["epochs=5", *overrides]), tmp_path / str(i), str(i))
+        for i, overrides in enumerate(variants)
+    ]
     for job in jobs:
         job.out_dir.mkdir()
     results = run_batched(jobs)
@@ -194,20 +233,32 @@ def test_a_batch_out_of_gpu_memory_goes_on_as_two_halves(tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match="ran out of GPU memory at epoch 1"):
         train_runs(halves, StopRequest(), end)
     for i in range(1, 5):
-        whole, split = (read_metrics(tmp_path / d / f"{t}{i}" / "metrics.csv") for d, t in (("whole", "r"), ("halves", "h")))
+        whole, split = (
+            read_metrics(tmp_path / d / f"{t}{i}" / "metrics.csv") for d, t in (("whole", "r"), ("halves", "h"))
+        )
         assert len(whole) == len(split) == 30
         assert all(row_w == pytest.approx(row_s, rel=1e-9) for row_w, row_s in zip(whole, split)), i
 
 
 # 10 epochs (EARLY_EPOCHS): the jobs train in float32 and are compared epoch by epoch
-GRID = ["+sweep=phase_diagram_small", "task.p=23", "model.d_model=32", "model.d_mlp=128", "epochs=10",
-        "train_frac=0.4,0.8", "optimizer.weight_decay=0.3,3", "save_every=10"]
+GRID = [
+    "+sweep=phase_diagram_small",
+    "task.p=23",
+    "model.d_model=32",
+    "model.d_mlp=128",
+    "epochs=10",
+    "train_frac=0.4,0.8",
+    "optimizer.weight_decay=0.3,3",
+    "save_every=10",
+]
 
 
 @pytest.mark.slow
 def test_the_batched_launcher_writes_each_job_as_the_basic_launcher_does(tmp_path):
     batched_dir, basic_dir = tmp_path / "batched", tmp_path / "basic"
-    run_cli(["-m", *GRID, "hydra/launcher=batched", f"hydra.sweep.dir={batched_dir}"], tmp_path, check=True, timeout=600)
+    run_cli(
+        ["-m", *GRID, "hydra/launcher=batched", f"hydra.sweep.dir={batched_dir}"], tmp_path, check=True, timeout=600
+    )
     run_cli(["-m", *GRID, f"hydra.sweep.dir={basic_dir}"], tmp_path, check=True, timeout=600)
     assert not (tmp_path / "outputs").exists(), "nothing outside the sweep dir"
     run_ids = set()
@@ -251,15 +302,19 @@ class PreemptedAt(StopRequest):
 
 @pytest.mark.float_sensitive
 def test_a_requeued_batch_goes_on_from_its_members_checkpoints(tmp_path, monkeypatch):
-    jobs = [Job(make_config(PLAIN + overrides), tmp_path / name, name)
-            for name, overrides in (("short", ["epochs=4"]), ("long", ["epochs=10"]), ("other", ["epochs=10", "seed=5"]))]
+    jobs = [
+        Job(make_config(PLAIN + overrides), tmp_path / name, name)
+        for name, overrides in (("short", ["epochs=4"]), ("long", ["epochs=10"]), ("other", ["epochs=10", "seed=5"]))
+    ]
     for job in jobs:
         job.out_dir.mkdir()
     runs = [start(job.cfg, job.out_dir, job.run_name, 0.0) for job in jobs]
     with pytest.raises(Preempted):
         train_runs(runs, PreemptedAt(runs, 6), end)
     summary = json.loads((tmp_path / "long" / "summary.json").read_text())
-    assert summary["status"] == "interrupted" and summary["epochs"] == 6, "preempted: checkpointed at epoch 6, not finished"
+    assert summary["status"] == "interrupted" and summary["epochs"] == 6, (
+        "preempted: checkpointed at epoch 6, not finished"
+    )
 
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # the requeued job runs the same sweep again
     results = run_batched(jobs)
@@ -269,7 +324,9 @@ def test_a_requeued_batch_goes_on_from_its_members_checkpoints(tmp_path, monkeyp
 
     monkeypatch.delenv("SLURM_RESTART_COUNT")
     (tmp_path / "whole").mkdir(), (tmp_path / "two").mkdir()
-    uninterrupted = run_batched([Job(jobs[1].cfg, tmp_path / "whole", "whole"), Job(jobs[2].cfg, tmp_path / "two", "two")])
+    uninterrupted = run_batched(
+        [Job(jobs[1].cfg, tmp_path / "whole", "whole"), Job(jobs[2].cfg, tmp_path / "two", "two")]
+    )
     # a batch of three, then of two, sums in other orders than one of two all along: float32, 10 epochs
     assert uninterrupted[0]["test_loss"] == pytest.approx(results[1]["test_loss"], rel=FLOAT32_ROUNDINGS)
 
@@ -296,8 +353,16 @@ def test_under_vmap_one_embedding_bag_serves_every_run():
 
 def test_sweep_py_batched_runs_the_named_sweep_in_one_process_and_summarizes_it(tmp_path):
     sweep_dir = tmp_path / "sweep"
-    grid = ["task.p=23", "model.d_model=32", "model.d_mlp=128", "epochs=5", "logger=none",
-            "train_frac=0.4,0.8", "optimizer.weight_decay=1", f"hydra.sweep.dir={sweep_dir}"]
+    grid = [
+        "task.p=23",
+        "model.d_model=32",
+        "model.d_mlp=128",
+        "epochs=5",
+        "logger=none",
+        "train_frac=0.4,0.8",
+        "optimizer.weight_decay=1",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
     result = run_cli(["phase_diagram_small", *grid, "--batched"], tmp_path, script="sweep.py", timeout=300)
     assert result.returncode == 0, result.stderr
     assert "launcher=batched" in (sweep_dir / "multirun.yaml").read_text()
@@ -306,4 +371,5 @@ def test_sweep_py_batched_runs_the_named_sweep_in_one_process_and_summarizes_it(
 
     refused = run_cli(["phase_diagram_small", "--jobs", "2", "--batched"], tmp_path, script="sweep.py")
     assert refused.returncode == 1 and refused.stderr.strip() == (
-        "error: --jobs and --batched: choose one (a batched sweep runs in one process)")
+        "error: --jobs and --batched: choose one (a batched sweep runs in one process)"
+    )

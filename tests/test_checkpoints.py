@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from grok.training.checkpoint import CheckpointWriteError, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from grok.errors import Refused
+from grok.training.checkpoint import CheckpointWriteError, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from tests.conftest import ROOT
 
 
@@ -26,15 +26,20 @@ def _payload(epoch: int, width: int = 4) -> dict:
     model(torch.randn(2, width)).sum().backward()
     optimizer.step()
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "state": {"epoch": epoch},
-            "rng": {"torch": torch.get_rng_state(), "batches": torch.Generator().get_state(), "cuda": []},
-            "config": {"epochs": 1000, "save_every": 100}}
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "state": {"epoch": epoch},
+        "rng": {"torch": torch.get_rng_state(), "batches": torch.Generator().get_state(), "cuda": []},
+        "config": {"epochs": 1000, "save_every": 100},
+    }
 
 
 def _same_model(loaded: dict, saved: dict) -> bool:
-    return loaded["model"].keys() == saved["model"].keys() and \
-        all(torch.equal(loaded["model"][key], saved["model"][key]) for key in saved["model"])
+    return loaded["model"].keys() == saved["model"].keys() and all(
+        torch.equal(loaded["model"][key], saved["model"][key]) for key in saved["model"]
+    )
 
 
 def _names(checkpoint_dir: Path) -> list:
@@ -54,8 +59,9 @@ def small_disk(tmp_path):
         pytest.skip("mounting a tmpfs needs root")
     disk = tmp_path / "disk"
     disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)],
-                             capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.strip()}")
     yield disk
@@ -71,8 +77,10 @@ def test_a_save_onto_a_full_disk_fails_in_one_line_and_the_last_checkpoint_still
     with pytest.raises(CheckpointWriteError) as raised:
         save_checkpoint(checkpoints, 200, _payload(200, width=512))
 
-    assert str(raised.value) == (f"cannot write checkpoint {checkpoints / 'epoch_000200.pt'}: No space left on device; "
-                                 "the last checkpoint, epoch 100, is intact")
+    assert str(raised.value) == (
+        f"cannot write checkpoint {checkpoints / 'epoch_000200.pt'}: No space left on device; "
+        "the last checkpoint, epoch 100, is intact"
+    )
     printed = "".join(traceback.format_exception(raised.value))
     assert "During handling" not in printed and "direct cause" not in printed  # one error, not a chain
     assert isinstance(raised.value, OSError)
@@ -85,11 +93,13 @@ def test_a_save_onto_a_full_disk_fails_in_one_line_and_the_last_checkpoint_still
 def test_the_temporary_file_of_a_killed_save_is_removed_and_saving_goes_on(tmp_path):
     checkpoints = tmp_path / "checkpoints"
     save_checkpoint(checkpoints, 100, _payload(100))
-    killed_mid_save = ("import os, signal, sys, torch; from pathlib import Path; "
-                       "from grok.training.checkpoint import save_checkpoint; "
-                       # killed once the temporary file is written, before it is renamed into place
-                       "os.replace = lambda *paths: os.kill(os.getpid(), signal.SIGKILL); "
-                       "save_checkpoint(Path(sys.argv[1]), 200, {'model': torch.zeros(8)})")
+    killed_mid_save = (
+        "import os, signal, sys, torch; from pathlib import Path; "
+        "from grok.training.checkpoint import save_checkpoint; "
+        # killed once the temporary file is written, before it is renamed into place
+        "os.replace = lambda *paths: os.kill(os.getpid(), signal.SIGKILL); "
+        "save_checkpoint(Path(sys.argv[1]), 200, {'model': torch.zeros(8)})"
+    )
     process = subprocess.run([sys.executable, "-c", killed_mid_save, str(checkpoints)], cwd=ROOT)
     assert process.returncode == -9
     left = [checkpoints / name for name in _names(checkpoints) if ".tmp-" in name]

@@ -16,19 +16,44 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def test_a_divide_run_writes_every_output_and_a_wandb_run(tmp_path):
     run_dir = tmp_path / "run"
-    run_cli(["task=divide", "train_frac=0.1", "task.p=11", "epochs=30", "save_every=20",
-             "logger.group=demo", "logger.tags=[a,b]", f"hydra.run.dir={run_dir}"], cwd=tmp_path, check=True)
+    run_cli(
+        [
+            "task=divide",
+            "train_frac=0.1",
+            "task.p=11",
+            "epochs=30",
+            "save_every=20",
+            "logger.group=demo",
+            "logger.tags=[a,b]",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=tmp_path,
+        check=True,
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"], "nothing is written outside the run dir"
     for name in ["config.yaml", "metrics.csv", "summary.json", "curves.png", ".hydra", "wandb"]:
         assert (run_dir / name).exists(), name
     assert (run_dir / "curves.png").read_bytes()[:8] == PNG_MAGIC
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["epoch_000020.pt", "epoch_000030.pt", "last.pt"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        "epoch_000020.pt",
+        "epoch_000030.pt",
+        "last.pt",
+    ]
 
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["epochs"] == 30
     assert (summary["n_train"], summary["n_test"]) == (11, 99), "divide has p(p-1) = 110 pairs"
-    for key in ["memorize_epoch", "grok_epoch", "train_loss", "train_acc", "test_loss", "test_acc",
-                "n_params", "wall_seconds", "epochs_per_second"]:
+    for key in [
+        "memorize_epoch",
+        "grok_epoch",
+        "train_loss",
+        "train_acc",
+        "test_loss",
+        "test_acc",
+        "n_params",
+        "wall_seconds",
+        "epochs_per_second",
+    ]:
         assert key in summary, key
     metrics = (run_dir / "metrics.csv").read_text().splitlines()
     assert metrics[0].startswith("epoch,train_loss,train_acc,test_loss,test_acc") and len(metrics) == 31
@@ -37,11 +62,19 @@ def test_a_divide_run_writes_every_output_and_a_wandb_run(tmp_path):
     assert [row["epoch"] for row in wandb["history"]] == list(range(1, 31)), "one history row per epoch"
     assert wandb["history"][-1]["test_acc"] == pytest.approx(summary["test_acc"])
     assert wandb["summary"]["state"] == "finished" and wandb["summary"]["exit_code"] == 0
-    assert wandb["summary"]["config"]["task"] == {"_target_": "grok.data.tasks.divide", "name": "divide", "p": 11,
-                                                  "label_noise_frac": 0.0}
+    assert wandb["summary"]["config"]["task"] == {
+        "_target_": "grok.data.tasks.divide",
+        "name": "divide",
+        "p": 11,
+        "label_noise_frac": 0.0,
+    }
     assert wandb["summary"]["summary"]["memorize_epoch"] == summary["memorize_epoch"]
     assert wandb["summary"]["summary"]["curves"]["_type"] == "image-file"
-    assert wandb["run"]["run_group"] == "demo" and wandb["run"]["tags"] == ["a", "b"] and wandb["run"]["job_type"] == "train"
+    assert (
+        wandb["run"]["run_group"] == "demo"
+        and wandb["run"]["tags"] == ["a", "b"]
+        and wandb["run"]["job_type"] == "train"
+    )
 
 
 def test_help_and_cfg_job_work_as_in_any_hydra_app(tmp_path):
@@ -54,13 +87,16 @@ def test_help_and_cfg_job_work_as_in_any_hydra_app(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("args,message", [
-    (["train_frac=1.5"], "error: train_frac=1.5: must be in (0, 1)"),
-    (["task=divide", "task.p=12"], "error: task.p=12: task=divide needs a prime p"),
-    (["model.d_model=100", "model.n_heads=3"], "error: model.d_model=100: must be divisible by model.n_heads=3"),
-    (["epochs=0"], "error: epochs=0: must be >= 1"),
-    (["resume=true"], "error: resume: no checkpoint at"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["train_frac=1.5"], "error: train_frac=1.5: must be in (0, 1)"),
+        (["task=divide", "task.p=12"], "error: task.p=12: task=divide needs a prime p"),
+        (["model.d_model=100", "model.n_heads=3"], "error: model.d_model=100: must be divisible by model.n_heads=3"),
+        (["epochs=0"], "error: epochs=0: must be >= 1"),
+        (["resume=true"], "error: resume: no checkpoint at"),
+    ],
+)
 def test_bad_input_gives_one_line_a_nonzero_exit_and_no_finished_output(tmp_path, args, message):
     run_dir = tmp_path / "run"
     result = run_cli([*args, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
@@ -71,11 +107,14 @@ def test_bad_input_gives_one_line_a_nonzero_exit_and_no_finished_output(tmp_path
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
 
 
-@pytest.mark.parametrize("args,expected", [
-    (["task=divde"], "Could not find 'task/divde'"),
-    (["train_fracc=0.5"], "train_fracc"),
-    (["task.pp=5"], "pp"),
-])
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["task=divde"], "Could not find 'task/divde'"),
+        (["train_fracc=0.5"], "train_fracc"),
+        (["task.pp=5"], "pp"),
+    ],
+)
 def test_unknown_options_and_keys_are_refused_by_hydra(tmp_path, args, expected):
     result = run_cli(args, cwd=tmp_path)
     assert result.returncode != 0 and expected in result.stderr
@@ -96,8 +135,17 @@ def test_a_wandb_failure_never_stops_training(tmp_path):
 
 def test_a_crashed_run_is_marked_failed_in_wandb(tmp_path):
     run_dir = tmp_path / "run"
-    result = run_cli(["task.p=11", "epochs=50", "optimizer=sgd", "optimizer.lr=1e30", "optimizer.warmup_steps=0",
-                      f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    result = run_cli(
+        [
+            "task.p=11",
+            "epochs=50",
+            "optimizer=sgd",
+            "optimizer.lr=1e30",
+            "optimizer.warmup_steps=0",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=tmp_path,
+    )
     assert result.returncode != 0 and "diverged" in result.stderr
     assert wandb_records(run_dir)["summary"]["exit_code"] == 1
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
@@ -113,8 +161,13 @@ def _wait_until(condition, what, timeout=120):
 def _uninterrupted_and_started(args, tmp_path, run_dir):
     """Run `args` to the end in tmp_path/uninterrupted, then start the same run into run_dir."""
     run_cli([*args, f"hydra.run.dir={tmp_path / 'uninterrupted'}"], cwd=tmp_path, check=True)
-    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"],
-                            cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def test_a_killed_run_resumes_to_exactly_the_uninterrupted_result(tmp_path):
@@ -137,10 +190,16 @@ def test_a_killed_run_resumes_to_exactly_the_uninterrupted_result(tmp_path):
 def test_resume_with_a_different_experiment_is_refused(tmp_path):
     run_dir = tmp_path / "run"
     run_cli(["task.p=11", "epochs=3", "logger=none", f"hydra.run.dir={run_dir}"], cwd=tmp_path, check=True)
-    result = run_cli(["task.p=13", "epochs=6", "logger=none", f"resume={run_dir}", f"hydra.run.dir={tmp_path / 'again'}"],
-                     cwd=tmp_path)
+    result = run_cli(
+        ["task.p=13", "epochs=6", "logger=none", f"resume={run_dir}", f"hydra.run.dir={tmp_path / 'again'}"],
+        cwd=tmp_path,
+    )
     assert result.returncode != 0
-    assert result.stderr.strip().splitlines()[-1].startswith("error: resume: task.p=13 differs from the checkpoint's task.p=11")
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: resume: task.p=13 differs from the checkpoint's task.p=11")
+    )
 
 
 def test_a_corrupt_checkpoint_is_refused_in_one_line(tmp_path):
@@ -153,7 +212,9 @@ def test_a_corrupt_checkpoint_is_refused_in_one_line(tmp_path):
     assert result.returncode != 0
     assert "is corrupt or unreadable" in result.stderr.strip().splitlines()[-1]
     assert "no older checkpoint is readable" in result.stderr.strip().splitlines()[-1]
-    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed", "the refused run stays as it was"
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed", (
+        "the refused run stays as it was"
+    )
 
 
 def test_the_preemption_signal_checkpoints_the_current_epoch_and_resume_continues_exactly(tmp_path):

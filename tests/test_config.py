@@ -4,8 +4,8 @@ start-up, and each bad value is refused with one line naming the field and what 
 import pytest
 from hydra.errors import ConfigCompositionException
 
-from grok.errors import ConfigError
 from grok.config import validate
+from grok.errors import ConfigError
 from tests.conftest import make_config
 
 
@@ -16,18 +16,58 @@ def test_defaults_reproduce_the_literature_setting():
     assert (cfg.model.n_layers, cfg.model.d_model, cfg.model.n_heads, cfg.model.d_mlp) == (1, 128, 4, 512)
     assert (cfg.model.act, cfg.model.layer_norm) == ("relu", False)
     opt = cfg.optimizer
-    assert (opt.name, opt.lr, opt.weight_decay, list(opt.betas), opt.warmup_steps) == ("adamw", 1e-3, 1.0, [0.9, 0.98], 10)
+    assert (opt.name, opt.lr, opt.weight_decay, list(opt.betas), opt.warmup_steps) == (
+        "adamw",
+        1e-3,
+        1.0,
+        [0.9, 0.98],
+        10,
+    )
     assert cfg.batch_size is None, "full batch"
     assert (cfg.device, cfg.eval_every, cfg.logger.name, cfg.logger.mode) == ("auto", 1, "wandb", "offline")
     assert {"seed", "data_seed"} <= set(cfg), "model and data seeds are separate keys"
 
 
-@pytest.mark.parametrize("group,option", [
-    ("task", t) for t in ["add", "subtract", "multiply", "divide", "x2xyy2", "random", "noisy_label", "x2y2",
-                          "x2xyy2x", "x3xy", "x3xy2y", "a2b", "a3b", "mix", "add_or_mul", "add_or_sub", "s5",
-                          "s5conj", "s5aba", "expr", "digit_add", "calculator"]
-] + [("model", "transformer"), ("model", "mlp"), ("model", "gpt"), ("optimizer", "adamw"), ("optimizer", "adam"),
-     ("optimizer", "sgd"), ("logger", "wandb"), ("logger", "none")])
+@pytest.mark.parametrize(
+    "group,option",
+    [
+        ("task", t)
+        for t in [
+            "add",
+            "subtract",
+            "multiply",
+            "divide",
+            "x2xyy2",
+            "random",
+            "noisy_label",
+            "x2y2",
+            "x2xyy2x",
+            "x3xy",
+            "x3xy2y",
+            "a2b",
+            "a3b",
+            "mix",
+            "add_or_mul",
+            "add_or_sub",
+            "s5",
+            "s5conj",
+            "s5aba",
+            "expr",
+            "digit_add",
+            "calculator",
+        ]
+    ]
+    + [
+        ("model", "transformer"),
+        ("model", "mlp"),
+        ("model", "gpt"),
+        ("optimizer", "adamw"),
+        ("optimizer", "adam"),
+        ("optimizer", "sgd"),
+        ("logger", "wandb"),
+        ("logger", "none"),
+    ],
+)
 def test_every_group_option_composes_and_validates(group, option):
     cfg = make_config([f"{group}={option}"])
     assert cfg[group].name == option
@@ -39,8 +79,9 @@ def test_noisy_label_noise_is_a_sweepable_key():
     assert make_config(["task=noisy_label", "task.noise=0"]).task.noise == 0
 
 
-@pytest.mark.parametrize("override", ["train_fracc=0.5", "task.pp=11", "model.d_modle=64", "optimizer.momentum=0.9",
-                                      "task.noise=2"])
+@pytest.mark.parametrize(
+    "override", ["train_fracc=0.5", "task.pp=11", "model.d_modle=64", "optimizer.momentum=0.9", "task.noise=2"]
+)
 def test_a_misspelled_or_foreign_key_fails_at_start_up(override):
     with pytest.raises(ConfigCompositionException):
         make_config([override])
@@ -76,8 +117,10 @@ BAD_VALUES = [
     (["task=s5", "task.n=1"], "task.n=1: must be in 2..6 (S_n has n! elements, (n!)^2 pairs)"),
     (["task=digit_add", "task.digits=0"], "task.digits=0: must be in 1..18"),
     (["task=digit_add", "task.n_problems=1"], "task.n_problems=1: must be >= 2, or null for every problem"),
-    (["model=gpt", "model.d_model=12", "model.n_heads=4"],
-     "model.d_model=12: d_model / n_heads must be even for rotary positions"),
+    (
+        ["model=gpt", "model.d_model=12", "model.n_heads=4"],
+        "model.d_model=12: d_model / n_heads must be even for rotary positions",
+    ),
     (["model=gpt", "model.n_layers=0"], "model.n_layers=0: must be >= 1"),
 ]
 

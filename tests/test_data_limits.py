@@ -11,11 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from grok.data import make_dataset
 from grok.errors import ConfigError
 from grok.models import build_model
-from grok.training.memory import cgroup_limits, check_data, check_memory, data_size, training_bytes
-from grok.data import make_dataset
 from grok.plugins import plugin
+from grok.training.memory import cgroup_limits, check_data, check_memory, data_size, training_bytes
 from tests.conftest import ROOT, cli_env, make_config, run_cli
 
 CPU = torch.device("cpu")
@@ -41,12 +41,22 @@ def offered(error) -> int:
 
 
 # ----------------------------------------------------------------------------- byte counts
-@pytest.mark.parametrize("overrides", [
-    ["task.p=11"], ["task=divide", "task.p=11"], ["task=noisy_label", "task.p=7"], ["task=random", "task.p=5"],
-    ["task.p=7", "task.label_noise_frac=0.2"], ["task=expr", "task.p=7"], ["task=s5", "task.n=4"],
-    ["task=s5conj", "task.n=3"], ["task=digit_add", "task.digits=2"], ["task=calculator", "task.digits=1"],
-    ["task=calculator", "task.digits=2", "task.reverse=false"],
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["task.p=11"],
+        ["task=divide", "task.p=11"],
+        ["task=noisy_label", "task.p=7"],
+        ["task=random", "task.p=5"],
+        ["task.p=7", "task.label_noise_frac=0.2"],
+        ["task=expr", "task.p=7"],
+        ["task=s5", "task.n=4"],
+        ["task=s5conj", "task.n=3"],
+        ["task=digit_add", "task.digits=2"],
+        ["task=calculator", "task.digits=1"],
+        ["task=calculator", "task.digits=2", "task.reverse=false"],
+    ],
+)
 def test_the_size_is_that_of_the_tensors_make_dataset_builds(overrides):
     cfg = task_config(*overrides)
     size, data = data_size(cfg), make_dataset(cfg, 0.3, 0)
@@ -83,19 +93,33 @@ print((kib("VmHWM") - before) * 1024)
 """
 
 
-@pytest.mark.parametrize("overrides", [["task.p=1009"], ["task=s5", "task.n=6"], ["task=expr", "task.p=709"],
-                                       ["task=calculator", "task.digits=2", "task.n_problems=300000"]])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["task.p=1009"],
+        ["task=s5", "task.n=6"],
+        ["task=expr", "task.p=709"],
+        ["task=calculator", "task.digits=2", "task.n_problems=300000"],
+    ],
+)
 def test_building_a_data_set_takes_no_more_memory_than_its_estimate(overrides):
     """The peak resident memory of make_dataset and the splits' copies, in a fresh process."""
-    result = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, *overrides], cwd=ROOT, capture_output=True,
-                            text=True, check=True, env={**cli_env(), "PYTHONPATH": str(ROOT)})
+    result = subprocess.run(
+        [sys.executable, "-c", PEAK_SCRIPT, *overrides],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**cli_env(), "PYTHONPATH": str(ROOT)},
+    )
     peak, estimate = int(result.stdout), data_size(task_config(*overrides)).build_bytes()
     assert estimate / 2 < peak <= estimate
 
 
-@pytest.mark.parametrize("batch_size,analysis,expected_pass", [(None, False, "a full-batch step"),
-                                                              (4, True, "the progress measures"),
-                                                              (4, False, "an evaluation chunk")])
+@pytest.mark.parametrize(
+    "batch_size,analysis,expected_pass",
+    [(None, False, "a full-batch step"), (4, True, "the progress measures"), (4, False, "an evaluation chunk")],
+)
 def test_training_holds_the_splits_and_the_logits_of_its_largest_pass(batch_size, analysis, expected_pass):
     cfg = make_config(["task.p=11", "train_frac=0.7"])
     data = make_dataset(cfg.task, cfg.train_frac, 0)
@@ -108,7 +132,10 @@ def test_training_holds_the_splits_and_the_logits_of_its_largest_pass(batch_size
     }[expected_pass]
     rows = len(data.train_idx) if expected_pass != "an evaluation chunk" else len(data.test_idx)
     assert training_bytes(data_size(cfg.task), cfg.train_frac, batch_size, analysis) == (
-        nbytes(tensors(data)[1]) + expected_logits, rows, expected_pass)
+        nbytes(tensors(data)[1]) + expected_logits,
+        rows,
+        expected_pass,
+    )
 
 
 def test_a_sequence_task_has_logits_at_every_position():
@@ -117,7 +144,8 @@ def test_a_sequence_task_has_logits_at_every_position():
     model = build_model(cfg.model, data.n_vocab, data.n_classes, data.inputs.shape[1])
     logits = model(data.inputs[data.train_idx], all_positions=True)  # (N, T, C)
     assert training_bytes(data_size(cfg.task), cfg.train_frac, None, True)[0] == (
-        nbytes(tensors(data)[1]) + logits.nbytes + logits.double().nbytes)
+        nbytes(tensors(data)[1]) + logits.nbytes + logits.double().nbytes
+    )
 
 
 # ----------------------------------------------------------------------------- refusals
@@ -148,10 +176,15 @@ def test_too_many_digits_are_refused_and_so_are_too_many_sampled_problems():
     assert re.search(r"; task\.n_problems up to \d+ fits$", str(error.value))
 
 
-@pytest.mark.parametrize("overrides,field,budget,largest,following", [
-    (["task.p=11"], "p", 40, 40, 41), (["task=divide", "task.p=11"], "p", 52, 47, 53),  # divide needs a prime p
-    (["task=s5", "task.n=4"], "n", 4, 4, 5), (["task=calculator", "task.digits=1"], "digits", 1, 1, 2),
-])
+@pytest.mark.parametrize(
+    "overrides,field,budget,largest,following",
+    [
+        (["task.p=11"], "p", 40, 40, 41),
+        (["task=divide", "task.p=11"], "p", 52, 47, 53),  # divide needs a prime p
+        (["task=s5", "task.n=4"], "n", 4, 4, 5),
+        (["task=calculator", "task.digits=1"], "digits", 1, 1, 2),
+    ],
+)
 def test_the_value_offered_fits_and_the_next_does_not(overrides, field, budget, largest, following):
     """With memory for exactly the data set of `budget`, the largest value offered is `largest`: its real
     tensors fit, those of the next value allowed do not."""
@@ -173,8 +206,10 @@ def test_a_run_whose_training_does_not_fit_is_refused_with_what_does():
     need, rows, _ = training_bytes(data_size(cfg.task), cfg.train_frac, None, True)
     with pytest.raises(ConfigError) as error:
         check_memory(cfg, CPU, available_bytes=need - 1)
-    assert str(error.value).startswith(f"task.p=97: training needs ~{need / 2**20:.3g} MiB on cpu (the splits of "
-                                       f"its 9,409 examples, and the logits of {rows:,} at once in a full-batch step)")
+    assert str(error.value).startswith(
+        f"task.p=97: training needs ~{need / 2**20:.3g} MiB on cpu (the splits of "
+        f"its 9,409 examples, and the logits of {rows:,} at once in a full-batch step)"
+    )
     assert str(error.value).endswith("fits, or set batch_size")  # the progress measures need less: 8 bytes a logit
     best = offered(error.value)
     check_memory(make_config([f"task.p={best}", "train_frac=0.8"]), CPU, available_bytes=need - 1)
@@ -196,9 +231,18 @@ def test_a_run_whose_data_set_does_not_fit_is_offered_a_value_that_also_trains()
 
 
 def test_ordinary_runs_fit_here():
-    for overrides in ([], ["experiment=seed000"], ["experiment=seed001"], ["experiment=seed002"],
-                      ["experiment=seed003"], ["experiment=seed004"], ["task=s5"], ["task=s5", "task.n=6"],
-                      ["task=calculator"], ["task=expr"]):
+    for overrides in (
+        [],
+        ["experiment=seed000"],
+        ["experiment=seed001"],
+        ["experiment=seed002"],
+        ["experiment=seed003"],
+        ["experiment=seed004"],
+        ["task=s5"],
+        ["task=s5", "task.n=6"],
+        ["task=calculator"],
+        ["task=expr"],
+    ):
         check_memory(make_config(overrides), CPU)
 
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from grok.errors import ConfigError
 from grok.config import validate
 from grok.data import make_dataset
+from grok.errors import ConfigError
 from tests.conftest import make_config
 
 P = 13
@@ -25,13 +25,16 @@ def labels_by_pair(expr, p=P):
     return {(a, b): label for (a, b, _), label in zip(data.inputs.tolist(), data.labels.tolist())}
 
 
-@pytest.mark.parametrize("expr,formula", [
-    ("(x**2 + 3*x*y) % p", lambda x, y: (x**2 + 3 * x * y) % P),
-    ("x**3 - 2*y", lambda x, y: (x**3 - 2 * y) % P),  # the label is the value mod p, so % p is optional
-    ("-x * (y - 5) + p", lambda x, y: (-x * (y - 5) + P) % P),
-    ("(x + 1) // (y + 1) + x % 3 * +y", lambda x, y: ((x + 1) // (y + 1) + x % 3 * y) % P),
-    ("x**(y % 4) * 7**20", lambda x, y: (x ** (y % 4) * 7**20) % P),  # exact integers: nothing overflows
-])
+@pytest.mark.parametrize(
+    "expr,formula",
+    [
+        ("(x**2 + 3*x*y) % p", lambda x, y: (x**2 + 3 * x * y) % P),
+        ("x**3 - 2*y", lambda x, y: (x**3 - 2 * y) % P),  # the label is the value mod p, so % p is optional
+        ("-x * (y - 5) + p", lambda x, y: (-x * (y - 5) + P) % P),
+        ("(x + 1) // (y + 1) + x % 3 * +y", lambda x, y: ((x + 1) // (y + 1) + x % 3 * y) % P),
+        ("x**(y % 4) * 7**20", lambda x, y: (x ** (y % 4) * 7**20) % P),  # exact integers: nothing overflows
+    ],
+)
 def test_labels_equal_the_formula_for_every_pair(expr, formula):
     labels = labels_by_pair(expr)
     assert sorted(labels) == [(x, y) for x in range(P) for y in range(P)]
@@ -51,10 +54,28 @@ def test_the_example_from_the_command_line_composes_with_hydra_quoting():
     validate(cfg)
 
 
-@pytest.mark.parametrize("expr", [
-    "__import__('os').system('true')", "x.real", "open('f')", "x if y else 1", "x / y", "x < y", "[x]",
-    "lambda: 1", "1.5 * x", "True + x", "z + 1", "x & y", "'a'", "x; y", "x +", "(x", "",
-])
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "__import__('os').system('true')",
+        "x.real",
+        "open('f')",
+        "x if y else 1",
+        "x / y",
+        "x < y",
+        "[x]",
+        "lambda: 1",
+        "1.5 * x",
+        "True + x",
+        "z + 1",
+        "x & y",
+        "'a'",
+        "x; y",
+        "x +",
+        "(x",
+        "",
+    ],
+)
 def test_anything_outside_the_whitelist_is_refused_in_one_line_naming_task_expr(expr):
     with pytest.raises(ConfigError) as error:
         validate(expr_config(expr))
@@ -63,12 +84,15 @@ def test_anything_outside_the_whitelist_is_refused_in_one_line_naming_task_expr(
     assert "use x, y, p, integers, + - * // % ** and parentheses" in message
 
 
-@pytest.mark.parametrize("expr,reason", [
-    ("x ** 100000", "grows past 2**4096"),
-    ("2 ** 2 ** 2 ** 2 ** 2 ** 2", "grows past 2**4096"),
-    ("(x + 2) ** (y ** 9)", "grows past 2**4096"),
-    ("x ** (y - 3)", "negative exponent"),
-])
+@pytest.mark.parametrize(
+    "expr,reason",
+    [
+        ("x ** 100000", "grows past 2**4096"),
+        ("2 ** 2 ** 2 ** 2 ** 2 ** 2", "grows past 2**4096"),
+        ("(x + 2) ** (y ** 9)", "grows past 2**4096"),
+        ("x ** (y - 3)", "negative exponent"),
+    ],
+)
 def test_huge_or_fractional_powers_are_refused_before_they_are_computed(expr, reason):
     with pytest.raises(ConfigError) as error:
         make_dataset(expr_config(expr).task, 0.5, 0)

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from grok.data import make_dataset
 from grok.models import build_model, run_with_cache
 from grok.models.gpt import rotate
-from grok.data import make_dataset
 from tests.conftest import make_config
 
 
@@ -22,6 +22,7 @@ def gpt(*overrides, n_vocab=11, n_classes=10, n_ctx=7):
 def reference_gpt(model, tokens):
     """Pre-LN decoder per example, head and position; rotary: pair (i, i + E/2) as the complex number
     x_i + j x_(i+E/2), multiplied by exp(j t theta_i), theta_i = 10000^(-2i/E)."""
+
     def ln(x, mod):
         return (x - x.mean()) / torch.sqrt(x.var(unbiased=False) + mod.eps) * mod.weight + mod.bias
 
@@ -108,7 +109,9 @@ def test_gpt_defaults_are_seed_002s_decoder_with_two_layers_and_gelu():
     assert (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.d_mlp, cfg.act) == (2, 128, 4, 512, "gelu")
 
 
-@pytest.mark.parametrize("task", [["task=add", "task.p=7"], ["task=s5", "task.n=3"], ["task=digit_add", "task.digits=1"]])
+@pytest.mark.parametrize(
+    "task", [["task=add", "task.p=7"], ["task=s5", "task.n=3"], ["task=digit_add", "task.digits=1"]]
+)
 def test_gpt_runs_on_every_kind_of_task(task):
     cfg = make_config(["model=gpt", *task])
     data = make_dataset(cfg.task, 0.5, 0)
@@ -122,10 +125,22 @@ def test_every_gpt_activation_is_reachable_by_name():
     model = gpt()
     tokens = torch.randint(0, 11, (2, 7))
     logits, cache = run_with_cache(model, tokens)
-    for name in ["hook_embed", "blocks.1.hook_resid_pre", "blocks.1.attn.hook_q", "blocks.1.attn.hook_k",
-                 "blocks.1.attn.hook_v", "blocks.1.attn.hook_attn_scores", "blocks.1.attn.hook_pattern",
-                 "blocks.1.attn.hook_z", "blocks.1.hook_attn_out", "blocks.1.hook_resid_mid", "blocks.1.mlp.hook_pre",
-                 "blocks.1.mlp.hook_post", "blocks.1.hook_mlp_out", "blocks.1.hook_resid_post"]:
+    for name in [
+        "hook_embed",
+        "blocks.1.hook_resid_pre",
+        "blocks.1.attn.hook_q",
+        "blocks.1.attn.hook_k",
+        "blocks.1.attn.hook_v",
+        "blocks.1.attn.hook_attn_scores",
+        "blocks.1.attn.hook_pattern",
+        "blocks.1.attn.hook_z",
+        "blocks.1.hook_attn_out",
+        "blocks.1.hook_resid_mid",
+        "blocks.1.mlp.hook_pre",
+        "blocks.1.mlp.hook_post",
+        "blocks.1.hook_mlp_out",
+        "blocks.1.hook_resid_post",
+    ]:
         assert name in cache, name
     assert (cache["blocks.0.attn.hook_pattern"].triu(1) == 0).all()
     assert torch.allclose(model.unembed(model.ln_final(cache["blocks.1.hook_resid_post"])), logits)
@@ -135,11 +150,24 @@ def test_parameters_are_created_and_initialised_in_seed_002s_order():
     """The init loop draws in named_parameters() order: the MLP's weights come after attention's, as
     when they were the block's own fc_in and fc_out, so a seed gives the same weights as then."""
     names = [name for name, _ in gpt("model.n_layers=1").named_parameters()]
-    assert names == ["embed.weight", "blocks.0.ln1.weight", "blocks.0.ln1.bias", "blocks.0.ln2.weight",
-                     "blocks.0.ln2.bias", "blocks.0.attn.qkv.weight", "blocks.0.attn.out.weight",
-                     "blocks.0.attn.out.bias", "blocks.0.mlp.fc_in.weight", "blocks.0.mlp.fc_in.bias",
-                     "blocks.0.mlp.fc_out.weight", "blocks.0.mlp.fc_out.bias", "ln_final.weight", "ln_final.bias",
-                     "unembed.weight", "unembed.bias"]
+    assert names == [
+        "embed.weight",
+        "blocks.0.ln1.weight",
+        "blocks.0.ln1.bias",
+        "blocks.0.ln2.weight",
+        "blocks.0.ln2.bias",
+        "blocks.0.attn.qkv.weight",
+        "blocks.0.attn.out.weight",
+        "blocks.0.attn.out.bias",
+        "blocks.0.mlp.fc_in.weight",
+        "blocks.0.mlp.fc_in.bias",
+        "blocks.0.mlp.fc_out.weight",
+        "blocks.0.mlp.fc_out.bias",
+        "ln_final.weight",
+        "ln_final.bias",
+        "unembed.weight",
+        "unembed.bias",
+    ]
 
 
 def test_a_checkpoint_from_before_the_mlp_module_still_loads():

@@ -21,9 +21,14 @@ ARGS = ["task.p=23", "save_every=100000", "analysis=none", "progress=false"]
 
 def _start(args, run_dir: Path, stderr: Path) -> subprocess.Popen:
     """train.py in a process group of its own, as a terminal's foreground job is."""
-    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"],
-                            cwd=run_dir.parent, env=cli_env(), stdout=subprocess.DEVNULL, stderr=open(stderr, "w"),
-                            start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"],
+        cwd=run_dir.parent,
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=open(stderr, "w"),
+        start_new_session=True,
+    )
 
 
 def _send(process: subprocess.Popen, signum: int) -> None:
@@ -47,8 +52,11 @@ def _rows(path: Path) -> int:
 
 def _history_epochs(run_dir: Path):
     """Epochs in W&B's history, over every offline segment of the run (one per start or resume)."""
-    return sorted(row["epoch"] for segment in sorted((run_dir / "wandb").glob("offline-run-*"))
-                  for row in wandb_records(run_dir, segment)["history"])
+    return sorted(
+        row["epoch"]
+        for segment in sorted((run_dir / "wandb").glob("offline-run-*"))
+        for row in wandb_records(run_dir, segment)["history"]
+    )
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -66,7 +74,11 @@ def test_a_signal_checkpoints_the_epoch_closes_wandb_and_resume_logs_each_epoch_
     (checkpoint,) = (run_dir / "checkpoints").glob("epoch_*.pt")
     assert checkpoint.name == f"epoch_{stopped_at:06d}.pt", "the last logged epoch is the one saved"
     last_line = stderr.read_text().strip().splitlines()[-1]
-    assert f"after epoch {stopped_at}" in last_line and f"resume={run_dir}" in last_line and "Traceback" not in stderr.read_text()
+    assert (
+        f"after epoch {stopped_at}" in last_line
+        and f"resume={run_dir}" in last_line
+        and "Traceback" not in stderr.read_text()
+    )
     assert _history_epochs(run_dir) == list(range(1, stopped_at + 1)), "W&B was closed with every epoch logged"
 
     end = f"epochs={stopped_at + 30}"  # the resume trains on: a run may be extended
@@ -105,11 +117,28 @@ def test_a_stop_request_names_its_signal_and_the_epoch_it_saved():
 def test_a_signal_stops_a_batched_sweep_with_every_member_checkpointed_at_the_same_epoch(tmp_path):
     sweep_dir, stderr = tmp_path / "sweep", tmp_path / "stderr.txt"
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=batched", "seed=0,1,2", "task.p=23",
-         "epochs=100000", "save_every=100000", "logger=none", "analysis=none", "progress=false",
-         f"hydra.sweep.dir={sweep_dir}"],
-        cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL, stderr=open(stderr, "w"))
-    _wait_until(lambda: all(_rows(sweep_dir / str(job) / "metrics.csv") > 5 for job in range(3)), "every member to train")
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "-m",
+            "hydra/launcher=batched",
+            "seed=0,1,2",
+            "task.p=23",
+            "epochs=100000",
+            "save_every=100000",
+            "logger=none",
+            "analysis=none",
+            "progress=false",
+            f"hydra.sweep.dir={sweep_dir}",
+        ],
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=open(stderr, "w"),
+    )
+    _wait_until(
+        lambda: all(_rows(sweep_dir / str(job) / "metrics.csv") > 5 for job in range(3)), "every member to train"
+    )
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 128 + signal.SIGTERM, stderr.read_text()
 

@@ -32,7 +32,7 @@ def model_and_tokens(*overrides, batch=6):
 
 def reference_transformer(model, tokens, layer_norm=False):
     """The transformer of seed 001 written out per example, per head and per position (float64)."""
-    ln = (lambda x, w, b: (x - x.mean()) / torch.sqrt(x.var(unbiased=False) + 1e-5) * w + b)
+    ln = lambda x, w, b: (x - x.mean()) / torch.sqrt(x.var(unbiased=False) + 1e-5) * w + b
     out = []
     for seq in tokens:
         x = torch.stack([model.W_E[t] + model.W_pos[i] for i, t in enumerate(seq)])  # (T, D)
@@ -96,11 +96,23 @@ def test_default_transformer_has_the_literature_shape():
 def test_every_activation_is_reachable_by_name():
     model, tokens = model_and_tokens()
     logits, cache = run_with_cache(model, tokens)
-    for name in ["hook_embed", "hook_pos_embed", "blocks.0.hook_resid_pre", "blocks.0.attn.hook_q",
-                 "blocks.0.attn.hook_k", "blocks.0.attn.hook_v", "blocks.0.attn.hook_attn_scores",
-                 "blocks.0.attn.hook_pattern", "blocks.0.attn.hook_z", "blocks.0.hook_attn_out",
-                 "blocks.0.hook_resid_mid", "blocks.0.mlp.hook_pre", "blocks.0.mlp.hook_post", "blocks.0.hook_mlp_out",
-                 "blocks.0.hook_resid_post"]:
+    for name in [
+        "hook_embed",
+        "hook_pos_embed",
+        "blocks.0.hook_resid_pre",
+        "blocks.0.attn.hook_q",
+        "blocks.0.attn.hook_k",
+        "blocks.0.attn.hook_v",
+        "blocks.0.attn.hook_attn_scores",
+        "blocks.0.attn.hook_pattern",
+        "blocks.0.attn.hook_z",
+        "blocks.0.hook_attn_out",
+        "blocks.0.hook_resid_mid",
+        "blocks.0.mlp.hook_pre",
+        "blocks.0.mlp.hook_post",
+        "blocks.0.hook_mlp_out",
+        "blocks.0.hook_resid_post",
+    ]:
         assert name in cache, name
     assert cache["blocks.0.attn.hook_q"].shape == (6, 4, 3, 32)  # (B, H, T, E)
     pattern = cache["blocks.0.attn.hook_pattern"]
@@ -141,15 +153,18 @@ def test_build_model_names_the_missing_target():
         build_model(OmegaConf.create({"name": "transformer"}), n_vocab=P + 1, n_classes=P, n_ctx=3)
 
 
-@pytest.mark.parametrize("plugin, overrides, message", [
-    (Transformer, {"d_model": 0}, "model.d_model=0: must be >= 1"),
-    (OperandMLP, {"d_mlp": 0}, "model.d_mlp=0: must be >= 1"),
-    (GPT, {"act": "tanh"}, "model.act=tanh: must be one of relu, gelu"),
-    (Transformer, {"n_layers": 0}, "model.n_layers=0: must be >= 1"),
-    (GPT, {"n_heads": 0}, "model.n_heads=0: must be >= 1"),
-    (Transformer, {"d_model": 100, "n_heads": 3}, "model.d_model=100: must be divisible by model.n_heads=3"),
-    (GPT, {"d_model": 12, "n_heads": 4}, "model.d_model=12: d_model / n_heads must be even for rotary positions"),
-])
+@pytest.mark.parametrize(
+    "plugin, overrides, message",
+    [
+        (Transformer, {"d_model": 0}, "model.d_model=0: must be >= 1"),
+        (OperandMLP, {"d_mlp": 0}, "model.d_mlp=0: must be >= 1"),
+        (GPT, {"act": "tanh"}, "model.act=tanh: must be one of relu, gelu"),
+        (Transformer, {"n_layers": 0}, "model.n_layers=0: must be >= 1"),
+        (GPT, {"n_heads": 0}, "model.n_heads=0: must be >= 1"),
+        (Transformer, {"d_model": 100, "n_heads": 3}, "model.d_model=100: must be divisible by model.n_heads=3"),
+        (GPT, {"d_model": 12, "n_heads": 4}, "model.d_model=12: d_model / n_heads must be even for rotary positions"),
+    ],
+)
 def test_each_model_checks_its_own_config_in_one_line(plugin, overrides, message):
     cfg = OmegaConf.merge(OmegaConf.structured(plugin.Config), overrides)
     with pytest.raises(ConfigError) as error:

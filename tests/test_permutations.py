@@ -6,9 +6,9 @@ from itertools import permutations
 import pytest
 import torch
 
-from grok.errors import ConfigError
 from grok.config import validate
 from grok.data import make_dataset
+from grok.errors import ConfigError
 from tests.conftest import make_config
 
 
@@ -41,7 +41,9 @@ def test_labels_are_the_formula_on_permutations_in_itertools_order(task, n):
     perms = list(permutations(range(n)))
     token = {perm: k for k, perm in enumerate(perms)}
     data = dataset(task, n)
-    assert sorted(map(tuple, data.inputs[:, :2].tolist())) == [(a, b) for a in range(len(perms)) for b in range(len(perms))]
+    assert sorted(map(tuple, data.inputs[:, :2].tolist())) == [
+        (a, b) for a in range(len(perms)) for b in range(len(perms))
+    ]
     for (a, b, equals), label in zip(data.inputs.tolist(), data.labels.tolist()):
         assert equals == len(perms)
         assert label == token[FORMULAS[task](perms[a], perms[b])], (perms[a], perms[b])

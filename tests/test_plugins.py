@@ -25,8 +25,20 @@ def own_parts(tmp_path):
 def test_a_task_and_a_model_of_your_own_train_through_train_py(tmp_path, own_parts):
     parts, search, env = own_parts
     run_dir = tmp_path / "run"
-    run_cli([*search, "task=xor", "model=bilinear", "epochs=20", "logger=none", "progress=false",
-             f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=env, check=True)
+    run_cli(
+        [
+            *search,
+            "task=xor",
+            "model=bilinear",
+            "epochs=20",
+            "logger=none",
+            "progress=false",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        check=True,
+    )
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["n_train"] + summary["n_test"] == 64 * 64
     assert [row["epoch"] for row in read_metrics(run_dir / "metrics.csv")] == list(range(1, 21))
@@ -35,16 +47,22 @@ def test_a_task_and_a_model_of_your_own_train_through_train_py(tmp_path, own_par
     assert config.task.label_noise_frac == 0.0, "keys its yaml leaves out take the schema's defaults"
 
 
-@pytest.mark.parametrize("override,message", [
-    ("task.p=1", "error: task.p=1: must be >= 2"),  # BinaryOperation's own check
-    ("model.d_model=0", "error: model.d_model=0: must be >= 1"),  # the model's check
-    ("+model.d_modle=32", "error: model.d_modle: not a key of model=bilinear; its keys: name, d_model, d_hidden"),
-    ("task=digit_add", "error: model=bilinear: cannot learn the sequence task=digit_add"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("task.p=1", "error: task.p=1: must be >= 2"),  # BinaryOperation's own check
+        ("model.d_model=0", "error: model.d_model=0: must be >= 1"),  # the model's check
+        ("+model.d_modle=32", "error: model.d_modle: not a key of model=bilinear; its keys: name, d_model, d_hidden"),
+        ("task=digit_add", "error: model=bilinear: cannot learn the sequence task=digit_add"),
+    ],
+)
 def test_your_parts_are_validated_as_the_built_in_ones_are(tmp_path, own_parts, override, message):
     parts, search, env = own_parts
-    result = run_cli([*search, "task=xor", "model=bilinear", override, "logger=none", f"hydra.run.dir={tmp_path / 'r'}"],
-                     cwd=tmp_path, env=env)
+    result = run_cli(
+        [*search, "task=xor", "model=bilinear", override, "logger=none", f"hydra.run.dir={tmp_path / 'r'}"],
+        cwd=tmp_path,
+        env=env,
+    )
     assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith(message)
     assert not (tmp_path / "r" / "metrics.csv").exists()
 
@@ -52,9 +70,23 @@ def test_your_parts_are_validated_as_the_built_in_ones_are(tmp_path, own_parts, 
 def test_your_parts_sweep_batched_and_summarize(tmp_path, own_parts):
     parts, search, env = own_parts
     sweep_dir = tmp_path / "sweep"
-    run_cli(["-m", *search, "task=xor", "model=bilinear", "epochs=10", "logger=none", "progress=false",
-             "train_frac=0.3,0.6", "hydra/launcher=batched", f"hydra.sweep.dir={sweep_dir}"],
-            cwd=tmp_path, env=env, check=True)
+    run_cli(
+        [
+            "-m",
+            *search,
+            "task=xor",
+            "model=bilinear",
+            "epochs=10",
+            "logger=none",
+            "progress=false",
+            "train_frac=0.3,0.6",
+            "hydra/launcher=batched",
+            f"hydra.sweep.dir={sweep_dir}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        check=True,
+    )
     for job in ("0", "1"):
         assert json.loads((sweep_dir / job / "summary.json").read_text())["status"] == "completed"
     result = run_cli(["summarize", str(sweep_dir), "--no-wandb"], tmp_path, script="sweep.py", env=env, check=True)

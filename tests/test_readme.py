@@ -32,7 +32,8 @@ FAST = {"epochs": "2", "logger": "none", "progress": "false"}
 SKIPPED = {
     "make train": "creates .venv and trains 30k epochs: `python train.py` below is the same run, made short",
     "make test": "the test suite itself, this file included",
-    "python sweep.py phase_diagram_small": "12 jobs of up to 1500 epochs each; tests/test_sweeps.py runs sweep.py on small grids",
+    "python sweep.py phase_diagram_small": "12 jobs of up to 1500 epochs each; "
+    "tests/test_sweeps.py runs sweep.py on small grids",
 }
 
 ENV_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")

@@ -24,8 +24,11 @@ QUICK = ["task.p=11", "epochs=3", "logger=none", "progress=false"]
 
 def snapshot(run_dir: Path) -> dict:
     """Every file of a run directory and a hash of its bytes."""
-    return {str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(run_dir.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file()
+    }
 
 
 def error_lines(result) -> list:
@@ -34,9 +37,21 @@ def error_lines(result) -> list:
 
 def test_a_second_writer_is_refused_naming_the_holder_and_a_killed_holder_leaves_no_lock(tmp_path):
     run_dir = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "task.p=23", "epochs=100000", "logger=none",
-                               "progress=false", f"hydra.run.dir={run_dir}"],
-                              cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "task.p=23",
+            "epochs=100000",
+            "logger=none",
+            "progress=false",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 120
         while not (run_dir / "metrics.csv").exists():
@@ -45,8 +60,10 @@ def test_a_second_writer_is_refused_naming_the_holder_and_a_killed_holder_leaves
         hydra_files = snapshot(run_dir / ".hydra")
         second = run_cli(["task.p=23", "epochs=5", "logger=none", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
         assert second.returncode == 1
-        assert error_lines(second) == [f"error: {run_dir} is in use by PID {holder.pid} on host {socket.gethostname()} "
-                                       f"since {error_lines(second)[0].split(' since ')[1]}"]
+        assert error_lines(second) == [
+            f"error: {run_dir} is in use by PID {holder.pid} on host {socket.gethostname()} "
+            f"since {error_lines(second)[0].split(' since ')[1]}"
+        ]
         assert "Traceback" not in second.stderr
         assert snapshot(run_dir / ".hydra") == hydra_files, "the refused command wrote nothing into the run"
     finally:
@@ -59,13 +76,21 @@ def test_a_second_writer_is_refused_naming_the_holder_and_a_killed_holder_leaves
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
 
 
-@pytest.mark.parametrize("change, named", [
-    (["loss=stablemax", "resume=true"], "loss.name=stablemax differs from the checkpoint's loss.name=cross_entropy"),
-    (["optimizer.weight_decay=0.5", "resume=true"],
-     "optimizer.weight_decay=0.5 differs from the checkpoint's optimizer.weight_decay=1.0"),
-    (["train_frac=1.5", "resume=true"], "train_frac=1.5: must be in (0, 1)"),
-    (["train_frac=1.5"], "train_frac=1.5: must be in (0, 1)"),  # a new run into an existing run's directory
-])
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        (
+            ["loss=stablemax", "resume=true"],
+            "loss.name=stablemax differs from the checkpoint's loss.name=cross_entropy",
+        ),
+        (
+            ["optimizer.weight_decay=0.5", "resume=true"],
+            "optimizer.weight_decay=0.5 differs from the checkpoint's optimizer.weight_decay=1.0",
+        ),
+        (["train_frac=1.5", "resume=true"], "train_frac=1.5: must be in (0, 1)"),
+        (["train_frac=1.5"], "train_frac=1.5: must be in (0, 1)"),  # a new run into an existing run's directory
+    ],
+)
 def test_a_refused_command_names_the_field_and_leaves_the_finished_run_as_it_was(tmp_path, change, named):
     run_dir = tmp_path / "run"
     run_cli([*QUICK, f"hydra.run.dir={run_dir}"], cwd=tmp_path, check=True)
@@ -81,7 +106,9 @@ def test_a_refused_command_names_the_field_and_leaves_the_finished_run_as_it_was
 def test_every_key_that_changes_the_math_must_match_to_resume():
     from grok.run import EXPERIMENT_KEYS
 
-    assert {"task", "model", "optimizer", "loss", "train_frac", "seed", "data_seed", "batch_size", "eval_every"} <= set(EXPERIMENT_KEYS)
+    assert {"task", "model", "optimizer", "loss", "train_frac", "seed", "data_seed", "batch_size", "eval_every"} <= set(
+        EXPERIMENT_KEYS
+    )
 
 
 def test_a_stale_temporary_file_of_a_killed_writer_is_removed_when_the_run_resumes(tmp_path):
@@ -97,16 +124,30 @@ def test_a_stale_temporary_file_of_a_killed_writer_is_removed_when_the_run_resum
 
 def test_wandb_mode_in_the_environment_wins_over_the_config(tmp_path):
     run_dir = tmp_path / "run"
-    run_cli(["task.p=11", "epochs=2", "logger.mode=offline", f"hydra.run.dir={run_dir}"], cwd=tmp_path, check=True,
-            env={"WANDB_MODE": "disabled"})
+    run_cli(
+        ["task.p=11", "epochs=2", "logger.mode=offline", f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+        check=True,
+        env={"WANDB_MODE": "disabled"},
+    )
     assert not list((run_dir / "wandb").glob("offline-run-*")), "disabled: no offline run written"
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
 
 
 def test_a_diverging_run_fails_in_one_line_naming_the_epoch_and_the_loss(tmp_path):
     run_dir = tmp_path / "run"
-    result = run_cli(["task.p=11", "epochs=50", "optimizer=sgd", "optimizer.lr=1e30", "optimizer.warmup_steps=0",
-                      "logger=none", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    result = run_cli(
+        [
+            "task.p=11",
+            "epochs=50",
+            "optimizer=sgd",
+            "optimizer.lr=1e30",
+            "optimizer.warmup_steps=0",
+            "logger=none",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=tmp_path,
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     (line,) = error_lines(result)
     assert line.startswith("error: training diverged at epoch ") and "_loss=" in line
@@ -126,7 +167,9 @@ def small_disk(tmp_path):
     mount.mkdir()
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)], capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     yield mount
@@ -139,15 +182,26 @@ def test_a_full_disk_ends_the_run_in_one_line_and_its_last_checkpoint_resumes_ex
     result = run_cli([*args, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     (line,) = error_lines(result)
-    assert line.startswith(f"error: cannot write checkpoint {run_dir / 'checkpoints' / 'epoch_000015.pt'}: "
-                           "No space left on device; the last checkpoint, epoch 10, is intact")
+    assert line.startswith(
+        f"error: cannot write checkpoint {run_dir / 'checkpoints' / 'epoch_000015.pt'}: "
+        "No space left on device; the last checkpoint, epoch 10, is intact"
+    )
     assert f"resume={run_dir}" in line
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["epoch_000005.pt", "epoch_000010.pt", "last.pt"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        "epoch_000005.pt",
+        "epoch_000010.pt",
+        "last.pt",
+    ]
     assert not list(run_dir.rglob("*.tmp*")), "no temporary file keeps the disk full"
     assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["state"]["epoch"] == 10
 
     (run_dir / "checkpoints" / "epoch_000005.pt").unlink()  # the user makes room
-    run_cli([*args, "epochs=12", "save_every=100", f"resume={run_dir}", f"hydra.run.dir={tmp_path / 'resume_call'}"],
-            cwd=tmp_path, check=True)
-    run_cli([*args, "epochs=12", "save_every=100", f"hydra.run.dir={tmp_path / 'uninterrupted'}"], cwd=tmp_path, check=True)
+    run_cli(
+        [*args, "epochs=12", "save_every=100", f"resume={run_dir}", f"hydra.run.dir={tmp_path / 'resume_call'}"],
+        cwd=tmp_path,
+        check=True,
+    )
+    run_cli(
+        [*args, "epochs=12", "save_every=100", f"hydra.run.dir={tmp_path / 'uninterrupted'}"], cwd=tmp_path, check=True
+    )
     assert (run_dir / "metrics.csv").read_bytes() == (tmp_path / "uninterrupted" / "metrics.csv").read_bytes()

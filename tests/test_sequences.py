@@ -10,14 +10,14 @@ import torch
 from torch import nn
 
 import grok
-from grok.errors import ConfigError
 from grok.config import validate
-from grok.training.losses import cross_entropy
+from grok.data import make_dataset
+from grok.data.sequences import IGNORE, VOCAB, decode, encode
+from grok.errors import ConfigError
 from grok.models import build_model
 from grok.run import run
-from grok.data.sequences import IGNORE, VOCAB, decode, encode
-from grok.data import make_dataset
 from grok.training.loop import Split, evaluate
+from grok.training.losses import cross_entropy
 from tests.conftest import make_config
 
 OPERATIONS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "/": lambda a, b: a // b}
@@ -42,8 +42,10 @@ def test_tokenizer_round_trips_and_a_digit_token_is_its_value():
         encode(["1 + 2"])
 
 
-@pytest.mark.parametrize("task,digits,reverse", [("digit_add", 2, True), ("digit_add", 1, False),
-                                                 ("calculator", 1, True), ("calculator", 2, False)])
+@pytest.mark.parametrize(
+    "task,digits,reverse",
+    [("digit_add", 2, True), ("digit_add", 1, False), ("calculator", 1, True), ("calculator", 2, False)],
+)
 def test_every_row_reads_back_as_a_problem_with_the_right_answer(task, digits, reverse):
     data = dataset(task, f"task.digits={digits}", f"task.reverse={reverse}")
     pattern = re.compile(rf"^(\d{{{digits}}})([-+*/])(\d{{{digits}}})=(-?)(\d+)\.+$")
@@ -54,8 +56,13 @@ def test_every_row_reads_back_as_a_problem_with_the_right_answer(task, digits, r
         assert sign + (answer[::-1] if reverse else answer) == str(expected), text
         problems.add((int(a), op, int(b)))
     operators = "+" if task == "digit_add" else "+-*/"
-    everything = {(a, op, b) for op in operators for a in range(10**digits) for b in range(10**digits)
-                  if not (op == "/" and b == 0)}
+    everything = {
+        (a, op, b)
+        for op in operators
+        for a in range(10**digits)
+        for b in range(10**digits)
+        if not (op == "/" and b == 0)
+    }
     assert problems == everything and len(data.inputs) == len(everything), "every problem once, no a/0"
     assert data.n_vocab == data.n_classes == len(VOCAB)
 
@@ -123,8 +130,10 @@ def test_sampled_problems_are_split_by_a_hash_of_the_problem():
 def test_more_problems_than_can_be_listed_must_be_sampled():
     with pytest.raises(ConfigError) as error:
         validate(make_config(["task=digit_add", "task.digits=4", "model=gpt"]))
-    assert str(error.value) == ("task.n_problems=null: task=digit_add with digits=4 has 100000000 problems, "
-                                "more than 1000000 to list; set task.n_problems to sample")
+    assert str(error.value) == (
+        "task.n_problems=null: task=digit_add with digits=4 has 100000000 problems, "
+        "more than 1000000 to list; set task.n_problems to sample"
+    )
     validate(make_config(["task=digit_add", "task.digits=4", "task.n_problems=1000", "model=gpt"]))
     with pytest.raises(ConfigError, match="^model=mlp: cannot learn the sequence task=calculator"):
         validate(make_config(["task=calculator", "model=mlp"]))
@@ -155,8 +164,15 @@ def teacher_forced_and_greedy(model, data, rows):
 
 @pytest.mark.float_sensitive
 def test_greedy_decoding_is_right_exactly_where_teacher_forcing_is(tmp_path):
-    overrides = ["task=digit_add", "task.digits=1", "train_frac=0.5", "epochs=160", "model.d_model=32",
-                 "model.d_mlp=64", "optimizer.lr=3e-3"]
+    overrides = [
+        "task=digit_add",
+        "task.digits=1",
+        "train_frac=0.5",
+        "epochs=160",
+        "model.d_model=32",
+        "model.d_mlp=64",
+        "optimizer.lr=3e-3",
+    ]
     _, data, model = trained(tmp_path, overrides)  # memorized its train half, not yet the test half
     forced, greedy = teacher_forced_and_greedy(model, data, torch.arange(len(data.inputs)))
     assert torch.equal(forced, greedy)
@@ -167,9 +183,19 @@ def test_greedy_decoding_is_right_exactly_where_teacher_forcing_is(tmp_path):
 @pytest.mark.slow
 def test_gpt_learns_two_digit_addition_to_99_percent_exact_match(tmp_path):
     """The CI-sized recipe (docs in README): 80% of the 10^4 pairs, minibatches of 64, AdamW 2e-3."""
-    overrides = ["task=digit_add", "task.digits=2", "train_frac=0.8", "batch_size=64", "epochs=25",
-                 "stop.test_acc=0.99", "model.d_model=64", "model.d_mlp=256", "optimizer.lr=2e-3",
-                 "optimizer.betas=[0.9,0.999]", "optimizer.weight_decay=0.1"]
+    overrides = [
+        "task=digit_add",
+        "task.digits=2",
+        "train_frac=0.8",
+        "batch_size=64",
+        "epochs=25",
+        "stop.test_acc=0.99",
+        "model.d_model=64",
+        "model.d_mlp=256",
+        "optimizer.lr=2e-3",
+        "optimizer.betas=[0.9,0.999]",
+        "optimizer.weight_decay=0.1",
+    ]
     summary, data, model = trained(tmp_path, overrides)
     assert summary["test_acc"] >= 0.99, summary
     forced, greedy = teacher_forced_and_greedy(model, data, data.test_idx)

@@ -16,8 +16,12 @@ from tests.slurm_cluster import SlurmCluster, SlurmUnavailable
 
 SWEEP = ["task.p=11", "epochs=30", "train_frac=0.3,0.5", "optimizer.weight_decay=0.1,1.0"]
 # Small jobs for a 2-CPU node; timeout_min stays above 10 so that a signal means preemption.
-SLURM = ["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
-         "hydra.launcher.timeout_min=30"]
+SLURM = [
+    "hydra/launcher=slurm",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=1",
+    "hydra.launcher.timeout_min=30",
+]
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +67,14 @@ def _rows(path: Path) -> int:
 def test_a_preempted_job_checkpoints_is_requeued_and_resumes_to_the_uninterrupted_result(slurm, tmp_path):
     args = ["task.p=23", "epochs=800", "save_every=100000"]  # no periodic checkpoint: only the signal's
     sweep_dir = tmp_path / "slurm"
-    launcher = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-m", *args, *SLURM,
-                                 f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path, env={**cli_env(), **slurm.env},
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    launcher = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), "-m", *args, *SLURM, f"hydra.sweep.dir={sweep_dir}"],
+        cwd=tmp_path,
+        env={**cli_env(), **slurm.env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     job_dir = sweep_dir / "0"
     _wait(lambda: _rows(job_dir / "metrics.csv") >= 100, "the job to train 100 epochs")
     (job,) = slurm.squeue()
@@ -94,14 +103,20 @@ def test_a_preempted_job_checkpoints_is_requeued_and_resumes_to_the_uninterrupte
 
 
 def test_a_job_that_really_fails_is_reported_failed_and_not_requeued(slurm, tmp_path):
-    result = run_cli(["-m", "task=divide", "task.p=12", "epochs=5", *SLURM, f"hydra.sweep.dir={tmp_path / 'slurm'}"],
-                     cwd=tmp_path, env=slurm.env)
+    result = run_cli(
+        ["-m", "task=divide", "task.p=12", "epochs=5", *SLURM, f"hydra.sweep.dir={tmp_path / 'slurm'}"],
+        cwd=tmp_path,
+        env=slurm.env,
+    )
     assert result.returncode != 0 and "task.p=12: task=divide needs a prime p" in result.stderr
     summary = json.loads((tmp_path / "slurm" / "0" / "summary.json").read_text())
     assert summary["status"] == "failed"
     states = []
-    _wait(lambda: not states.append([job["state"] for job in slurm.squeue()]) and not states[-1],
-          "the failed job to leave the queue", timeout=60)
+    _wait(
+        lambda: not states.append([job["state"] for job in slurm.squeue()]) and not states[-1],
+        "the failed job to leave the queue",
+        timeout=60,
+    )
     assert "PENDING" not in sum(states, []), "never requeued"
     logs = " ".join(p.read_text() for p in (tmp_path / "slurm" / ".submitit").glob("*/*_log.*"))
     assert logs.count("Starting with JobEnvironment") == 1 and "Requeued" not in logs, "ran once"

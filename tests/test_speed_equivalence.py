@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from benchmarks import reference
-from grok.models import build_model, fast, run_with_cache
-from grok.training.optimizers import build_optimizer
-from grok.system.speed import Compiled
 from grok.data import make_dataset
+from grok.models import build_model, fast, run_with_cache
+from grok.system.speed import Compiled
 from grok.training.loop import Split, evaluate, train_epoch
+from grok.training.optimizers import build_optimizer
 from tests.conftest import EARLY_EPOCHS, FLOAT32_ROUNDINGS, ROOT, make_config
 
 # p=31 on half the pairs: both the train (480) and test (481) batches take the table paths; a narrower
@@ -30,8 +30,11 @@ def setup(overrides, dtype):
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, data.n_vocab, data.n_classes, data.inputs.shape[1])
     m = cfg.model
-    ref = (reference.ReferenceMLP(data.n_vocab, data.n_classes, 3, m.d_model, m.d_mlp) if m.name == "mlp" else
-           reference.ReferenceTransformer(data.n_vocab, data.n_classes, 3, m.d_model, m.n_heads, m.d_mlp))
+    ref = (
+        reference.ReferenceMLP(data.n_vocab, data.n_classes, 3, m.d_model, m.d_mlp)
+        if m.name == "mlp"
+        else reference.ReferenceTransformer(data.n_vocab, data.n_classes, 3, m.d_model, m.n_heads, m.d_mlp)
+    )
     reference.load_weights(ref, model.state_dict())
     return cfg, model.to(dtype), ref.to(dtype), train, test
 
@@ -51,8 +54,10 @@ def reference_run(overrides, dtype, epochs):
     cfg, _, ref, train, test = setup(overrides, dtype)
     opt = cfg.optimizer
     optimizer, scheduler = reference.optimizer_for(ref, opt.lr, opt.weight_decay, tuple(opt.betas), opt.warmup_steps)
-    rows = [reference.train_epoch(ref, optimizer, scheduler, (train.inputs, train.labels), (test.inputs, test.labels))
-            for _ in range(epochs)]
+    rows = [
+        reference.train_epoch(ref, optimizer, scheduler, (train.inputs, train.labels), (test.inputs, test.labels))
+        for _ in range(epochs)
+    ]
     return torch.tensor([[row[key] for key in METRICS] for row in rows], dtype=torch.float64)
 
 
@@ -113,15 +118,16 @@ def autograd_ops(tensor):
 # one layer: the tables fold W_U in; two: they return the residual stream; d_mlp=100 and 31 classes:
 # table rows of odd width, padded for embedding_bag; two heads: another order of the bag's rows
 @pytest.mark.float_sensitive
-@pytest.mark.parametrize("overrides", [[], ["model.n_layers=2"], ["model.act=gelu"], ["model=mlp"],
-                                       ["model.d_mlp=100", "model.n_heads=2"]])
+@pytest.mark.parametrize(
+    "overrides", [[], ["model.n_layers=2"], ["model.act=gelu"], ["model=mlp"], ["model.d_mlp=100", "model.n_heads=2"]]
+)
 def test_the_table_path_equals_the_plain_path_in_values_and_gradients(overrides):
     cfg = make_config(["task.p=31", *overrides])
     data = make_dataset(cfg.task, 0.5, 0)
     torch.manual_seed(0)
     model = build_model(cfg.model, data.n_vocab, data.n_classes, 3).double()
     tokens = data.inputs  # all 961 pairs
-    for all_positions in ([False, True] if cfg.model.name == "transformer" else [False]):
+    for all_positions in [False, True] if cfg.model.name == "transformer" else [False]:
         tables = fast(model)(tokens, all_positions=all_positions)
         assert "EmbeddingBagBackward0" in autograd_ops(tables), "fast(model) on a large batch: the table path"
         plain = model(tokens, all_positions=all_positions)
@@ -163,8 +169,15 @@ def test_a_compiled_model_trains_like_the_plain_one():
     runs = []
     for module, weights in ((fast(model), model), (compiled, twin)):
         optimizer, scheduler = build_optimizer(cfg.optimizer, cfg.transforms, weights.parameters())
-        runs.append([[*train_epoch(module, train, optimizer, scheduler, None, None).values(),
-                      *evaluate(module, test).values()] for _ in range(3)])  # float32: EARLY_EPOCHS at most
+        runs.append(
+            [
+                [
+                    *train_epoch(module, train, optimizer, scheduler, None, None).values(),
+                    *evaluate(module, test).values(),
+                ]
+                for _ in range(3)
+            ]
+        )  # float32: EARLY_EPOCHS at most
     assert torch.allclose(torch.tensor(runs[0]), torch.tensor(runs[1]), rtol=1e-5, atol=1e-6)
     assert compiled.compiled_forward is not None, "it compiled"
 
@@ -196,8 +209,9 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
 
 def test_freed_memory_is_reused_without_page_faults():
     def faults(mode):  # a fresh process each, so that nothing else has shaped its heap
-        result = subprocess.run([sys.executable, "-c", PAGE_FAULTS_OF_A_SECOND_TENSOR, mode], capture_output=True,
-                                text=True, cwd=ROOT)
+        result = subprocess.run(
+            [sys.executable, "-c", PAGE_FAULTS_OF_A_SECOND_TENSOR, mode], capture_output=True, text=True, cwd=ROOT
+        )
         if result.returncode != 0:
             pytest.skip(result.stderr.strip())
         return int(result.stdout)

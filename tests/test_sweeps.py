@@ -14,10 +14,10 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from grok.errors import ConfigError
 from grok.config import validate
-from grok.sweeps.phase import is_log_spaced, phase
+from grok.errors import ConfigError
 from grok.sweeps.named import sweep_names
+from grok.sweeps.phase import is_log_spaced, phase
 from grok.sweeps.wandb_sweep import wandb_sweep_config
 from tests.conftest import EARLY_EPOCHS, FLOAT32_ROUNDINGS, ROOT, cli_env, make_config, run_cli, wandb_records
 
@@ -125,8 +125,9 @@ def test_the_summary_is_its_own_wandb_run_in_the_sweeps_group(grid_sweep):
 def _run_env_without_omp(args, cwd):
     env = cli_env()
     env.pop("OMP_NUM_THREADS")  # let the launcher decide threads per job
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_joblib_with_two_workers_gives_each_job_the_sequential_metrics_and_its_own_wandb_run(grid_sweep, tmp_path):
@@ -134,8 +135,19 @@ def test_joblib_with_two_workers_gives_each_job_the_sequential_metrics_and_its_o
 
     sweep_dir, _ = grid_sweep
     parallel = tmp_path / "parallel"
-    result = _run_env_without_omp(["-m", "+sweep=phase_diagram_small", *TINY, *GRID_ARGS, "threads=null",
-                                   "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={parallel}"], tmp_path)
+    result = _run_env_without_omp(
+        [
+            "-m",
+            "+sweep=phase_diagram_small",
+            *TINY,
+            *GRID_ARGS,
+            "threads=null",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            f"hydra.sweep.dir={parallel}",
+        ],
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     sequential = {grid_point(job): job for job in sweep_dir.iterdir() if job.name.isdigit()}
     run_ids = set()
@@ -149,7 +161,8 @@ def test_joblib_with_two_workers_gives_each_job_the_sequential_metrics_and_its_o
         else:  # other threads sum in another order: float32 agrees through the first epochs only
             for row, twin_row in zip(ours[:EARLY_EPOCHS], theirs[:EARLY_EPOCHS]):
                 assert {k: float(v) for k, v in row.items()} == pytest.approx(
-                    {k: float(v) for k, v in twin_row.items()}, rel=FLOAT32_ROUNDINGS)
+                    {k: float(v) for k, v in twin_row.items()}, rel=FLOAT32_ROUNDINGS
+                )
         assert summary["threads"] == max(1, os.cpu_count() // 2), "joblib gives each of 2 jobs half the cores"
         records = wandb_records(job)
         assert records["run"]["run_group"] == f"phase_diagram_small-{parallel.name}"
@@ -159,14 +172,31 @@ def test_joblib_with_two_workers_gives_each_job_the_sequential_metrics_and_its_o
 
 
 def test_a_failing_job_is_recorded_the_others_complete_and_the_command_exits_nonzero(tmp_path):
-    result = run_cli(["phase_diagram_small", *TINY, "logger=none", "--jobs", "2", "train_frac=0.5",
-                      "optimizer=sgd", "optimizer.warmup_steps=0", "optimizer.lr=1e-3,1e30,1e-2",
-                      "optimizer.weight_decay=0.1", "hydra.sweep.dir=sweep"], cwd=tmp_path, script="sweep.py")
+    result = run_cli(
+        [
+            "phase_diagram_small",
+            *TINY,
+            "logger=none",
+            "--jobs",
+            "2",
+            "train_frac=0.5",
+            "optimizer=sgd",
+            "optimizer.warmup_steps=0",
+            "optimizer.lr=1e-3,1e30,1e-2",
+            "optimizer.weight_decay=0.1",
+            "hydra.sweep.dir=sweep",
+        ],
+        cwd=tmp_path,
+        script="sweep.py",
+    )
     assert result.returncode == 1
     assert "error: 1 of 3 jobs failed: job 1" in result.stderr
     rows = read_csv(tmp_path / "sweep" / "sweep_summary.csv")
     assert [(row["optimizer.lr"], row["status"]) for row in rows] == [
-        ("0.001", "completed"), ("1e+30", "failed"), ("0.01", "completed")]
+        ("0.001", "completed"),
+        ("1e+30", "failed"),
+        ("0.01", "completed"),
+    ]
     assert "diverged" in rows[1]["error"] and rows[1]["phase"] == ""
     assert re.search(r"failed: job 1 \(optimizer.lr=1e\+30\): .*diverged", result.stdout)
 
@@ -190,7 +220,11 @@ def test_summarize_reports_missing_and_truncated_job_files_instead_of_crashing(g
     assert "job 2: metrics.csv: 1 unreadable row(s)" in result.stdout
     assert f"never started (no job dir has these overrides): {missing}" in result.stdout
     rows = read_csv(damaged / "sweep_summary.csv")
-    assert [(row["job"], row["status"]) for row in rows] == [("0", "incomplete"), ("1", "unreadable"), ("2", "completed")]
+    assert [(row["job"], row["status"]) for row in rows] == [
+        ("0", "incomplete"),
+        ("1", "unreadable"),
+        ("2", "completed"),
+    ]
     assert rows[1]["epochs"] == str(EPOCHS), "an unreadable summary falls back on metrics.csv"
     assert finished["memorize_epoch"] is not None
     for key in ["memorize_epoch", "grok_epoch", "epochs", "test_acc"]:  # read off metrics.csv, as training saw them
@@ -202,15 +236,23 @@ def _agent_command(config: dict, point: dict) -> list:
     from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
     args = create_sweep_command_args({"args": {key: {"value": value} for key, value in point.items()}})
-    fill = {"${env}": [], "${interpreter}": [sys.executable], "${program}": [str(ROOT / config["program"])],
-            "${args_no_hyphens}": args["args_no_hyphens"]}
+    fill = {
+        "${env}": [],
+        "${interpreter}": [sys.executable],
+        "${program}": [str(ROOT / config["program"])],
+        "${args_no_hyphens}": args["args_no_hyphens"],
+    }
     return [part for item in config["command"] for part in fill.get(item, [item])]
 
 
 def test_the_wandb_sweep_is_the_hydra_grid_and_its_agent_commands_compose_the_same_configs(grid_sweep, tmp_path):
     sweep_dir, _ = grid_sweep
-    run_cli(["wandb", "phase_diagram_small", *TINY, *GRID_ARGS, "--out", "w.yaml"], cwd=tmp_path,
-                     script="sweep.py", check=True)
+    run_cli(
+        ["wandb", "phase_diagram_small", *TINY, *GRID_ARGS, "--out", "w.yaml"],
+        cwd=tmp_path,
+        script="sweep.py",
+        check=True,
+    )
     config = yaml.safe_load((tmp_path / "w.yaml").read_text())
     assert config["method"] == "grid" and config["program"] == "train.py"
     assert config["command"][-1] == "${args_no_hyphens}"
@@ -222,8 +264,9 @@ def test_the_wandb_sweep_is_the_hydra_grid_and_its_agent_commands_compose_the_sa
 
     for point in grid:
         command = _agent_command(config, point)
-        printed = subprocess.run([*command, "--cfg", "job"], cwd=tmp_path, env=cli_env(), capture_output=True,
-                                 text=True, check=True).stdout
+        printed = subprocess.run(
+            [*command, "--cfg", "job"], cwd=tmp_path, env=cli_env(), capture_output=True, text=True, check=True
+        ).stdout
         job = jobs[tuple(str(point[key]) for key in GRID)]
         expected = OmegaConf.load(job / ".hydra" / "config.yaml")
         expected.logger.mode = "online"  # agent runs must report to W&B; all else is the multirun job's
@@ -236,25 +279,46 @@ def test_each_presets_wandb_grid_is_what_hydras_basic_sweeper_expands(name):
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     params = yaml.safe_load((ROOT / "conf" / "sweep" / f"{name}.yaml").read_text())["hydra"]["sweeper"]["params"]
-    (batch,) = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(
-        [f"{key}={value}" for key, value in params.items()]), None)
+    (batch,) = BasicSweeper.split_arguments(
+        OverridesParser.create().parse_overrides([f"{key}={value}" for key, value in params.items()]), None
+    )
     parameters = wandb_sweep_config(name, [])["parameters"]
-    wandb_jobs = [[f"{key}={value}" for key, value in zip(parameters, values)]
-                  for values in itertools.product(*(p["values"] for p in parameters.values()))]
+    wandb_jobs = [
+        [f"{key}={value}" for key, value in zip(parameters, values)]
+        for values in itertools.product(*(p["values"] for p in parameters.values()))
+    ]
     assert wandb_jobs == batch and len(batch) > 1
 
 
 def test_the_wandb_agent_without_a_login_says_so_in_one_line(tmp_path):
-    env = {"HOME": str(tmp_path), "NETRC": str(tmp_path / "no-netrc"), "WANDB_API_KEY": "", "WANDB_CONFIG_DIR": str(tmp_path)}
+    env = {
+        "HOME": str(tmp_path),
+        "NETRC": str(tmp_path / "no-netrc"),
+        "WANDB_API_KEY": "",
+        "WANDB_CONFIG_DIR": str(tmp_path),
+    }
     result = run_cli(["wandb", "seeds", "--agent", "--out", "w.yaml"], cwd=tmp_path, script="sweep.py", env=env)
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == \
-        "error: --agent needs a W&B login: run `wandb login` (or set WANDB_API_KEY) first"
+    assert (
+        result.stderr.strip().splitlines()[-1]
+        == "error: --agent needs a W&B login: run `wandb login` (or set WANDB_API_KEY) first"
+    )
 
 
 def test_an_optuna_search_minimizes_the_objective_train_py_returns(tmp_path):
-    run_cli(["-m", "+sweep=search", "task.p=11", "epochs=20", "hydra.sweeper.n_trials=3", "logger=none",
-             "hydra.sweep.dir=search"], cwd=tmp_path, check=True)
+    run_cli(
+        [
+            "-m",
+            "+sweep=search",
+            "task.p=11",
+            "epochs=20",
+            "hydra.sweeper.n_trials=3",
+            "logger=none",
+            "hydra.sweep.dir=search",
+        ],
+        cwd=tmp_path,
+        check=True,
+    )
     scores = []
     for job in (tmp_path / "search").iterdir():
         if job.name.isdigit():
@@ -264,26 +328,44 @@ def test_an_optuna_search_minimizes_the_objective_train_py_returns(tmp_path):
     assert OmegaConf.load(tmp_path / "search" / "optimization_results.yaml").best_value == min(scores)
 
 
-@pytest.mark.parametrize("memorized,grokked,expected", [
-    (100, 150, "comprehension"), (100, 200, "comprehension"), (None, 300, "comprehension"),
-    (100, 201, "grokking"), (60, 840, "grokking"), (100, None, "memorization"), (None, None, "confusion"),
-])
+@pytest.mark.parametrize(
+    "memorized,grokked,expected",
+    [
+        (100, 150, "comprehension"),
+        (100, 200, "comprehension"),
+        (None, 300, "comprehension"),
+        (100, 201, "grokking"),
+        (60, 840, "grokking"),
+        (100, None, "memorization"),
+        (None, None, "confusion"),
+    ],
+)
 def test_phases_follow_the_documented_rule(memorized, grokked, expected):
     assert phase(memorized, grokked) == expected
 
 
-@pytest.mark.parametrize("values,log", [
-    ([0, 0.01, 0.03, 0.1, 0.3, 1, 3, 10], True), ([1e-4, 1e-3, 1e-2], True), ([1, 2, 4, 8, 16], True),
-    ([0.1, 0.2, 0.3, 0.5, 0.9], False), ([0, 1, 2, 3], False), ([1, 10, 20, 30, 40], False),
-])
+@pytest.mark.parametrize(
+    "values,log",
+    [
+        ([0, 0.01, 0.03, 0.1, 0.3, 1, 3, 10], True),
+        ([1e-4, 1e-3, 1e-2], True),
+        ([1, 2, 4, 8, 16], True),
+        ([0.1, 0.2, 0.3, 0.5, 0.9], False),
+        ([0, 1, 2, 3], False),
+        ([1, 10, 20, 30, 40], False),
+    ],
+)
 def test_axes_are_logarithmic_where_the_values_are_log_spaced(values, log):
     assert is_log_spaced(values) is log
 
 
-@pytest.mark.parametrize("override,message", [
-    ("threads=0", "threads=0: must be >= 1, or null"),
-    ("objective=wall_seconds", "objective=wall_seconds: must be one of grok_epoch, memorize_epoch,"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("threads=0", "threads=0: must be >= 1, or null"),
+        ("objective=wall_seconds", "objective=wall_seconds: must be one of grok_epoch, memorize_epoch,"),
+    ],
+)
 def test_threads_and_objective_are_checked_in_one_line(override, message):
     with pytest.raises(ConfigError) as error:
         validate(make_config([override]))

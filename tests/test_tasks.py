@@ -5,10 +5,11 @@ import math
 import pytest
 import torch
 
-from grok.errors import ConfigError
 from grok.data import make_dataset
+from grok.errors import ConfigError
 from grok.plugins import plugin
 from tests.conftest import ROOT, make_config
+
 
 def divide(a, b, p):
     return next(c for c in range(p) if (c * b) % p == a)  # c with c*b = a
@@ -112,7 +113,9 @@ def test_noise_zero_gives_clean_labels():
 
 
 def test_noise_depends_on_data_seed():
-    assert not torch.equal(dataset("noisy_label", p=13, data_seed=0).labels, dataset("noisy_label", p=13, data_seed=1).labels)
+    assert not torch.equal(
+        dataset("noisy_label", p=13, data_seed=0).labels, dataset("noisy_label", p=13, data_seed=1).labels
+    )
 
 
 def test_train_frac_that_leaves_a_split_empty_is_an_error():
@@ -135,8 +138,10 @@ def test_label_noise_frac_replaces_that_fraction_of_training_labels_with_uniform
 
 
 def test_label_noise_depends_on_data_seed_and_zero_means_clean():
-    assert not torch.equal(dataset("add", p=13, label_noise_frac=0.5, data_seed=0).labels,
-                           dataset("add", p=13, label_noise_frac=0.5, data_seed=1).labels)
+    assert not torch.equal(
+        dataset("add", p=13, label_noise_frac=0.5, data_seed=0).labels,
+        dataset("add", p=13, label_noise_frac=0.5, data_seed=1).labels,
+    )
     assert dataset("add", p=13, label_noise_frac=0.0).clean_labels is None
 
 

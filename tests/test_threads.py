@@ -37,20 +37,23 @@ def decide(governor: AdaptiveThreads, decisions: int, work=lambda: time.sleep(0.
     return measures
 
 
-@pytest.mark.parametrize("current, others, cpus, most, expected", [
-    (2, 0.0, 2, 2, 2),  # idle: PyTorch's default
-    (2, 0.45, 2, 2, 2),  # a neighbour's half CPU or less is not worth a thread
-    (2, 0.7, 2, 2, 1),  # one busy process beside two threads gets about 2/3 of a CPU
-    (2, 1.8, 2, 2, 1),
-    (1, 3.0, 2, 2, 1),  # never fewer than one
-    (1, 1.0, 2, 2, 1),  # a busy neighbour beside one thread: stay
-    (1, 0.4, 2, 2, 1),  # between the thresholds: stay
-    (1, 0.2, 2, 2, 2),  # the neighbour is gone
-    (2, 0.0, 8, 2, 2),  # never more than the run started with
-    (8, 2.1, 8, 8, 6),
-    (6, 0.1, 8, 8, 8),
-    (4, 0.0, 2, 4, 2),  # more threads than CPUs to run on
-])
+@pytest.mark.parametrize(
+    "current, others, cpus, most, expected",
+    [
+        (2, 0.0, 2, 2, 2),  # idle: PyTorch's default
+        (2, 0.45, 2, 2, 2),  # a neighbour's half CPU or less is not worth a thread
+        (2, 0.7, 2, 2, 1),  # one busy process beside two threads gets about 2/3 of a CPU
+        (2, 1.8, 2, 2, 1),
+        (1, 3.0, 2, 2, 1),  # never fewer than one
+        (1, 1.0, 2, 2, 1),  # a busy neighbour beside one thread: stay
+        (1, 0.4, 2, 2, 1),  # between the thresholds: stay
+        (1, 0.2, 2, 2, 2),  # the neighbour is gone
+        (2, 0.0, 8, 2, 2),  # never more than the run started with
+        (8, 2.1, 8, 8, 6),
+        (6, 0.1, 8, 8, 8),
+        (4, 0.0, 2, 4, 2),  # more threads than CPUs to run on
+    ],
+)
 def test_threads_follow_the_cpus_other_processes_leave_free(current, others, cpus, most, expected):
     assert threads_for(current, others, cpus, most) == expected
 

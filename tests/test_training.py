@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from grok.data import make_dataset
 from grok.models import build_model, fast
 from grok.run import run
-from grok.data import make_dataset
 from tests.conftest import GROKS_FAST, make_config
 
 
@@ -112,8 +112,12 @@ def test_checkpoints_every_save_every_and_at_the_end_with_full_state(tmp_path):
     assert names == ["epoch_000010.pt", "epoch_000020.pt", "epoch_000025.pt", "last.pt"]
     checkpoint = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert checkpoint["state"]["epoch"] == 25
-    assert checkpoint["config"]["task"] == {"_target_": "grok.data.tasks.add", "name": "add", "p": 11,
-                                            "label_noise_frac": 0.0}
+    assert checkpoint["config"]["task"] == {
+        "_target_": "grok.data.tasks.add",
+        "name": "add",
+        "p": 11,
+        "label_noise_frac": 0.0,
+    }
     assert {"model", "optimizer", "scheduler", "rng"} <= set(checkpoint)
     assert checkpoint["scheduler"]["last_epoch"] == 25
 
@@ -137,7 +141,15 @@ def test_uniform_label_noise_records_clean_label_accuracy_and_keeps_test_labels_
 
 @pytest.mark.parametrize("model", ["gpt", "transformer"])
 def test_a_sequence_task_trains_and_records_exact_match_accuracy(tmp_path, model):
-    summary, out = train(tmp_path, "task=calculator", "task.digits=1", f"model={model}", "model.d_model=32",
-                         "model.d_mlp=64", "epochs=3", "batch_size=64")
+    summary, out = train(
+        tmp_path,
+        "task=calculator",
+        "task.digits=1",
+        f"model={model}",
+        "model.d_model=32",
+        "model.d_mlp=64",
+        "epochs=3",
+        "batch_size=64",
+    )
     assert summary["status"] == "completed" and summary["n_train"] + summary["n_test"] == 4 * 100 - 10
     assert list(read_rows(out)[0]) == ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "weight_norm"]

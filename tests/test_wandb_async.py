@@ -14,8 +14,15 @@ from pathlib import Path
 from grok.recording.files import read_metrics
 from tests.conftest import ROOT, cli_env, run_cli, wandb_records
 
-TINY = ["task.p=5", "model.d_model=8", "model.n_heads=1", "model.d_mlp=8", "threads=1", "analysis=none",
-        "progress=false"]
+TINY = [
+    "task.p=5",
+    "model.d_model=8",
+    "model.n_heads=1",
+    "model.d_mlp=8",
+    "threads=1",
+    "analysis=none",
+    "progress=false",
+]
 
 
 def _history_as_metrics(records: dict) -> list:
@@ -34,8 +41,9 @@ def test_the_wandb_history_equals_metrics_csv_row_for_row(tmp_path):
     assert _history_as_metrics(records) == metrics, "every epoch, in order, with the values metrics.csv holds"
     summary = json.loads((run_dir / "summary.json").read_text())
     logged = records["summary"]["summary"]
-    assert {key: logged[key] for key in ("epochs", "test_acc", "n_params")} == \
-        {key: summary[key] for key in ("epochs", "test_acc", "n_params")}, "the summary arrived after the history"
+    assert {key: logged[key] for key in ("epochs", "test_acc", "n_params")} == {
+        key: summary[key] for key in ("epochs", "test_acc", "n_params")
+    }, "the summary arrived after the history"
     assert logged["curves"]["_type"] == "image-file"
     assert records["summary"]["state"] == "finished" and records["summary"]["exit_code"] == 0
 
@@ -52,15 +60,24 @@ def test_a_wandb_failure_at_start_warns_once_and_the_run_completes(tmp_path):
 
 def test_a_wandb_helper_killed_mid_run_warns_once_and_the_run_completes(tmp_path):
     run_dir = tmp_path / "run"
-    process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *TINY, "epochs=3000", f"hydra.run.dir={run_dir}"],
-                               cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *TINY, "epochs=3000", f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     metrics = run_dir / "metrics.csv"
     deadline = time.monotonic() + 120
     while not metrics.exists() or len(metrics.read_text().splitlines()) < 100:
         assert time.monotonic() < deadline and process.poll() is None, "timed out waiting for 100 epochs"
         time.sleep(0.02)
-    (helper,) = [int(pid) for task in Path(f"/proc/{process.pid}/task").iterdir()
-                 for pid in (task / "children").read_text().split()]
+    (helper,) = [
+        int(pid)
+        for task in Path(f"/proc/{process.pid}/task").iterdir()
+        for pid in (task / "children").read_text().split()
+    ]
     os.kill(helper, signal.SIGKILL)  # as the OOM killer would
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr
@@ -71,8 +88,19 @@ def test_a_wandb_helper_killed_mid_run_warns_once_and_the_run_completes(tmp_path
 
 def test_a_failed_run_is_closed_in_wandb_with_exit_code_1_and_every_epoch_it_logged(tmp_path):
     run_dir = tmp_path / "run"
-    result = run_cli(["task.p=11", "epochs=50", "optimizer=sgd", "optimizer.lr=1e30", "optimizer.warmup_steps=0",
-                      "analysis=none", "progress=false", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    result = run_cli(
+        [
+            "task.p=11",
+            "epochs=50",
+            "optimizer=sgd",
+            "optimizer.lr=1e30",
+            "optimizer.warmup_steps=0",
+            "analysis=none",
+            "progress=false",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=tmp_path,
+    )
     assert result.returncode == 1 and "diverged" in result.stderr
     records = wandb_records(run_dir)
     assert records["summary"]["exit_code"] == 1
@@ -97,8 +125,14 @@ else:
 
 
 def _in_a_process(out_dir, *overrides) -> list:
-    result = subprocess.run([sys.executable, "-c", IN_A_PROCESS, str(out_dir), *overrides], cwd=ROOT, env=cli_env(),
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", IN_A_PROCESS, str(out_dir), *overrides],
+        cwd=ROOT,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return result.stdout.split() or [result.stderr]
 
 

@@ -85,7 +85,9 @@ def rng(data_seed: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([data_seed, stream])
 
 
-def split(n: int, train_frac: float, data_seed: int, name: str, split_hash: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+def split(
+    n: int, train_frac: float, data_seed: int, name: str, split_hash: Optional[Tensor] = None
+) -> Tuple[Tensor, Tensor]:
     """A random train_frac of the n examples; with split_hash (in [0, 1)), those below train_frac."""
     if split_hash is None:
         order = torch.from_numpy(rng(data_seed, SPLIT_STREAM).permutation(n))
@@ -93,5 +95,7 @@ def split(n: int, train_frac: float, data_seed: int, name: str, split_hash: Opti
     else:
         train_idx, test_idx = (split_hash < train_frac).nonzero()[:, 0], (split_hash >= train_frac).nonzero()[:, 0]
     if len(train_idx) == 0 or len(test_idx) == 0:
-        raise ConfigError(f"train_frac={train_frac}: leaves an empty train or test set of the {n} examples of task={name}")
+        raise ConfigError(
+            f"train_frac={train_frac}: leaves an empty train or test set of the {n} examples of task={name}"
+        )
     return train_idx, test_idx

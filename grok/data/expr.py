@@ -18,8 +18,14 @@ from grok.errors import ConfigError
 
 MAX_BITS = 4096  # no intermediate value may be larger than 2**MAX_BITS in magnitude
 ALLOWED = "use x, y, p, integers, + - * // % ** and parentheses"
-BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-          ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
+BINARY = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+}
 UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
 NAMES = ("x", "y", "p")
 
@@ -34,8 +40,9 @@ def _check(node: ast.AST, text: str) -> None:
         _check(node.right, text)
     elif isinstance(node, ast.UnaryOp) and type(node.op) in UNARY:
         _check(node.operand, text)
-    elif not (isinstance(node, ast.Name) and node.id in NAMES
-              or isinstance(node, ast.Constant) and type(node.value) is int):
+    elif not (
+        isinstance(node, ast.Name) and node.id in NAMES or isinstance(node, ast.Constant) and type(node.value) is int
+    ):
         raise _refuse(text, f"`{ast.unparse(node)}` is not allowed; {ALLOWED}")
 
 

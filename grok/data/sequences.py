@@ -74,8 +74,10 @@ def input_length(operators: str, digits: int) -> int:
     narrower (make_problems pads to the longest it drew)."""
     largest = 10**digits - 1
     # |a op b| is largest at the corners: + and * at (largest, largest), - at (0, largest), / at b = 1
-    return max(len(problem_text(a, op, b, digits, False))
-               for op in operators for a in (0, largest) for b in (1, largest)) - 1
+    return (
+        max(len(problem_text(a, op, b, digits, False)) for op in operators for a in (0, largest) for b in (1, largest))
+        - 1
+    )
 
 
 def _mix64(x: np.ndarray) -> np.ndarray:
@@ -93,13 +95,16 @@ def _hash_unit(op: np.ndarray, a: np.ndarray, b: np.ndarray, salt: int) -> Tenso
     return torch.from_numpy((h >> np.uint64(11)).astype(np.float64) / 2.0**53)
 
 
-def _operands(operators: str, task_cfg, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[Tensor]]:
+def _operands(
+    operators: str, task_cfg, rng: np.random.Generator
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[Tensor]]:
     """(operator index, a, b, split hash or None) for every problem, or for n_problems drawn ones."""
     base = 10**task_cfg.digits
     divide = operators.find("/")
     if task_cfg.n_problems is None:
-        op, a, b = (g.ravel() for g in np.meshgrid(np.arange(len(operators)), np.arange(base), np.arange(base),
-                                                    indexing="ij"))
+        op, a, b = (
+            g.ravel() for g in np.meshgrid(np.arange(len(operators)), np.arange(base), np.arange(base), indexing="ij")
+        )
         keep = (op != divide) | (b != 0)
         return op[keep], a[keep], b[keep], None
     n = task_cfg.n_problems
@@ -112,8 +117,10 @@ def _operands(operators: str, task_cfg, rng: np.random.Generator) -> Tuple[np.nd
 def make_problems(operators: str, task_cfg, rng: np.random.Generator) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
     """(inputs (N, T), labels (N, T) with IGNORE off the answer, split hash (N,) or None)."""
     op, a, b, split_hash = _operands(operators, task_cfg, rng)
-    texts = [problem_text(x, operators[o], y, task_cfg.digits, task_cfg.reverse)
-             for o, x, y in zip(op.tolist(), a.tolist(), b.tolist())]
+    texts = [
+        problem_text(x, operators[o], y, task_cfg.digits, task_cfg.reverse)
+        for o, x, y in zip(op.tolist(), a.tolist(), b.tolist())
+    ]
     width = max(map(len, texts))
     tokens = encode([text.ljust(width, ".") for text in texts])  # (N, L)
     equals = (tokens == EQUALS).int().argmax(dim=1, keepdim=True)  # (N, 1)
@@ -150,9 +157,11 @@ class SequenceTask:
         if cfg.n_problems is not None and cfg.n_problems < 2:
             raise ConfigError(f"task.n_problems={cfg.n_problems}: must be >= 2, or null for every problem")
         if cfg.n_problems is None and count_problems(self.operators, cfg.digits) > MAX_LISTED:
-            raise ConfigError(f"task.n_problems=null: task={cfg.name} with digits={cfg.digits} has "
-                              f"{count_problems(self.operators, cfg.digits)} problems, more than {MAX_LISTED} "
-                              "to list; set task.n_problems to sample")
+            raise ConfigError(
+                f"task.n_problems=null: task={cfg.name} with digits={cfg.digits} has "
+                f"{count_problems(self.operators, cfg.digits)} problems, more than {MAX_LISTED} "
+                "to list; set task.n_problems to sample"
+            )
 
     def size_key(self, cfg) -> Tuple[str, int]:
         return ("digits", 1) if cfg.n_problems is None else ("n_problems", 2)

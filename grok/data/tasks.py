@@ -162,8 +162,13 @@ multiply = BinaryOperation(lambda a, b, cfg, s: a * b % cfg.p)
 divide = BinaryOperation(_divide, needs_prime=True, nonzero_b=True)
 x2xyy2 = BinaryOperation(lambda a, b, cfg, s: (a * a + a * b + b * b) % cfg.p)
 random = BinaryOperation(_random_table)
-noisy_label = BinaryOperation(lambda a, b, cfg, s: (a + b) % cfg.p, NoisyLabelConfig, binomial_noise=True,
-                              fourier_sign=1, extra_check=_check_noise)
+noisy_label = BinaryOperation(
+    lambda a, b, cfg, s: (a + b) % cfg.p,
+    NoisyLabelConfig,
+    binomial_noise=True,
+    fourier_sign=1,
+    extra_check=_check_noise,
+)
 # The rest of Power et al. (2022)'s operations, x = a and y = b.
 x2y2 = BinaryOperation(lambda a, b, cfg, s: (a**2 + b**2) % cfg.p)
 x2xyy2x = BinaryOperation(lambda a, b, cfg, s: (a**2 + a * b + b**2 + a) % cfg.p)

@@ -95,7 +95,7 @@ def _mlp_moved_into_its_module(block, state_dict, prefix, *args) -> None:
     """Checkpoints written before the MLP had a module of its own name its weights `<block>.fc_in.*`
     and `<block>.fc_out.*`; they load as `<block>.mlp.fc_in.*` and `<block>.mlp.fc_out.*`."""
     for key in [key for key in state_dict if key.startswith((f"{prefix}fc_in.", f"{prefix}fc_out."))]:
-        state_dict[f"{prefix}mlp.{key[len(prefix):]}"] = state_dict.pop(key)
+        state_dict[f"{prefix}mlp.{key[len(prefix) :]}"] = state_dict.pop(key)
 
 
 class GPT(nn.Module):

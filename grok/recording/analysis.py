@@ -59,8 +59,9 @@ def key_frequencies(norms: Tensor, n_key: int) -> List[int]:
     return sorted((norms.argsort(descending=True)[:n_key] + 1).tolist())
 
 
-def restricted_and_excluded_loss(logits: Tensor, a: Tensor, b: Tensor, labels: Tensor, p: int,
-                                 freqs: List[int], sign: int = 1) -> Dict[str, float]:
+def restricted_and_excluded_loss(
+    logits: Tensor, a: Tensor, b: Tensor, labels: Tensor, p: int, freqs: List[int], sign: int = 1
+) -> Dict[str, float]:
     """Least-squares projection of the (N, p) logits onto span{cos, sin(w_k(a + sign*b - c))}."""
     c = torch.arange(p, dtype=torch.float64)
     phase = (a + sign * b).double()[:, None] - c[None, :]  # (N, p)
@@ -85,8 +86,9 @@ def softmax_collapse(logits: Tensor, labels: Tensor) -> Dict[str, float]:
 
 
 @torch.no_grad()
-def progress_measures(model: torch.nn.Module, p: Optional[int], fourier_sign: Optional[int], inputs: Tensor,
-                      labels: Tensor, n_key: int) -> Dict[str, float]:
+def progress_measures(
+    model: torch.nn.Module, p: Optional[int], fourier_sign: Optional[int], inputs: Tensor, labels: Tensor, n_key: int
+) -> Dict[str, float]:
     """All measures for the model on the train split (inputs (N, 3) tokens [a, b, =], labels (N,)).
     `fourier_sign`: the task's labels are (a + sign*b) mod p, where the restricted and excluded
     losses apply (the task's own attribute; None elsewhere)."""
@@ -101,6 +103,7 @@ def progress_measures(model: torch.nn.Module, p: Optional[int], fourier_sign: Op
         freqs = key_frequencies(norms, n_key)
         measures.update(fourier_gini=gini(norms), key_frequencies=" ".join(map(str, freqs)))
         if fourier_sign is not None:
-            measures.update(restricted_and_excluded_loss(logits, inputs[:, 0], inputs[:, 1], labels, p, freqs,
-                                                         fourier_sign))
+            measures.update(
+                restricted_and_excluded_loss(logits, inputs[:, 0], inputs[:, 1], labels, p, freqs, fourier_sign)
+            )
     return measures

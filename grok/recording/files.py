@@ -41,7 +41,7 @@ class CSVLogger:
             if self.fd is None:
                 self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             while data:
-                data = data[os.write(self.fd, data):]
+                data = data[os.write(self.fd, data) :]
         except OSError as error:
             raise OSError(error.errno, error.strerror, str(self.path)) from None
 

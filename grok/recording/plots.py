@@ -4,7 +4,9 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 
-def plot_curves(rows: List[Dict[str, float]], memorize_epoch: Optional[int], grok_epoch: Optional[int], path: Path) -> None:
+def plot_curves(
+    rows: List[Dict[str, float]], memorize_epoch: Optional[int], grok_epoch: Optional[int], path: Path
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -48,7 +50,9 @@ def plot_progress(rows: List[Dict[str, float]], measures: List[Dict[str, float]]
             ax_loss.plot(at, [m[key] for m in measures], linestyle="--", label=f"{key.split('_')[0]} (train)")
     ax_loss.set(yscale="log", ylabel="loss", title="loss, restricted and excluded")
     if measures and "fourier_gini" in measures[0]:
-        ax_sparsity.plot(at, [m["fourier_gini"] for m in measures], color="tab:purple", label="Gini of embedding Fourier norms")
+        ax_sparsity.plot(
+            at, [m["fourier_gini"] for m in measures], color="tab:purple", label="Gini of embedding Fourier norms"
+        )
     ax_norm = ax_sparsity.twinx()
     ax_norm.plot(epochs, [row["weight_norm"] for row in rows], color="gray", label="total weight norm")
     ax_norm.set_ylabel("weight norm")
@@ -73,7 +77,10 @@ def plot_fourier_spectrum(norms: List[float], key_frequencies: List[int], path: 
     fig, ax = plt.subplots(figsize=(9, 3.5), constrained_layout=True)
     freqs = list(range(1, len(norms) + 1))
     ax.bar(freqs, norms, color=["tab:red" if k in key_frequencies else "tab:blue" for k in freqs])
-    ax.set(xlabel="frequency k (w = 2 pi k / p)", ylabel="norm of the embedding",
-           title="token embedding in the Fourier basis (key frequencies in red)")
+    ax.set(
+        xlabel="frequency k (w = 2 pi k / p)",
+        ylabel="norm of the embedding",
+        title="token embedding in the Fourier basis (key frequencies in red)",
+    )
     fig.savefig(path, dpi=110)
     plt.close(fig)

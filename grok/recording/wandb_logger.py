@@ -29,9 +29,18 @@ class WandbLogger:
         self._failure: Optional[Tuple[str, str]] = None  # (what, why): set by the helper's reply thread
         self._warned = False
         self._finished = threading.Event()
-        settings = dict(project=cfg.project, entity=cfg.entity, group=cfg.group, tags=list(cfg.tags),
-                        job_type=cfg.job_type, mode=os.environ.get("WANDB_MODE") or cfg.mode,
-                        dir=str(Path(out_dir).resolve()), id=run_id, name=run_name, config=config)
+        settings = dict(
+            project=cfg.project,
+            entity=cfg.entity,
+            group=cfg.group,
+            tags=list(cfg.tags),
+            job_type=cfg.job_type,
+            mode=os.environ.get("WANDB_MODE") or cfg.mode,
+            dir=str(Path(out_dir).resolve()),
+            id=run_id,
+            name=run_name,
+            config=config,
+        )
         try:
             self._helper = _helper()
         except OSError as error:
@@ -89,8 +98,12 @@ class _Helper:
     def __init__(self):
         root = str(Path(__file__).resolve().parents[2])  # this checkout's grok, whatever is installed
         # a session of its own: a terminal's Ctrl-C reaches the training process only, which closes the runs
-        self.process = subprocess.Popen([sys.executable, "-c", _HELPER_MAIN, root], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, start_new_session=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _HELPER_MAIN, root],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            start_new_session=True,
+        )
         self.loggers: Dict[int, WandbLogger] = {}
         self.ended = False
         self._keys = itertools.count()

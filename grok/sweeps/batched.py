@@ -50,10 +50,17 @@ def group_key(cfg: DictConfig) -> Tuple[str, int]:
     run's larger split's size (what its memory scales with)."""
     check_data(cfg.task)
     data = make_dataset(cfg.task, cfg.train_frac, cfg.data_seed)
-    shapes = {"model": OmegaConf.to_container(cfg.model), "n_ctx": data.inputs.shape[1], "n_vocab": data.n_vocab,
-              "n_classes": data.n_classes, "sequences": data.labels.dim() == 2, "loss": cfg.loss.name,
-              "clean_labels": data.clean_labels is not None,  # the same metrics: noisy tasks add acc_clean
-              "device": str(resolve_device(cfg.device)), "threads": cfg.threads}
+    shapes = {
+        "model": OmegaConf.to_container(cfg.model),
+        "n_ctx": data.inputs.shape[1],
+        "n_vocab": data.n_vocab,
+        "n_classes": data.n_classes,
+        "sequences": data.labels.dim() == 2,
+        "loss": cfg.loss.name,
+        "clean_labels": data.clean_labels is not None,  # the same metrics: noisy tasks add acc_clean
+        "device": str(resolve_device(cfg.device)),
+        "threads": cfg.threads,
+    }
     return json.dumps(shapes, sort_keys=True), max(len(data.train_idx), len(data.test_idx))
 
 

@@ -59,8 +59,10 @@ def grid_axes(params: Dict[str, str], overrides: Sequence[str]) -> List[Axis]:
 
 def grid_jobs(axes: Sequence[Axis]) -> List[List[str]]:
     """Each job's overrides, in Hydra's job order (the last axis varies fastest)."""
-    return [[f"{axis.key}={value}" for axis, value in zip(axes, point)]
-            for point in itertools.product(*(axis.strings for axis in axes))]
+    return [
+        [f"{axis.key}={value}" for axis, value in zip(axes, point)]
+        for point in itertools.product(*(axis.strings for axis in axes))
+    ]
 
 
 def compose_sweep(name: str, overrides: Sequence[str]):
@@ -106,11 +108,14 @@ def job_dirs(sweep_dir: Path) -> List[Path]:
     """The jobs' directories: Hydra's `.hydra/` marks one, or the run's own files where it is lost."""
     marks = (".hydra", "summary.json", "metrics.csv")
     found = [path for path in sweep_dir.iterdir() if path.is_dir() and any((path / m).exists() for m in marks)]
-    return sorted(found, key=lambda path: (not path.name.isdigit(), int(path.name) if path.name.isdigit() else 0, path.name))
+    return sorted(
+        found, key=lambda path: (not path.name.isdigit(), int(path.name) if path.name.isdigit() else 0, path.name)
+    )
 
 
-def run_sweep(name: str, overrides: Sequence[str], jobs: Optional[int] = None,
-              batched: bool = False) -> Tuple[Path, int]:
+def run_sweep(
+    name: str, overrides: Sequence[str], jobs: Optional[int] = None, batched: bool = False
+) -> Tuple[Path, int]:
     """Run `train.py -m +sweep=NAME overrides` in a subprocess, with a progress bar over the whole
     sweep read from the job dirs; Hydra's own output goes to <sweep dir>/multirun.log.
     `jobs`: run that many at once through hydra/launcher=joblib, each with cores // jobs threads.
@@ -140,8 +145,11 @@ def run_sweep(name: str, overrides: Sequence[str], jobs: Optional[int] = None,
             while True:
                 finished = process.poll() is not None
                 statuses = [job_status(path) for path in job_dirs(sweep_dir)]
-                state = (sum(status != "incomplete" for status in statuses), statuses.count("incomplete"),
-                         statuses.count("failed"))
+                state = (
+                    sum(status != "incomplete" for status in statuses),
+                    statuses.count("incomplete"),
+                    statuses.count("failed"),
+                )
                 if state != shown or sys.stderr.isatty():  # a log file gets a line per change only
                     bar.n, shown = state[0], state
                     bar.set_postfix(running=state[1], failed=state[2], refresh=False)

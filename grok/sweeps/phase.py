@@ -17,9 +17,17 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 GROKKING_DELAY = 1.0  # generalizing later than this many memorization times after memorizing is grokking
-PHASE_COLOURS = {"comprehension": "tab:green", "grokking": "tab:blue", "memorization": "tab:orange",
-                 "confusion": "tab:red"}
-NOT_DONE_STYLE = {"failed": ("white", "failed", "xx"), "incomplete": ("white", "…", ""), "unreadable": ("white", "?", "..")}
+PHASE_COLOURS = {
+    "comprehension": "tab:green",
+    "grokking": "tab:blue",
+    "memorization": "tab:orange",
+    "confusion": "tab:red",
+}
+NOT_DONE_STYLE = {
+    "failed": ("white", "failed", "xx"),
+    "incomplete": ("white", "…", ""),
+    "unreadable": ("white", "?", ".."),
+}
 
 
 def phase(memorize_epoch: Optional[float], grok_epoch: Optional[float]) -> str:
@@ -103,8 +111,14 @@ def _panels(records: List[Dict[str, Any]], keys: Sequence[str]):
     return x_key, y_key, panels
 
 
-def _draw_grid(records: List[Dict[str, Any]], keys: Sequence[str], cell: Callable[[Dict[str, Any]], Cell],
-               title: str, path: Path, legend: Callable[[Any, Any], None]) -> None:
+def _draw_grid(
+    records: List[Dict[str, Any]],
+    keys: Sequence[str],
+    cell: Callable[[Dict[str, Any]], Cell],
+    title: str,
+    path: Path,
+    legend: Callable[[Any, Any], None],
+) -> None:
     plt = _plt()
     from matplotlib.colors import to_rgb
     from matplotlib.patches import Rectangle
@@ -115,7 +129,9 @@ def _draw_grid(records: List[Dict[str, Any]], keys: Sequence[str], cell: Callabl
     x_edges, y_edges = _edges(list(x_pos.values())), _edges(list(y_pos.values()))
     ncols = min(len(panels), 3)
     nrows = math.ceil(len(panels) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols + 1.5, 4.2 * nrows), squeeze=False, constrained_layout=True)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(5.2 * ncols + 1.5, 4.2 * nrows), squeeze=False, constrained_layout=True
+    )
     for ax, (panel_title, members) in zip(axes.flat, panels.items()):
         values = [(str(r[x_key]) if x_key else "", str(r[y_key]) if y_key else "") for r in members]
         as_grid = len(set(values)) == len(values) and len(values) >= 0.5 * len(x_edges) * len(y_edges)
@@ -128,8 +144,13 @@ def _draw_grid(records: List[Dict[str, Any]], keys: Sequence[str], cell: Callabl
                 dark = sum(w * c for w, c in zip((0.3, 0.59, 0.11), to_rgb(colour))) < 0.45  # perceived brightness
                 ax.text(x, y, text, ha="center", va="center", fontsize=8, color="white" if dark else "black")
             else:  # points that form no grid (a search): one marker each, on plain numeric axes
-                ax.scatter(*(_numbers([v]) or [c] for v, c in ((x_value, x), (y_value, y))), s=120, color=colour,
-                           edgecolors="black", hatch=hatch)
+                ax.scatter(
+                    *(_numbers([v]) or [c] for v, c in ((x_value, x), (y_value, y))),
+                    s=120,
+                    color=colour,
+                    edgecolors="black",
+                    hatch=hatch,
+                )
         for set_label, set_scale, set_lim, set_ticks, positions, edges, key, log in (
             (ax.set_xlabel, ax.set_xscale, ax.set_xlim, ax.set_xticks, x_pos, x_edges, x_key, x_log),
             (ax.set_ylabel, ax.set_yscale, ax.set_ylim, ax.set_yticks, y_pos, y_edges, y_key, y_log),
@@ -142,7 +163,7 @@ def _draw_grid(records: List[Dict[str, Any]], keys: Sequence[str], cell: Callabl
             set_lim(min(lo for lo, _ in edges.values()), max(hi for _, hi in edges.values()))
             set_ticks(list(positions.values()), list(positions), fontsize=8)
         ax.set_title(panel_title, fontsize=9)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     legend(fig, axes)
     fig.suptitle(title)
@@ -190,12 +211,14 @@ def plot_phase_map(records: List[Dict[str, Any]], keys: Sequence[str], path: Pat
     _draw_grid(records, keys, cell, "phases of learning (Liu et al. 2022)", path, legend)
 
 
-def plot_test_curves(curves: List[Tuple[Dict[str, Any], List[Dict[str, float]]]], keys: Sequence[str], path: Path) -> None:
+def plot_test_curves(
+    curves: List[Tuple[Dict[str, Any], List[Dict[str, float]]]], keys: Sequence[str], path: Path
+) -> None:
     """Every job's test accuracy (clean labels for noisy tasks) against epoch, coloured by the first
     swept key; one panel per value of the second."""
-    from grok.training.loop import generalization_key
-
     import matplotlib.cm as cm
+
+    from grok.training.loop import generalization_key
 
     plt = _plt()
     colour_key = keys[0] if keys else None
@@ -205,8 +228,9 @@ def plot_test_curves(curves: List[Tuple[Dict[str, Any], List[Dict[str, float]]]]
     panel_values = list(dict.fromkeys(str(record[panel_key]) for record, _ in curves)) if panel_key else [""]
     ncols = min(len(panel_values), 3)
     nrows = math.ceil(len(panel_values) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols + 1.5, 3.6 * nrows), squeeze=False,
-                             sharey=True, constrained_layout=True)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(5 * ncols + 1.5, 3.6 * nrows), squeeze=False, sharey=True, constrained_layout=True
+    )
     for ax, panel in zip(axes.flat, panel_values):
         labelled = set()
         for record, rows in curves:
@@ -215,8 +239,13 @@ def plot_test_curves(curves: List[Tuple[Dict[str, Any], List[Dict[str, float]]]]
             value = str(record[colour_key]) if colour_key else ""
             colour = cm.plasma(0.85 * (positions[value] - low) / (high - low) if high > low else 0.0)
             test_key = generalization_key(rows[0])
-            ax.plot([row["epoch"] for row in rows], [row[test_key] for row in rows], color=colour, lw=1,
-                    label=None if value in labelled else f"{colour_key}={value}")
+            ax.plot(
+                [row["epoch"] for row in rows],
+                [row[test_key] for row in rows],
+                color=colour,
+                lw=1,
+                label=None if value in labelled else f"{colour_key}={value}",
+            )
             labelled.add(value)
         ax.set_xscale("log")
         ax.set_xlabel("epoch")
@@ -225,7 +254,7 @@ def plot_test_curves(curves: List[Tuple[Dict[str, Any], List[Dict[str, float]]]]
             ax.legend(fontsize=7)
     for ax in axes[:, 0]:
         ax.set_ylabel("test accuracy")
-    for ax in list(axes.flat)[len(panel_values):]:
+    for ax in list(axes.flat)[len(panel_values) :]:
         ax.set_visible(False)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -13,11 +13,23 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from grok.recording.files import read_metrics
-from grok.sweeps.phase import phase, plot_grok_epochs, plot_phase_map, plot_test_curves
 from grok.sweeps.named import grid_axes, grid_jobs, job_dirs, job_status
+from grok.sweeps.phase import phase, plot_grok_epochs, plot_phase_map, plot_test_curves
 
-FIELDS = ["status", "phase", "memorize_epoch", "grok_epoch", "delay", "train_loss", "train_acc",
-          "test_loss", "test_acc", "epochs", "wall_seconds", "error"]
+FIELDS = [
+    "status",
+    "phase",
+    "memorize_epoch",
+    "grok_epoch",
+    "delay",
+    "train_loss",
+    "train_acc",
+    "test_loss",
+    "test_acc",
+    "epochs",
+    "wall_seconds",
+    "error",
+]
 FIGURES = {"phase_diagram": "phase_diagram.png", "phase_map": "phase_map.png", "test_acc_curves": "test_acc_curves.png"}
 
 
@@ -51,7 +63,9 @@ def read_job(job_dir: Path) -> JobDir:
     problems: List[str] = []
     overrides: List[str] = []
     try:
-        overrides = [str(item) for item in OmegaConf.to_container(OmegaConf.load(job_dir / ".hydra" / "overrides.yaml"))]
+        overrides = [
+            str(item) for item in OmegaConf.to_container(OmegaConf.load(job_dir / ".hydra" / "overrides.yaml"))
+        ]
         if not all("=" in item for item in overrides):  # a list cut short mid-item
             raise ValueError("not a list of key=value")
     except FileNotFoundError:
@@ -87,9 +101,12 @@ def job_record(job: JobDir, keys: List[str]) -> Dict[str, Any]:
     else:
         last = job.rows[-1] if job.rows else {}
         outcome = {name: last.get(name) for name in ("train_loss", "train_acc", "test_loss", "test_acc")}
-        outcome.update(memorize_epoch=_first_epoch(job.rows, "train_acc", MEMORIZED),
-                       grok_epoch=_first_epoch(job.rows, generalization_key(last), GROKKED) if last else None,
-                       epochs=int(last["epoch"]) if last else None, error=job.summary.get("error"))
+        outcome.update(
+            memorize_epoch=_first_epoch(job.rows, "train_acc", MEMORIZED),
+            grok_epoch=_first_epoch(job.rows, generalization_key(last), GROKKED) if last else None,
+            epochs=int(last["epoch"]) if last else None,
+            error=job.summary.get("error"),
+        )
     record.update({name: outcome.get(name) for name in FIELDS})
     record["status"] = job.status
     memorized, grokked = record["memorize_epoch"], record["grok_epoch"]
@@ -154,8 +171,9 @@ def summarize(sweep_dir: Path, log_wandb: bool = True) -> SweepSummary:
     if records:
         plot_grok_epochs(records, keys, sweep_dir / FIGURES["phase_diagram"])
         plot_phase_map(records, keys, sweep_dir / FIGURES["phase_map"])
-        plot_test_curves([(record, job.rows) for record, job in zip(records, jobs)], keys,
-                         sweep_dir / FIGURES["test_acc_curves"])
+        plot_test_curves(
+            [(record, job.rows) for record, job in zip(records, jobs)], keys, sweep_dir / FIGURES["test_acc_curves"]
+        )
     summary = SweepSummary(sweep_dir, keys, records, problems)
     if log_wandb and records:
         log_summary_run(summary)
@@ -199,8 +217,18 @@ def _cell(value: Any) -> str:
 
 def format_table(summary: SweepSummary) -> str:
     """The sweep as a fixed-width table, one line per job, problems listed underneath."""
-    columns = ["job", *summary.keys, "status", "phase", "memorize_epoch", "grok_epoch", "delay", "test_acc",
-               "epochs", "wall_seconds"]
+    columns = [
+        "job",
+        *summary.keys,
+        "status",
+        "phase",
+        "memorize_epoch",
+        "grok_epoch",
+        "delay",
+        "test_acc",
+        "epochs",
+        "wall_seconds",
+    ]
     headers = {"memorize_epoch": "memorized", "grok_epoch": "grokked", "wall_seconds": "seconds"}
     cells = [[headers.get(c, c) for c in columns]] + [[_cell(r[c]) for c in columns] for r in summary.records]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]

@@ -16,7 +16,9 @@ from grok.sweeps.named import ROOT, SweepError, compose_sweep, is_search, sweep_
 def wandb_sweep_config(name: str, overrides: Sequence[str]) -> Dict[str, Any]:
     cfg = compose_sweep(name, overrides)
     if is_search(cfg.hydra):
-        raise SweepError(f"sweep {name} is a search ({cfg.hydra.sweeper._target_}): only grid sweeps translate to a W&B grid")
+        raise SweepError(
+            f"sweep {name} is a search ({cfg.hydra.sweeper._target_}): only grid sweeps translate to a W&B grid"
+        )
     axes = sweep_axes(cfg, name, overrides)
     fixed = [f"{axis.key}={axis.strings[0]}" for axis in axes if len(axis.values) == 1]
     config: Dict[str, Any] = {

@@ -49,7 +49,10 @@ def lock_run_dir(run_dir: Path) -> None:
     _held[key] = fd
     try:
         os.ftruncate(fd, 0)
-        os.write(fd, f"PID {os.getpid()} on host {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+        os.write(
+            fd,
+            f"PID {os.getpid()} on host {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(),
+        )
     except OSError:
         pass  # a full disk: the lock holds all the same, only the message of a refused writer is vaguer
 

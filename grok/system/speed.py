@@ -29,16 +29,20 @@ def flush_denormals() -> bool:
     """Have float arithmetic flush denormal numbers to zero, on every thread that computes; return
     whether it holds on all of them. Deep into grokking's plateau, softmax probabilities and their
     gradients fall below float32's normal range, where Intel Xeons take a slow path: there the
-    plateau's epochs ran 3-6x slower than the first ones (AMD EPYC cores showed no penalty). The flag is per thread and threads inherit it when
-    they are created, so it must be set before the first parallel operation starts PyTorch's
-    OpenMP threads (grok/run.py and grok/sweeps/batched.py do so before anything is computed); where they
-    exist already, only the calling thread flushes, and a warning says so."""
+    plateau's epochs ran 3-6x slower than the first ones (AMD EPYC cores showed no penalty). The flag
+    is per thread and threads inherit it when they are created, so it must be set before the first
+    parallel operation starts PyTorch's OpenMP threads (grok/run.py and grok/sweeps/batched.py do so
+    before anything is computed); where they exist already, only the calling thread flushes, and a
+    warning says so."""
     torch.set_flush_denormal(True)
     tiny = torch.full((1 << 20,), 1e-30)  # split across the threads: each computes its own part
     everywhere = bool((tiny * 1e-10 == 0).all())  # 1e-40 is denormal in float32
     if not everywhere:
-        warnings.warn("float32 denormals are flushed to zero on this thread only: PyTorch's threads started "
-                      "earlier, so late epochs may run several times slower (docs/performance.md)", stacklevel=2)
+        warnings.warn(
+            "float32 denormals are flushed to zero on this thread only: PyTorch's threads started "
+            "earlier, so late epochs may run several times slower (docs/performance.md)",
+            stacklevel=2,
+        )
     return everywhere
 
 

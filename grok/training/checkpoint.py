@@ -48,8 +48,11 @@ def _replacing(path: Path) -> Iterator[Path]:
 
 def _epoch_files(checkpoint_dir: Path) -> List[Tuple[int, Path]]:
     """(epoch, path) of each `epoch_*.pt`, newest first."""
-    found = [(int(match.group(1)), path) for path in checkpoint_dir.glob("epoch_*.pt")
-             if (match := _EPOCH_FILE.fullmatch(path.name))]
+    found = [
+        (int(match.group(1)), path)
+        for path in checkpoint_dir.glob("epoch_*.pt")
+        if (match := _EPOCH_FILE.fullmatch(path.name))
+    ]
     return sorted(found, reverse=True)
 
 
@@ -149,7 +152,8 @@ def load_checkpoint(run_dir: Path, map_location: Any = "cpu") -> Dict[str, Any]:
             payload = _read(path, map_location)
         except _Unreadable:
             continue
-        warnings.warn(f"resume: {damage}; resuming from {path}, epoch {epoch}, the newest readable checkpoint",
-                      stacklevel=2)
+        warnings.warn(
+            f"resume: {damage}; resuming from {path}, epoch {epoch}, the newest readable checkpoint", stacklevel=2
+        )
         return payload
     raise Refused(f"resume: {damage}, and no older checkpoint is readable")

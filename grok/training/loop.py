@@ -107,16 +107,23 @@ class Experiment:
 
     def save(self) -> None:
         cuda = self.device.type == "cuda"
-        save_checkpoint(self.run_dir / "checkpoints", self.state.epoch, {
-            # clone: a stacked run's parameters are views into the stack's tensors (grok/training/stacked.py)
-            "model": {key: value.clone() for key, value in self.model.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "state": asdict(self.state),
-            "rng": {"torch": torch.get_rng_state(), "batches": self.generator.get_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if cuda else []},
-            "config": OmegaConf.to_container(self.cfg, resolve=True),
-        })
+        save_checkpoint(
+            self.run_dir / "checkpoints",
+            self.state.epoch,
+            {
+                # clone: a stacked run's parameters are views into the stack's tensors (grok/training/stacked.py)
+                "model": {key: value.clone() for key, value in self.model.state_dict().items()},
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "state": asdict(self.state),
+                "rng": {
+                    "torch": torch.get_rng_state(),
+                    "batches": self.generator.get_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if cuda else [],
+                },
+                "config": OmegaConf.to_container(self.cfg, resolve=True),
+            },
+        )
 
 
 # ----------------------------------------------------------------------------- one run's epoch
@@ -126,8 +133,14 @@ def correct(logits: Tensor, labels: Tensor, sequences: bool) -> Tensor:
     return (right | (labels == IGNORE)).all(dim=-1) if sequences else right
 
 
-def split_metrics(loss: Tensor, logits: Tensor, labels: Tensor, clean_labels: Optional[Tensor], sequences: bool,
-                  real: Optional[Tensor] = None) -> Dict[str, Tensor]:
+def split_metrics(
+    loss: Tensor,
+    logits: Tensor,
+    labels: Tensor,
+    clean_labels: Optional[Tensor],
+    sequences: bool,
+    real: Optional[Tensor] = None,
+) -> Dict[str, Tensor]:
     """Loss and accuracy, and for noisy tasks the accuracy on the clean labels. For K stacked runs
     (grok/training/stacked.py) each is (K,), and `real` (K, N) marks the examples that are not padding."""
 
@@ -141,8 +154,15 @@ def split_metrics(loss: Tensor, logits: Tensor, labels: Tensor, clean_labels: Op
     return metrics
 
 
-def train_epoch(model: nn.Module, split: Split, optimizer, scheduler, batch_size: Optional[int], generator,
-                loss_fn: Callable = cross_entropy) -> Dict[str, Tensor]:
+def train_epoch(
+    model: nn.Module,
+    split: Split,
+    optimizer,
+    scheduler,
+    batch_size: Optional[int],
+    generator,
+    loss_fn: Callable = cross_entropy,
+) -> Dict[str, Tensor]:
     """One pass over the train split; returns loss and accuracies averaged over its examples."""
     model.train()
     n = len(split.labels)
@@ -212,13 +232,18 @@ def evaluation_due(cfg, epoch: int) -> bool:
     return epoch % cfg.eval_every == 0 or epoch == cfg.epochs
 
 
-def epoch_rows(train_metrics: List[Dict[str, Tensor]], test_metrics: List[Dict[str, Tensor]],
-               weight_norms: Tensor) -> List[Dict[str, float]]:
+def epoch_rows(
+    train_metrics: List[Dict[str, Tensor]], test_metrics: List[Dict[str, Tensor]], weight_norms: Tensor
+) -> List[Dict[str, float]]:
     """The metrics of one epoch of K runs as K rows of numbers: train_*, test_*, weight_norm. One
     transfer from the device for all: on a GPU each .item() waits."""
     names = [f"train_{key}" for key in train_metrics[0]] + [f"test_{key}" for key in test_metrics[0]] + ["weight_norm"]
-    values = torch.stack([torch.stack([value.double() for value in [*train.values(), *test.values()]])
-                          for train, test in zip(train_metrics, test_metrics)])
+    values = torch.stack(
+        [
+            torch.stack([value.double() for value in [*train.values(), *test.values()]])
+            for train, test in zip(train_metrics, test_metrics)
+        ]
+    )
     return [dict(zip(names, row)) for row in torch.cat([values, weight_norms.double()[:, None]], dim=1).tolist()]
 
 
@@ -233,8 +258,9 @@ def check_finite(row: Dict[str, float]) -> None:
         raise Diverged(f"training diverged at epoch {row['epoch']}: {losses} (a lower optimizer.lr may help)")
 
 
-def close_epoch(experiment: Experiment, epoch: int, lr: float, seconds: float, values: Optional[Dict[str, float]],
-                stop) -> Optional[Dict[str, float]]:
+def close_epoch(
+    experiment: Experiment, epoch: int, lr: float, seconds: float, values: Optional[Dict[str, float]], stop
+) -> Optional[Dict[str, float]]:
     """Everything after an epoch's step and test pass, for one run: its row (`values` from epoch_rows;
     None when the epoch was not evaluated) and progress measures to the loggers, grokking detection,
     checkpoint, early stop, a stop requested by a signal (`stop`, a grok.system.signals.StopRequest).
@@ -244,13 +270,23 @@ def close_epoch(experiment: Experiment, epoch: int, lr: float, seconds: float, v
     state.train_seconds += seconds
     if values is not None:
         norm = values["weight_norm"]
-        row = {"epoch": epoch, **{key: value for key, value in values.items() if key != "weight_norm"},
-               "lr": lr, "weight_norm": norm}
+        row = {
+            "epoch": epoch,
+            **{key: value for key, value in values.items() if key != "weight_norm"},
+            "lr": lr,
+            "weight_norm": norm,
+        }
         measures = {}
         binary = experiment.train.labels.dim() == 1  # the measures are for binary operations
         if cfg.analysis.name != "none" and binary and epoch % cfg.analysis.every == 0:
-            measures = progress_measures(experiment.model, cfg.task.get("p"), experiment.fourier_sign, experiment.train.inputs,
-                                         experiment.train.labels, cfg.analysis.n_key_freqs)
+            measures = progress_measures(
+                experiment.model,
+                cfg.task.get("p"),
+                experiment.fourier_sign,
+                experiment.train.inputs,
+                experiment.train.labels,
+                cfg.analysis.n_key_freqs,
+            )
         experiment.loggers.log_epoch(row, measures)
         check_finite(row)
         state.update(row, cfg.stop)
@@ -298,15 +334,22 @@ def _train_together(experiments: List[Experiment], stop, end: Ending, results: D
 
     active = []
     for experiment in experiments:
-        if experiment.state.stopped_early or experiment.state.epoch >= experiment.cfg.epochs:  # trained to the end before: finish only
+        if (
+            experiment.state.stopped_early or experiment.state.epoch >= experiment.cfg.epochs
+        ):  # trained to the end before: finish only
             _end(experiment, None, end, results)
         else:
             active.append(experiment)
     if not active:
         return
     first, last = active[0].state.epoch + 1, max(experiment.cfg.epochs for experiment in active)
-    bar = tqdm(total=last, initial=first - 1, disable=not any(experiment.cfg.progress for experiment in active), unit="epoch",
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=last,
+        initial=first - 1,
+        disable=not any(experiment.cfg.progress for experiment in active),
+        unit="epoch",
+        dynamic_ncols=True,
+    )
     engine = Alone(active[0]) if len(active) == 1 else Stack(active)
     threads = AdaptiveThreads(explicit_threads(active[0].cfg))  # runs together share `threads`
     last_postfix, tick = 0.0, time.perf_counter()
@@ -322,12 +365,18 @@ def _train_together(experiments: List[Experiment], stop, end: Ending, results: D
                 engine = None
                 torch.cuda.empty_cache()
                 half = len(active) // 2
-                warnings.warn(f"a batch of {len(active)} runs ran out of GPU memory at epoch {epoch}: "
-                              f"it goes on as two batches, of {half} and {len(active) - half}")
+                warnings.warn(
+                    f"a batch of {len(active)} runs ran out of GPU memory at epoch {epoch}: "
+                    f"it goes on as two batches, of {half} and {len(active) - half}"
+                )
                 _one_after_another([active[:half], active[half:]], stop, end, results)
                 return
             due = [evaluation_due(experiment.cfg, epoch) for experiment in active]
-            rows = epoch_rows(train_metrics, engine.evaluate(), engine.weight_norms()) if any(due) else [None] * len(active)
+            rows = (
+                epoch_rows(train_metrics, engine.evaluate(), engine.weight_norms())
+                if any(due)
+                else [None] * len(active)
+            )
             now = time.perf_counter()
             interrupted, stopped, logged = None, [], None
             for experiment, lr, row, is_due in zip(active, lrs, rows, due):
@@ -345,9 +394,13 @@ def _train_together(experiments: List[Experiment], stop, end: Ending, results: D
             tick = now
             if len(active) == 1 and logged is not None and time.perf_counter() - last_postfix > 0.5:
                 last_postfix = time.perf_counter()
-                bar.set_postfix(train_loss=f"{logged['train_loss']:.3g}", train_acc=f"{logged['train_acc']:.3f}",
-                                test_loss=f"{logged['test_loss']:.3g}", test_acc=f"{logged['test_acc']:.3f}",
-                                refresh=False)
+                bar.set_postfix(
+                    train_loss=f"{logged['train_loss']:.3g}",
+                    train_acc=f"{logged['train_acc']:.3f}",
+                    test_loss=f"{logged['test_loss']:.3g}",
+                    test_acc=f"{logged['test_acc']:.3f}",
+                    refresh=False,
+                )
             bar.update()
             threads.update()
             if interrupted is not None:
@@ -385,6 +438,6 @@ def _one_after_another(batches: List[List[Experiment]], stop, end: Ending, resul
         try:
             _train_together(batch, stop, end, results)
         except Interrupted as error:
-            for experiment in (r for waiting in batches[i + 1:] for r in waiting):
+            for experiment in (r for waiting in batches[i + 1 :] for r in waiting):
                 _end(experiment, type(error)(error.signum, experiment.state.epoch), end, results)
             raise

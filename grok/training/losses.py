@@ -32,4 +32,3 @@ def stablemax_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     kept = labels != IGNORE
     picked = stablemax(logits).gather(-1, labels.clamp(min=0)[:, None])[:, 0]
     return -torch.where(kept, picked.log(), 0).sum() / kept.sum()
-

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any, Callable, List, Optional, Tuple
 
 import torch
-from torch import Tensor
 from omegaconf import OmegaConf
+from torch import Tensor
 
-from grok.errors import ConfigError
 from grok.data import DataSize
 from grok.data.tasks import is_prime
+from grok.errors import ConfigError
 from grok.models import fast
 from grok.plugins import plugin, typed
 from grok.training.loop import EVAL_TOKENS, Experiment
@@ -106,9 +106,13 @@ def _refusal(task_cfg, reason: str, fits: Callable[[Any], bool], hint: str = "")
 
 
 def _data_refusal(task_cfg, size: DataSize, available: int, fits: Callable[[Any], bool]) -> ConfigError:
-    return _refusal(task_cfg, f"the data set has {size.examples:,} examples (~{_bytes(size.tensor_bytes())} as "
-                              f"tensors, ~{_bytes(size.build_bytes())} while it is built), more than the "
-                              f"{_bytes(available)} of memory available here", fits)
+    return _refusal(
+        task_cfg,
+        f"the data set has {size.examples:,} examples (~{_bytes(size.tensor_bytes())} as "
+        f"tensors, ~{_bytes(size.build_bytes())} while it is built), more than the "
+        f"{_bytes(available)} of memory available here",
+        fits,
+    )
 
 
 def check_data(task_cfg, available_bytes: Optional[int] = None) -> None:
@@ -120,14 +124,18 @@ def check_data(task_cfg, available_bytes: Optional[int] = None) -> None:
         raise _data_refusal(task_cfg, size, available, lambda cfg: data_size(cfg).build_bytes() <= available)
 
 
-def training_bytes(size: DataSize, train_frac: float, batch_size: Optional[int],
-                   analysis: bool) -> Tuple[int, int, str]:
+def training_bytes(
+    size: DataSize, train_frac: float, batch_size: Optional[int], analysis: bool
+) -> Tuple[int, int, str]:
     """(bytes, rows, pass): what training holds on its device at least, the train and test splits
     and the logits of its largest pass, over `rows` examples at once."""
     n_train = int(train_frac * size.examples)
-    passes = [(n_train, LOGIT_BYTES, "a full-batch step") if batch_size is None
-              else (min(batch_size, n_train), LOGIT_BYTES, "a minibatch"),
-              (min(size.examples - n_train, max(1, EVAL_TOKENS // size.width)), LOGIT_BYTES, "an evaluation chunk")]
+    passes = [
+        (n_train, LOGIT_BYTES, "a full-batch step")
+        if batch_size is None
+        else (min(batch_size, n_train), LOGIT_BYTES, "a minibatch"),
+        (min(size.examples - n_train, max(1, EVAL_TOKENS // size.width)), LOGIT_BYTES, "an evaluation chunk"),
+    ]
     if analysis and size.scored == 1:  # grok/training/loop.py takes progress measures of binary operations only
         passes.append((n_train, ANALYSIS_LOGIT_BYTES, "the progress measures"))
     rows, per_logit, name = max(passes, key=lambda p: p[0] * p[1])
@@ -143,8 +151,9 @@ def check_memory(cfg, device: torch.device, available_bytes: Optional[int] = Non
 
     def fits(task_cfg, batch_size=cfg.batch_size, analysis=analysis) -> bool:
         size = data_size(task_cfg)
-        return ((host is None or size.build_bytes() <= host) and
-                (on_device is None or training_bytes(size, cfg.train_frac, batch_size, analysis)[0] <= on_device))
+        return (host is None or size.build_bytes() <= host) and (
+            on_device is None or training_bytes(size, cfg.train_frac, batch_size, analysis)[0] <= on_device
+        )
 
     if fits(cfg.task):
         return
@@ -153,12 +162,20 @@ def check_memory(cfg, device: torch.device, available_bytes: Optional[int] = Non
         raise _data_refusal(cfg.task, size, host, fits)
     need, rows, name = training_bytes(size, cfg.train_frac, cfg.batch_size, analysis)
     smaller_batch = "set batch_size" if cfg.batch_size is None else "a smaller batch_size"
-    alternatives = {"analysis=none": {"analysis": False}, smaller_batch: {"batch_size": 1},
-                    f"{smaller_batch} and analysis=none": {"batch_size": 1, "analysis": False}}
+    alternatives = {
+        "analysis=none": {"analysis": False},
+        smaller_batch: {"batch_size": 1},
+        f"{smaller_batch} and analysis=none": {"batch_size": 1, "analysis": False},
+    }
     hint = next((f", or {text}" for text, settings in alternatives.items() if fits(cfg.task, **settings)), "")
-    raise _refusal(cfg.task, f"training needs ~{_bytes(need)} on {device} (the splits of its {size.examples:,} "
-                             f"examples, and the logits of {rows:,} at once in {name}), more than the "
-                             f"{_bytes(on_device)} available", fits, hint)
+    raise _refusal(
+        cfg.task,
+        f"training needs ~{_bytes(need)} on {device} (the splits of its {size.examples:,} "
+        f"examples, and the logits of {rows:,} at once in {name}), more than the "
+        f"{_bytes(on_device)} available",
+        fits,
+        hint,
+    )
 
 
 # ----------------------------------------------------------------------------- runs stacked together

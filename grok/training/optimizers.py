@@ -51,13 +51,23 @@ class TorchOptimizer:
             raise ConfigError(f"optimizer.betas={list(cfg.betas)}: must be two numbers in [0, 1)")
 
 
-adamw = TorchOptimizer(lambda params, cfg, extra: torch.optim.AdamW(
-    params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, **extra), AdamConfig)
+adamw = TorchOptimizer(
+    lambda params, cfg, extra: torch.optim.AdamW(
+        params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, **extra
+    ),
+    AdamConfig,
+)
 # weight decay as an L2 term in the gradient
-adam = TorchOptimizer(lambda params, cfg, extra: torch.optim.Adam(
-    params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, **extra), AdamConfig)
-sgd = TorchOptimizer(lambda params, cfg, extra: torch.optim.SGD(
-    params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay), SGDConfig)
+adam = TorchOptimizer(
+    lambda params, cfg, extra: torch.optim.Adam(
+        params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, **extra
+    ),
+    AdamConfig,
+)
+sgd = TorchOptimizer(
+    lambda params, cfg, extra: torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay),
+    SGDConfig,
+)
 
 
 class LinearWarmup:
@@ -70,8 +80,9 @@ class LinearWarmup:
         return min(step / self.warmup_steps, 1.0) if self.warmup_steps else 1.0
 
 
-def build_optimizer(cfg, transforms: Dict[str, Any], params: Iterable[torch.nn.Parameter]
-                    ) -> Tuple[torch.optim.Optimizer, LambdaLR]:
+def build_optimizer(
+    cfg, transforms: Dict[str, Any], params: Iterable[torch.nn.Parameter]
+) -> Tuple[torch.optim.Optimizer, LambdaLR]:
     """The optimizer of `cfg` (cfg.optimizer) over `params`, the gradient transforms of `transforms`
     (cfg.transforms) before each of its steps, and its warmup schedule."""
     params = list(params)

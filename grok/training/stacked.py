@@ -50,9 +50,14 @@ class Stack:
         self.test = self._examples([e.test for e in experiments])
 
     def _examples(self, splits) -> Dict[str, Tensor]:
-        examples = {"inputs": _padded([s.inputs for s in splits], 0), "labels": _padded([s.labels for s in splits], IGNORE),
-                    "count": torch.tensor([len(s.labels) for s in splits], device=splits[0].labels.device)}
-        examples["real"] = torch.arange(examples["inputs"].shape[1], device=examples["count"].device) < examples["count"][:, None]
+        examples = {
+            "inputs": _padded([s.inputs for s in splits], 0),
+            "labels": _padded([s.labels for s in splits], IGNORE),
+            "count": torch.tensor([len(s.labels) for s in splits], device=splits[0].labels.device),
+        }
+        examples["real"] = (
+            torch.arange(examples["inputs"].shape[1], device=examples["count"].device) < examples["count"][:, None]
+        )
         if len({split.clean_labels is None for split in splits}) > 1:
             raise ValueError("a stack's runs must all have clean labels (noisy tasks) or none")
         if splits[0].clean_labels is not None:
@@ -65,8 +70,9 @@ class Stack:
 
     def _metrics(self, losses: Tensor, logits: Tensor, examples: Dict[str, Tensor]) -> List[Dict[str, Tensor]]:
         """Per run, what grok/training/loop.py's train_epoch and evaluate return for a run alone."""
-        stacked = split_metrics(losses, logits, examples["labels"], examples.get("clean_labels"), self.sequences,
-                                examples["real"])
+        stacked = split_metrics(
+            losses, logits, examples["labels"], examples.get("clean_labels"), self.sequences, examples["real"]
+        )
         return [{key: value[k] for key, value in stacked.items()} for k in range(len(losses))]
 
     def train_epoch(self) -> List[Dict[str, Tensor]]:

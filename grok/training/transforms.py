@@ -77,7 +77,13 @@ class GrokfastMA:
             raise ConfigError(f"transforms.{cfg.name}.reduce={cfg.reduce}: must be mean or sum")
 
     def __init__(self, params: List[torch.nn.Parameter], cfg):
-        self.params, self.window, self.lamb, self.reduce, self.warmup = params, cfg.window, cfg.lamb, cfg.reduce, cfg.warmup
+        self.params, self.window, self.lamb, self.reduce, self.warmup = (
+            params,
+            cfg.window,
+            cfg.lamb,
+            cfg.reduce,
+            cfg.warmup,
+        )
         self.history: List[Deque[Tensor]] = [deque(maxlen=cfg.window) for _ in params]
 
     def __call__(self) -> None:
@@ -123,8 +129,9 @@ class OrthoGrad:
         pass
 
 
-def attach_transforms(optimizer: torch.optim.Optimizer, params: List[torch.nn.Parameter],
-                      nodes: Dict[str, Any]) -> Dict[str, Any]:
+def attach_transforms(
+    optimizer: torch.optim.Optimizer, params: List[torch.nn.Parameter], nodes: Dict[str, Any]
+) -> Dict[str, Any]:
     """Build the transforms of `nodes` (cfg.transforms) and run them, in order, before each of
     `optimizer`'s steps; their states ride in its state_dict. Returns them by key."""
     transforms = {key: plugin(node, f"transforms.{key}")(params, node) for key, node in nodes.items()}

@@ -28,9 +28,9 @@ class BatchedLauncher(Launcher):
         self.config, self.hydra_context = config, hydra_context
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from grok.run import objective
         from grok.sweeps.batched import Job, run_batched
         from grok.system.signals import Interrupted
-        from grok.run import objective
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
@@ -48,10 +48,19 @@ class BatchedLauncher(Launcher):
             sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
             with open_dict(sweep_config):
                 sweep_config.hydra.job.id = sweep_config.hydra.job.num = idx
-            returns.append(run_job(hydra_context=self.hydra_context, task_function=prepare, config=sweep_config,
-                                   job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir",
-                                   configure_logging=False))
-        ready = [ret for ret in returns if ret.status == JobStatus.COMPLETED]  # a config Hydra could not resolve fails alone
+            returns.append(
+                run_job(
+                    hydra_context=self.hydra_context,
+                    task_function=prepare,
+                    config=sweep_config,
+                    job_dir_key="hydra.sweep.dir",
+                    job_subdir_key="hydra.sweep.subdir",
+                    configure_logging=False,
+                )
+            )
+        ready = [
+            ret for ret in returns if ret.status == JobStatus.COMPLETED
+        ]  # a config Hydra could not resolve fails alone
         try:
             results = run_batched([ret.return_value for ret in ready], self.max_members)
         except Interrupted as error:  # each job stopped by the signal has checkpointed and says so
