@@ -27,7 +27,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from grok.data import IGNORE
 from grok.models import fast
 from grok.recording import Loggers
 from grok.recording.analysis import progress_measures
@@ -36,6 +35,7 @@ from grok.system.speed import for_training
 from grok.system.threads import AdaptiveThreads, explicit_threads
 from grok.training.checkpoint import save_checkpoint
 from grok.training.losses import cross_entropy
+from grok.training.metrics import split_metrics
 
 MEMORIZED, GROKKED = 0.99, 0.99  # accuracy thresholds for memorize_epoch and grok_epoch
 EVAL_TOKENS = 2**17  # evaluate in chunks of about this many tokens, so large test sets fit in memory
@@ -127,33 +127,6 @@ class Experiment:
 
 
 # ----------------------------------------------------------------------------- one run's epoch
-def correct(logits: Tensor, labels: Tensor, sequences: bool) -> Tensor:
-    """Per example: whether its prediction is right; a sequence is right when every scored position is."""
-    right = logits.argmax(dim=-1) == labels
-    return (right | (labels == IGNORE)).all(dim=-1) if sequences else right
-
-
-def split_metrics(
-    loss: Tensor,
-    logits: Tensor,
-    labels: Tensor,
-    clean_labels: Optional[Tensor],
-    sequences: bool,
-    real: Optional[Tensor] = None,
-) -> Dict[str, Tensor]:
-    """Loss and accuracy, and for noisy tasks the accuracy on the clean labels. For K stacked runs
-    (grok/training/stacked.py) each is (K,), and `real` (K, N) marks the examples that are not padding."""
-
-    def accuracy(labels: Tensor) -> Tensor:
-        right = correct(logits, labels, sequences)
-        return right.to(torch.float64).mean(-1) if real is None else (right & real).sum(-1).double() / real.sum(-1)
-
-    metrics = {"loss": loss, "acc": accuracy(labels)}
-    if clean_labels is not None:
-        metrics["acc_clean"] = accuracy(clean_labels)
-    return metrics
-
-
 def train_epoch(
     model: nn.Module,
     split: Split,
@@ -334,9 +307,8 @@ def _train_together(experiments: List[Experiment], stop, end: Ending, results: D
 
     active = []
     for experiment in experiments:
-        if (
-            experiment.state.stopped_early or experiment.state.epoch >= experiment.cfg.epochs
-        ):  # trained to the end before: finish only
+        trained = experiment.state.stopped_early or experiment.state.epoch >= experiment.cfg.epochs
+        if trained:  # to the end, before: finish only
             _end(experiment, None, end, results)
         else:
             active.append(experiment)

@@ -10,14 +10,17 @@ Runs of one stack may have splits of different sizes (train_frac): each run's ex
 to the largest with the label IGNORE, which losses and accuracies leave out.
 """
 
-from typing import Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional
 
 import torch
 from torch import Tensor
 
 from grok.data import IGNORE
 from grok.models import fast
-from grok.training.loop import Experiment, split_metrics
+from grok.training.metrics import split_metrics
+
+if TYPE_CHECKING:  # the loop builds stacks of its experiments
+    from grok.training.loop import Experiment
 
 
 def _padded(splits: List[Tensor], fill: int) -> Tensor:
@@ -33,7 +36,7 @@ class Stack:
     """The runs' parameters stacked along a leading run dimension, each run's parameters views into
     them; their train and test examples padded to common lengths."""
 
-    def __init__(self, experiments: List[Experiment]):
+    def __init__(self, experiments: List["Experiment"]):
         self.experiments = experiments
         self.module = fast(experiments[0].model)  # any run's: torch.func.functional_call swaps in the stack
         self.names = [name for name, _ in self.module.named_parameters()]  # in each run's parameters' order
