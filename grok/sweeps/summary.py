@@ -10,7 +10,7 @@ import json
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from grok.recording.files import read_metrics
 from grok.sweeps.named import grid_axes, grid_jobs, job_dirs, job_status
@@ -150,8 +150,8 @@ class SweepSummary:
         return [r for r in self.records if r["status"] in ("failed", "unreadable")]
 
 
-def summarize(sweep_dir: Path, log_wandb: bool = True) -> SweepSummary:
-    """Write sweep_summary.csv and the figures into sweep_dir; log the W&B summary run."""
+def sweep_table(sweep_dir: Path) -> Tuple[SweepSummary, List[JobDir]]:
+    """The sweep's table, read from its job directories (nothing is written), and the jobs."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"{sweep_dir}: no such sweep directory")
@@ -163,7 +163,13 @@ def summarize(sweep_dir: Path, log_wandb: bool = True) -> SweepSummary:
     found = {tuple(job.overrides) for job in jobs}
     never = [" ".join(overrides) for overrides in expected or [] if tuple(overrides) not in found]
     problems += [f"never started (no job dir has these overrides): {overrides}" for overrides in never]
+    return SweepSummary(sweep_dir, keys, records, problems), jobs
 
+
+def summarize(sweep_dir: Path, log_wandb: bool = True) -> SweepSummary:
+    """Write sweep_summary.csv and the figures into sweep_dir; log the W&B summary run."""
+    summary, jobs = sweep_table(sweep_dir)
+    sweep_dir, keys, records = summary.sweep_dir, summary.keys, summary.records
     with open(sweep_dir / "sweep_summary.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["job", *keys, *FIELDS], lineterminator="\n")
         writer.writeheader()
@@ -174,7 +180,6 @@ def summarize(sweep_dir: Path, log_wandb: bool = True) -> SweepSummary:
         plot_test_curves(
             [(record, job.rows) for record, job in zip(records, jobs)], keys, sweep_dir / FIGURES["test_acc_curves"]
         )
-    summary = SweepSummary(sweep_dir, keys, records, problems)
     if log_wandb and records:
         log_summary_run(summary)
     return summary

@@ -134,6 +134,19 @@ def _first_sentence(error: Exception) -> str:
     return re.split(r"(?<=\w)\.\s", text.splitlines()[0], maxsplit=1)[0].rstrip(".")
 
 
+def checkpoint_epochs(checkpoint_dir: Path) -> List[int]:
+    """The epochs of the run's `epoch_*.pt` files, oldest first."""
+    return sorted(epoch for epoch, _ in _epoch_files(checkpoint_dir))
+
+
+def read_checkpoint(path: Path, map_location: Any = "cpu") -> Dict[str, Any]:
+    """One checkpoint file; ConfigError, one line, where it is not a readable grok checkpoint."""
+    try:
+        return _read(path, map_location)
+    except _Unreadable as reason:
+        raise ConfigError(f"checkpoint {path} is corrupt or unreadable ({reason})") from None
+
+
 def load_checkpoint(run_dir: Path, map_location: Any = "cpu") -> Dict[str, Any]:
     """Load `run_dir/checkpoints/last.pt`; where it is unreadable, warn and load the newest readable
     `epoch_*.pt` instead. No readable checkpoint refuses the resume (Refused, one line)."""
