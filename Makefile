@@ -11,6 +11,9 @@ PINS := torch==2.13.0 hydra-core==1.3.8 omegaconf==2.3.1 wandb==0.31.0 einops==0
         hydra-joblib-launcher==1.2.0 joblib==1.6.0 hydra-optuna-sweeper==1.3.0 optuna==2.10.1 \
         ruff==0.17.6 import-linter==2.17
 STAMP := $(VENV)/.installed
+# the interp extra (TransformerLens, for grok.to_hooked_transformer): the tests need it, a run does not
+INTERP_PINS := transformer-lens==3.9.0
+INTERP := $(VENV)/.interp
 # what ruff lints and formats
 SOURCES := grok tests benchmarks hydra_plugins docs/examples train.py sweep.py
 
@@ -27,6 +30,10 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]"
 	touch $@
 
+$(INTERP): $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check $(INTERP_PINS)
+	touch $@
+
 train: $(STAMP)  ## the default experiment (ARGS="task=divide train_frac=0.1" for another)
 	$(PY) train.py $(ARGS)
 
@@ -35,7 +42,7 @@ train: $(STAMP)  ## the default experiment (ARGS="task=divide train_frac=0.1" fo
 # rounding only fails here, not first in CI. Any failure fails the target, "no tests ran" (5) too.
 KERNELS := ATEN_CPU_CAPABILITY=default ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=COMPATIBLE
 
-test: $(STAMP) lint  ## lint, layering, the test suite, then the float-sensitive tests under other CPU kernels
+test: $(STAMP) $(INTERP) lint  ## lint, layering, the test suite, then the float-sensitive tests under other CPU kernels
 	$(PY) -m pytest -n 2 --dist loadfile --durations=10 $(ARGS)
 	for kernel in $(KERNELS); do \
 		echo "float-sensitive tests under $$kernel"; \
