@@ -17,7 +17,7 @@ INTERP := $(VENV)/.interp
 # what ruff lints and formats
 SOURCES := grok tests benchmarks hydra_plugins docs/examples train.py sweep.py
 
-.PHONY: help install train test lint format bench clean
+.PHONY: help install train test lint format reproduce bench clean
 
 help:  ## this list of targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z]+):.*## /  make \1\t/' | expand -t 16
@@ -59,6 +59,10 @@ lint: $(STAMP)  ## ruff (lint, format check) and import-linter (the layering of 
 format: $(STAMP)  ## ruff format and ruff's safe fixes, in place
 	$(VENV)/bin/ruff check --fix $(SOURCES)
 	$(VENV)/bin/ruff format $(SOURCES)
+
+# a result of the literature, run and reported (docs/results.md): NAME a named sweep or a preset
+reproduce: $(STAMP)  ## NAME=power2022_small (docs/results.md): a result of the literature, its table and figures
+	$(PY) sweep.py reproduce $(NAME) $(ARGS)
 
 # epochs/s of the harness against benchmarks/reference.py, measured in one run (docs/performance.md)
 bench: $(STAMP)  ## speed against the reference implementation, in one run; writes bench.json

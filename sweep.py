@@ -3,6 +3,8 @@
     python sweep.py NAME [overrides...] [--jobs N | --batched]   run conf/sweep/NAME.yaml, then summarize it
     python sweep.py summarize SWEEP_DIR [--no-wandb]     sweep_summary.csv, figures, table, W&B summary run
     python sweep.py wandb NAME [overrides...] [--agent]  the equivalent W&B sweep (YAML); --agent runs it
+    python sweep.py reproduce NAME [overrides...]        a result of the literature (docs/results.md): a
+                                                         named sweep as above, or a preset's run and its phases
 
 Overrides are Hydra's, as for train.py: `epochs=500`, or a comma list to change an axis of the grid
 (`train_frac=0.3,0.5`). Exit status: 0 when every job completed, 1 otherwise.
@@ -28,11 +30,37 @@ def _summarize(sweep_dir: Path, log_wandb: bool) -> int:
     return 1 if failed else 0
 
 
+def _reproduce(argv) -> int:
+    from grok.sweeps.named import SweepError, sweep_names
+    from grok.sweeps.reproduce import presets, report_run, reproductions, run_preset
+
+    parser = argparse.ArgumentParser(prog="sweep.py reproduce", description=_reproduce.__doc__)
+    parser.add_argument("name", help=f"one of: {', '.join(reproductions())}")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py")
+    args, rest = parser.parse_known_intermixed_args(argv)
+    if args.name in sweep_names():
+        return main([args.name, *args.overrides, *rest])
+    try:
+        if args.name not in presets() or rest:
+            raise SweepError(f"reproduce {' '.join(argv)}: NAME must be one of {', '.join(reproductions())}"
+                             + (f"; {' '.join(rest)} is for sweeps only" if rest else ""))  # fmt: skip
+        print(report_run(run_preset(args.name, args.overrides)))
+        return 0
+    except SweepError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+_reproduce.__doc__ = "Run a result of the literature: a named sweep, or a preset's run and the phases it went through."
+
+
 def main(argv) -> int:
     from grok.sweeps.named import SweepError, sweep_names
 
     names = ", ".join(sweep_names())
     command = argv[0] if argv else None
+    if command == "reproduce":
+        return _reproduce(argv[1:])
     parser = argparse.ArgumentParser(
         prog=f"sweep.py {command}" if command in ("summarize", "wandb") else "sweep.py",
         description=__doc__ + f"\nsweeps: {names}",

@@ -63,6 +63,7 @@ class Config:
     train_frac: float = 0.3
     epochs: int = 30000
     seed: int = 0  # model initialisation (and minibatch order)
+    init_scale: float = 1.0  # every initial weight times this (Liu et al. 2023, Omnigrok: the initial weight norm)
     data_seed: int = 0  # the train/test split, random tables and label noise
     device: str = "auto"  # auto (the GPU when there is one) | cpu | cuda | cuda:N
     compile: bool = False  # torch.compile the model for training; CUDA graphs on a GPU (grok/system/speed.py)
@@ -101,6 +102,7 @@ def _check_top_level(cfg: Any) -> None:
     )
     _require(isinstance(cfg.resume, (bool, str)), f"resume={cfg.resume}: must be true, false or a run directory")
     _require(cfg.threads is None or cfg.threads >= 1, f"threads={cfg.threads}: must be >= 1, or null")
+    _require(cfg.init_scale > 0, f"init_scale={cfg.init_scale}: must be > 0")
     _require(cfg.objective in OBJECTIVES, f"objective={cfg.objective}: must be one of {', '.join(OBJECTIVES)}")
     if cfg.analysis.name == "progress":
         _require(cfg.analysis.every >= 1, f"analysis.every={cfg.analysis.every}: must be >= 1")

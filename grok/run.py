@@ -50,9 +50,12 @@ EXPERIMENT_KEYS = (
     "train_frac",
     "seed",
     "data_seed",
+    "init_scale",
     "batch_size",
     "eval_every",
 )
+# Keys added since some checkpoints were written: such a checkpoint trained with the default.
+_DEFAULTS = {"transforms": {}, "init_scale": 1.0}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -92,7 +95,8 @@ def check_resumable(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     checkpoint = load_checkpoint(run_dir)
     for key in EXPERIMENT_KEYS:
         current = OmegaConf.to_container(cfg[key], resolve=True) if isinstance(cfg[key], DictConfig) else cfg[key]
-        difference = _first_difference(current, checkpoint["config"].get(key, _ABSENT), key)
+        saved = checkpoint["config"].get(key, _DEFAULTS.get(key, _ABSENT))  # a key newer than the checkpoint
+        difference = _first_difference(current, saved, key)
         if difference:
             raise Refused(f"resume: {difference}; resume with the run's own settings")
     return checkpoint
@@ -168,6 +172,10 @@ def start(cfg: DictConfig, out_dir: Path, run_name: str, started: float) -> Expe
 
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.model, data.n_vocab, data.n_classes, data.inputs.shape[1]).to(device)
+        if cfg.init_scale != 1.0:
+            with torch.no_grad():
+                for param in model.parameters():
+                    param.mul_(cfg.init_scale)
         optimizer, scheduler = build_optimizer(cfg.optimizer, cfg.transforms, model.parameters())
         generator = torch.Generator().manual_seed(cfg.seed)
         state = TrainState(wandb_run_id=run_id)

@@ -258,3 +258,28 @@ def plot_test_curves(
         ax.set_visible(False)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_epochs_curve(records: List[Dict[str, Any]], key: str, path: Path) -> None:
+    """memorize_epoch and grok_epoch against one numeric swept key (Power et al. 2022's Figure 1 for
+    train_frac); a run that never grokked is an open marker at its epoch budget."""
+    values = _numbers([str(record[key]) for record in records])
+    if values is None:
+        return
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
+    done = [(x, r) for x, r in zip(values, records) if r["status"] == "completed"]
+    for field, colour, label in (("memorize_epoch", "tab:orange", "train acc >= 0.99"),
+                                 ("grok_epoch", "tab:blue", "test acc >= 0.99")):  # fmt: skip
+        reached = sorted((x, r[field]) for x, r in done if r[field] is not None)
+        ax.plot([x for x, _ in reached], [y for _, y in reached], "o-", color=colour, label=label)
+        never = [(x, r["epochs"]) for x, r in done if r[field] is None]
+        if never:
+            ax.scatter(*zip(*never), facecolors="none", edgecolors=colour, label=f"never ({label}), at the budget")
+    ax.set_xscale("log" if is_log_spaced(values) else "linear")
+    ax.set_yscale("log")
+    ax.set_xlabel(key)
+    ax.set_ylabel("epoch")
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

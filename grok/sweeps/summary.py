@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from grok.recording.files import read_metrics
 from grok.sweeps.named import grid_axes, grid_jobs, job_dirs, job_status
-from grok.sweeps.phase import phase, plot_grok_epochs, plot_phase_map, plot_test_curves
+from grok.sweeps.phase import phase, plot_epochs_curve, plot_grok_epochs, plot_phase_map, plot_test_curves
 
 FIELDS = [
     "status",
@@ -30,7 +30,12 @@ FIELDS = [
     "wall_seconds",
     "error",
 ]
-FIGURES = {"phase_diagram": "phase_diagram.png", "phase_map": "phase_map.png", "test_acc_curves": "test_acc_curves.png"}
+FIGURES = {
+    "phase_diagram": "phase_diagram.png",
+    "phase_map": "phase_map.png",
+    "test_acc_curves": "test_acc_curves.png",
+    "epochs_curve": "epochs_curve.png",  # one numeric swept key: the epochs against it
+}
 
 
 @dataclass
@@ -177,6 +182,8 @@ def summarize(sweep_dir: Path, log_wandb: bool = True) -> SweepSummary:
     if records:
         plot_grok_epochs(records, keys, sweep_dir / FIGURES["phase_diagram"])
         plot_phase_map(records, keys, sweep_dir / FIGURES["phase_map"])
+        if len(keys) == 1:
+            plot_epochs_curve(records, keys[0], sweep_dir / FIGURES["epochs_curve"])
         plot_test_curves(
             [(record, job.rows) for record, job in zip(records, jobs)], keys, sweep_dir / FIGURES["test_acc_curves"]
         )

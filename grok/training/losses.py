@@ -1,9 +1,12 @@
-"""Losses, computed in float64 (in float32, confident logits round the loss to 0; seed 001).
+"""Losses, computed in float64 by default (in float32, confident logits round the loss to 0; seed 001).
 
 - `cross_entropy`: log-softmax cross-entropy, the default.
+- `cross_entropy32`: the same in float32, as most training code computes it: there, confident logits
+  round the loss of a right answer to exactly 0 and its gradient with it (softmax collapse, Prieto et
+  al. 2025), which the float64 default postpones.
 - `stablemax` (Prieto et al. 2025): softmax's exp replaced by s(x) = x + 1 for x >= 0 and
   1 / (1 - x) below, which grows linearly instead of exponentially and so delays softmax collapse.
-Both take logits (..., C) and labels (...): one label per example, or per position for sequence
+Each takes logits (..., C) and labels (...): one label per example, or per position for sequence
 tasks, where positions labelled IGNORE are not scored. They average over the scored labels. Each is
 a plug-in named by `loss._target_` (conf/loss/); a loss of your own is one such function.
 """
@@ -17,6 +20,11 @@ from grok.data import IGNORE
 
 def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     flat = logits.reshape(-1, logits.shape[-1]).to(torch.float64)
+    return F.cross_entropy(flat, labels.reshape(-1), ignore_index=IGNORE)
+
+
+def cross_entropy32(logits: Tensor, labels: Tensor) -> Tensor:
+    flat = logits.reshape(-1, logits.shape[-1]).to(torch.float32)
     return F.cross_entropy(flat, labels.reshape(-1), ignore_index=IGNORE)
 
 
