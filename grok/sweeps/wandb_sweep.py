@@ -26,12 +26,18 @@ def wandb_sweep_config(name: str, overrides: Sequence[str]) -> Dict[str, Any]:
         "program": "train.py",
         "method": "grid",
         "metric": {"name": cfg.objective, "goal": "maximize" if cfg.objective.endswith("_acc") else "minimize"},
-        "parameters": {axis.key: {"values": list(axis.values)} for axis in axes if len(axis.values) > 1},
+        "parameters": {axis.key: {"values": _wandb_values(axis)} for axis in axes if len(axis.values) > 1},
         "command": ["${env}", "${interpreter}", "${program}", *fixed, "logger.mode=online", "${args_no_hyphens}"],
     }
     if cfg.logger.name == "wandb":
         config.update(project=cfg.logger.project, **({"entity": cfg.logger.entity} if cfg.logger.entity else {}))
     return config
+
+
+def _wandb_values(axis) -> list:
+    """The axis's values, typed for W&B's charts; a list (several options of a group: transforms=[a,b])
+    as Hydra writes it, which W&B hands back to train.py as it is."""
+    return [text if isinstance(value, (list, dict)) else value for value, text in zip(axis.values, axis.strings)]
 
 
 def write_sweep_yaml(config: Dict[str, Any], path: Path) -> Path:
