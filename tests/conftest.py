@@ -15,6 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # A configuration that memorizes within ~100 epochs and groks within ~1000 on a CPU.
 GROKS_FAST = ["task.p=31", "train_frac=0.5", "optimizer.lr=3e-3", "model.d_model=64", "model.d_mlp=256"]
 
+# A run that diverges at once: SGD at lr 1e30, no warmup.
+DIVERGES = ["task.p=11", "epochs=50", "optimizer=sgd", "optimizer.lr=1e30", "optimizer.warmup_steps=0"]
+
 # Float32 trajectories of the same math in another order (batched or alone, another code path, other
 # threads) separate chaotically once learning is fast: rounding differences of 1e-8 grow about 100x
 # every few epochs, and where they start depends on the CPU's kernels. Through the first EARLY_EPOCHS

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT, cli_env, run_cli, wandb_records
+from tests.conftest import DIVERGES, ROOT, cli_env, run_cli, wandb_records
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -137,11 +137,7 @@ def test_a_crashed_run_is_marked_failed_in_wandb(tmp_path):
     run_dir = tmp_path / "run"
     result = run_cli(
         [
-            "task.p=11",
-            "epochs=50",
-            "optimizer=sgd",
-            "optimizer.lr=1e30",
-            "optimizer.warmup_steps=0",
+            *DIVERGES,
             f"hydra.run.dir={run_dir}",
         ],
         cwd=tmp_path,

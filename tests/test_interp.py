@@ -18,6 +18,8 @@ pytest.importorskip("transformer_lens", reason='the interp extra: pip install -e
 
 MODELS = {
     "transformer, 1 layer": ["model=transformer"],
+    "transformer, 1 layer, LayerNorm": ["model=transformer", "model.layer_norm=true"],
+    "transformer, 2 layers": ["model=transformer", "model.n_layers=2"],
     "transformer, 2 layers, LayerNorm, gelu": [
         "model=transformer",
         "model.n_layers=2",

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from grok.training.loop import Diverged, check_finite
-from tests.conftest import ROOT, cli_env, run_cli
+from tests.conftest import DIVERGES, ROOT, cli_env, run_cli
 
 QUICK = ["task.p=11", "epochs=3", "logger=none", "progress=false"]
 
@@ -138,11 +138,7 @@ def test_a_diverging_run_fails_in_one_line_naming_the_epoch_and_the_loss(tmp_pat
     run_dir = tmp_path / "run"
     result = run_cli(
         [
-            "task.p=11",
-            "epochs=50",
-            "optimizer=sgd",
-            "optimizer.lr=1e30",
-            "optimizer.warmup_steps=0",
+            *DIVERGES,
             "logger=none",
             f"hydra.run.dir={run_dir}",
         ],

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from grok.recording.files import read_metrics
-from tests.conftest import ROOT, cli_env, run_cli, wandb_records
+from tests.conftest import DIVERGES, ROOT, cli_env, run_cli, wandb_records
 
 TINY = [
     "task.p=5",
@@ -90,11 +90,7 @@ def test_a_failed_run_is_closed_in_wandb_with_exit_code_1_and_every_epoch_it_log
     run_dir = tmp_path / "run"
     result = run_cli(
         [
-            "task.p=11",
-            "epochs=50",
-            "optimizer=sgd",
-            "optimizer.lr=1e30",
-            "optimizer.warmup_steps=0",
+            *DIVERGES,
             "analysis=none",
             "progress=false",
             f"hydra.run.dir={run_dir}",
