@@ -10,10 +10,8 @@ from typing import Optional, Sequence
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from grok.config import CONF_DIR
 from grok.errors import ConfigError
-
-ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = ROOT / "conf"
 
 
 def register() -> None:

@@ -7,13 +7,16 @@ checks; every failure is a ConfigError with one line naming the field and what i
 """
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from grok.errors import ConfigError
-from grok.plugins import check, plugin, typed
+from grok.plugins import TARGET, check, plugin, typed
 
+ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = ROOT / "conf"  # the built-in options
 PLUGIN_GROUPS = ("task", "model", "optimizer", "loss")
 WANDB_MODES = ("offline", "online", "disabled")
 # Summary fields a sweeper can optimize; an epoch never reached counts as the whole budget.
@@ -100,7 +103,10 @@ def _check_top_level(cfg: Any) -> None:
         cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:"),
         f"device={cfg.device}: must be auto, cpu, cuda or cuda:N",
     )
-    _require(isinstance(cfg.resume, (bool, str)), f"resume={cfg.resume}: must be true, false or a run directory")
+    _require(
+        isinstance(cfg.resume, bool) or (isinstance(cfg.resume, str) and cfg.resume != ""),
+        f"resume={cfg.resume}: must be true, false or a run directory",
+    )
     _require(cfg.threads is None or cfg.threads >= 1, f"threads={cfg.threads}: must be >= 1, or null")
     _require(cfg.init_scale > 0, f"init_scale={cfg.init_scale}: must be > 0")
     _require(cfg.objective in OBJECTIVES, f"objective={cfg.objective}: must be one of {', '.join(OBJECTIVES)}")
@@ -111,6 +117,18 @@ def _check_top_level(cfg: Any) -> None:
         _require(
             cfg.logger.mode in WANDB_MODES, f"logger.mode={cfg.logger.mode}: must be one of {', '.join(WANDB_MODES)}"
         )
+
+
+def _check_name(node: DictConfig, group: str) -> None:
+    """`name` labels a run's outputs and `_target_` chooses its code: where the name is a built-in
+    option's, the two must agree (`task.name=multiply` alone would train add, labelled multiply)."""
+    option = CONF_DIR / group / f"{node.name}.yaml"
+    target = OmegaConf.load(option).get(TARGET) if option.is_file() else node[TARGET]
+    _require(
+        target == node[TARGET],
+        f"{group}.name={node.name}: names the option {group}={node.name} (code {target}), not "
+        f"{group}._target_={node[TARGET]}; choose an option with {group}=NAME",
+    )
 
 
 def validate(cfg: DictConfig) -> DictConfig:
@@ -126,9 +144,11 @@ def validate(cfg: DictConfig) -> DictConfig:
     )
     for group in PLUGIN_GROUPS:
         checked[group] = typed(cfg[group], group)
+        _check_name(checked[group], group)
         check(checked[group], group)
     for key, node in (cfg.get("transforms") or {}).items():
         checked.transforms[key] = typed(node, f"transforms.{key}")
+        _require(node.name == key, f"transforms.{key}.name={node.name}: must be its key in transforms, {key}")
         check(checked.transforms[key], f"transforms.{key}")
     task, model = plugin(checked.task, "task"), plugin(checked.model, "model")
     _require(

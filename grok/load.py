@@ -19,7 +19,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from grok.app import CONF_DIR
+from grok.config import CONF_DIR
 from grok.data import Dataset, make_dataset
 from grok.errors import ConfigError
 from grok.models import build_model
@@ -50,7 +50,7 @@ class Run:
 @dataclass
 class Sweep:
     path: Path
-    runs: List[Run]  # in job order
+    runs: List[Run]  # in job order; a job that never began is in `problems` instead
     table: List[Dict[str, Any]]  # a row per job: its swept values and outcome (sweep_summary.csv's)
     keys: List[str]  # the swept keys, the table's first columns
     problems: List[str]  # jobs missing, damaged or never started
@@ -92,8 +92,13 @@ def load_sweep(path: Union[str, Path]) -> Sweep:
     if not path.is_dir() or not job_dirs(path):
         raise NotARun(f"{path}: not a sweep directory (no job directories with .hydra/, summary.json or metrics.csv)")
     summary, _ = sweep_table(path)
-    runs = [load_run(path / record["job"]) for record in summary.records]
-    return Sweep(path, runs, summary.records, summary.keys, summary.problems)
+    runs, problems = [], list(summary.problems)
+    for record in summary.records:
+        try:
+            runs.append(load_run(path / record["job"]))
+        except ConfigError as error:  # a job that failed before it began, or has not begun yet
+            problems.append(f"job {record['job']}: {error}")
+    return Sweep(path, runs, summary.records, summary.keys, problems)
 
 
 def _config(path: Path) -> DictConfig:

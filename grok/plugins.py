@@ -62,9 +62,10 @@ def typed(node: Any, field: str) -> DictConfig:
             allowed = ", ".join(k for k in schema if k != TARGET)
             reason = f"not a key of {field}={node.get('name', target)}; its keys: {allowed}"
         raise ConfigError(f"{key}: {reason}") from None
-    OmegaConf.set_struct(merged, False)
-    result = OmegaConf.create({TARGET: node[TARGET], **OmegaConf.to_container(merged)})
-    return result
+    missing = sorted(OmegaConf.missing_keys(merged))
+    if missing:
+        raise ConfigError(f"{field}.{missing[0]}: must be set (its schema has no default)")
+    return OmegaConf.create({TARGET: node[TARGET], **OmegaConf.to_container(merged)})
 
 
 def check(node: DictConfig, field: str) -> None:

@@ -56,6 +56,10 @@ EXPERIMENT_KEYS = (
 )
 # Keys added since some checkpoints were written: such a checkpoint trained with the default.
 _DEFAULTS = {"transforms": {}, "init_scale": 1.0}
+# The optimizer keys the gradient transforms had before they became the `transforms` group, at the
+# values that meant "none": a checkpoint that holds them trained without transforms.
+_LEGACY_OPTIMIZER = {"grokfast": None, "grokfast_alpha": 0.98, "grokfast_lamb": None, "grokfast_window": 100,
+                     "grokfast_reduce": "mean", "grokfast_warmup": True, "orthograd": False}  # fmt: skip
 
 
 def resolve_device(name: str) -> torch.device:
@@ -96,7 +100,11 @@ def check_resumable(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     for key in EXPERIMENT_KEYS:
         current = OmegaConf.to_container(cfg[key], resolve=True) if isinstance(cfg[key], DictConfig) else cfg[key]
         saved = checkpoint["config"].get(key, _DEFAULTS.get(key, _ABSENT))  # a key newer than the checkpoint
+        if key == "optimizer" and isinstance(saved, dict):
+            saved = {k: v for k, v in saved.items() if k not in _LEGACY_OPTIMIZER or v != _LEGACY_OPTIMIZER[k]}
         difference = _first_difference(current, saved, key)
+        if key == "transforms" and not difference and list(current) != list(saved):  # their order is the math's
+            difference = f"transforms={list(current)} differ in order from the checkpoint's transforms={list(saved)}"
         if difference:
             raise Refused(f"resume: {difference}; resume with the run's own settings")
     return checkpoint
@@ -304,4 +312,4 @@ def failure_reason(error: BaseException) -> str:
         return str(error)
     if isinstance(error, OSError) and error.errno in DISK_ERRORS:
         return f"cannot write {error.filename}: {error.strerror}" if error.filename else str(error)
-    return traceback.format_exc(limit=-3).strip()
+    return "".join(traceback.format_exception(error, limit=-3)).strip()

@@ -312,8 +312,9 @@ def test_a_requeued_batch_goes_on_from_its_members_checkpoints(tmp_path, monkeyp
     with pytest.raises(Preempted):
         train_runs(runs, PreemptedAt(runs, 6), end)
     summary = json.loads((tmp_path / "long" / "summary.json").read_text())
-    assert summary["status"] == "interrupted" and summary["epochs"] == 6, (
-        "preempted: checkpointed at epoch 6, not finished"
+    # the signal comes while epoch 6 is being closed: the runs stop together after epoch 7
+    assert summary["status"] == "interrupted" and summary["epochs"] == 7, (
+        "preempted: checkpointed at epoch 7, not finished"
     )
 
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # the requeued job runs the same sweep again
@@ -373,3 +374,18 @@ def test_sweep_py_batched_runs_the_named_sweep_in_one_process_and_summarizes_it(
     assert refused.returncode == 1 and refused.stderr.strip() == (
         "error: --jobs and --batched: choose one (a batched sweep runs in one process)"
     )
+
+
+def test_a_signal_during_an_epochs_bookkeeping_stops_every_run_at_the_same_epoch(tmp_path):
+    """The signal arrives after the first run has closed epoch 6 and before the second has: the stop
+    is decided once an epoch, so both go on to epoch 7, checkpoint it and end as interrupted there."""
+    jobs = [Job(make_config(PLAIN + ["epochs=10", f"seed={seed}"]), tmp_path / str(seed), str(seed)) for seed in (0, 1)]
+    for job in jobs:
+        job.out_dir.mkdir()
+    runs = [start(job.cfg, job.out_dir, job.run_name, 0.0) for job in jobs]
+    with pytest.raises(Preempted):
+        train_runs(runs, PreemptedAt(runs[:1], 6), end)
+    for job in jobs:
+        summary = json.loads((job.out_dir / "summary.json").read_text())
+        assert (summary["status"], summary["epochs"]) == ("interrupted", 7), job.run_name
+        assert (job.out_dir / "checkpoints" / "epoch_000007.pt").is_file()

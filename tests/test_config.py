@@ -122,6 +122,16 @@ BAD_VALUES = [
         "model.d_model=12: d_model / n_heads must be even for rotary positions",
     ),
     (["model=gpt", "model.n_layers=0"], "model.n_layers=0: must be >= 1"),
+    (
+        ["task.name=multiply"],
+        "task.name=multiply: names the option task=multiply (code grok.data.tasks.multiply), "
+        "not task._target_=grok.data.tasks.add; choose an option with task=NAME",
+    ),
+    (
+        ["transforms=[grokfast_ema]", "transforms.grokfast_ema.name=slow"],
+        "transforms.grokfast_ema.name=slow: must be its key in transforms, grokfast_ema",
+    ),
+    (["resume=''"], "resume=: must be true, false or a run directory"),
 ]
 
 
@@ -176,3 +186,12 @@ def test_transforms_are_off_by_default_and_several_can_be_chosen_in_order():
     assert dict(make_config().transforms) == {}
     cfg = validate(make_config(["transforms=[orthograd,grokfast_ema]", "transforms.grokfast_ema.alpha=0.9"]))
     assert list(cfg.transforms) == ["orthograd", "grokfast_ema"] and cfg.transforms.grokfast_ema.alpha == 0.9
+
+
+def test_a_plug_in_key_without_a_default_must_be_set():
+    from omegaconf import OmegaConf
+
+    from grok.plugins import typed
+
+    with pytest.raises(ConfigError, match=r"^transforms.mine.name: must be set \(its schema has no default\)$"):
+        typed(OmegaConf.create({"_target_": "grok.training.transforms.OrthoGrad"}), "transforms.mine")

@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from grok.config import validate
+from grok.errors import Refused
 from grok.training.loop import Diverged, check_finite
-from tests.conftest import DIVERGES, ROOT, cli_env, run_cli
+from tests.conftest import DIVERGES, ROOT, cli_env, make_config, run_cli
 
 QUICK = ["task.p=11", "epochs=3", "logger=none", "progress=false"]
 
@@ -201,3 +203,58 @@ def test_a_full_disk_ends_the_run_in_one_line_and_its_last_checkpoint_resumes_ex
         [*args, "epochs=12", "save_every=100", f"hydra.run.dir={tmp_path / 'uninterrupted'}"], cwd=tmp_path, check=True
     )
     assert (run_dir / "metrics.csv").read_bytes() == (tmp_path / "uninterrupted" / "metrics.csv").read_bytes()
+
+
+def checkpointed_run(tmp_path, *overrides):
+    """A finished 4-epoch run (checkpointed at its end) and its config."""
+    from grok.run import run
+
+    cfg = make_config(["task.p=11", "epochs=4", "logger=none", "progress=false", *overrides])
+    run(cfg, tmp_path / "run")
+    return tmp_path / "run", cfg
+
+
+def rewrite_checkpoint_config(run_dir, change):
+    path = run_dir / "checkpoints" / "epoch_000004.pt"
+    payload = torch.load(path, weights_only=True)
+    change(payload["config"])
+    torch.save(payload, path)  # last.pt is a hard link to it: it changes too
+
+
+def test_a_checkpoint_from_before_the_transforms_group_resumes_when_it_used_none(tmp_path):
+    from grok.run import check_resumable
+
+    run_dir, cfg = checkpointed_run(tmp_path)
+    legacy = {"grokfast": None, "grokfast_alpha": 0.98, "grokfast_lamb": None, "grokfast_window": 100,
+              "grokfast_reduce": "mean", "grokfast_warmup": True, "orthograd": False}  # fmt: skip
+
+    def written_before(config):
+        config["optimizer"].update(legacy)
+        del config["transforms"], config["init_scale"]
+
+    rewrite_checkpoint_config(run_dir, written_before)
+    check_resumable(validate(cfg), run_dir)  # accepted
+    rewrite_checkpoint_config(run_dir, lambda config: config["optimizer"].update(orthograd=True))
+    with pytest.raises(
+        Refused, match="optimizer.orthograd=\\(absent\\) differs from the checkpoint's optimizer.orthograd=True"
+    ):
+        check_resumable(validate(cfg), run_dir)
+
+
+def test_transforms_in_another_order_are_another_experiment(tmp_path):
+    from grok.run import check_resumable
+
+    run_dir, _ = checkpointed_run(tmp_path, "transforms=[grokfast_ema,orthograd]")
+    swapped = make_config(["task.p=11", "epochs=4", "logger=none", "transforms=[orthograd,grokfast_ema]"])
+    with pytest.raises(Refused, match="differ in order from the checkpoint's"):
+        check_resumable(validate(swapped), run_dir)
+
+
+def test_a_failure_reason_outside_its_except_block_still_names_the_error():
+    from grok.run import failure_reason
+
+    try:
+        raise RuntimeError("the figure could not be drawn")
+    except RuntimeError as caught:
+        error = caught
+    assert failure_reason(error).endswith("RuntimeError: the figure could not be drawn")

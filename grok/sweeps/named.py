@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from grok.app import CONF_DIR, ROOT, compose
+from grok.app import compose
+from grok.config import CONF_DIR, ROOT
 
 
 class SweepError(ValueError):

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from grok.app import CONF_DIR, ROOT
+from grok.config import CONF_DIR, ROOT
 from grok.recording.files import read_metrics
 from grok.sweeps.named import SweepError, sweep_names
 from grok.training.loop import GROKKED, MEMORIZED, generalization_key
@@ -64,6 +64,10 @@ def report_run(run_dir: Path) -> str:
         writer.writeheader()
         writer.writerows({**row, "ends_at_epoch": "" if row["ends_at_epoch"] is None else row["ends_at_epoch"]}
                          for row in table)  # fmt: skip
-    lines = [f"{row['phase']:<18} ends at epoch {row['ends_at_epoch'] or 'not reached'}" for row in table]
+    measured = (run_dir / "analysis.csv").exists()
+    unknown = lambda row: (
+        "not measured (no analysis.csv)" if row["phase"] == "circuit formation" and not measured else "not reached"
+    )  # noqa: E731
+    lines = [f"{row['phase']:<18} ends at epoch {row['ends_at_epoch'] or unknown(row)}" for row in table]
     figures = ", ".join(path.name for path in sorted(run_dir.glob("*.png")))
     return "\n".join([*lines, f"wrote {run_dir / 'phases.csv'}; figures: {figures}"])

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from grok.models import fast
 from grok.recording import Loggers
 from grok.recording.analysis import progress_measures
-from grok.system.signals import Interrupted
+from grok.system.signals import Interrupted, StopRequest
 from grok.system.speed import for_training
 from grok.system.threads import AdaptiveThreads, explicit_threads
 from grok.training.checkpoint import save_checkpoint
@@ -351,9 +351,11 @@ def _train_together(experiments: List[Experiment], stop, end: Ending, results: D
             )
             now = time.perf_counter()
             interrupted, stopped, logged = None, [], None
+            decided = StopRequest()  # the stop request as it stands now: every run of this epoch stops, or none
+            decided.signum = stop.signum
             for experiment, lr, row, is_due in zip(active, lrs, rows, due):
                 try:
-                    logged = close_epoch(experiment, epoch, lr, now - tick, row if is_due else None, stop)
+                    logged = close_epoch(experiment, epoch, lr, now - tick, row if is_due else None, decided)
                     if experiment.state.stopped_early or epoch == experiment.cfg.epochs:
                         _end(experiment, None, end, results)
                         stopped.append(experiment)
@@ -405,11 +407,15 @@ def _train_together(experiments: List[Experiment], stop, end: Ending, results: D
 
 def _one_after_another(batches: List[List[Experiment]], stop, end: Ending, results: Dict[int, Any]) -> None:
     """Train the batches in turn. A signal that stops one stops them all: the experiments of the batches
-    after it, started but not trained, end as interrupted at their own (resumed) checkpoint."""
+    after it, not trained since the split, checkpoint the epoch they reached and end as interrupted."""
     for i, batch in enumerate(batches):
         try:
             _train_together(batch, stop, end, results)
         except Interrupted as error:
             for experiment in (r for waiting in batches[i + 1 :] for r in waiting):
-                _end(experiment, type(error)(error.signum, experiment.state.epoch), end, results)
+                try:
+                    experiment.save()
+                    _end(experiment, type(error)(error.signum, experiment.state.epoch), end, results)
+                except Exception as failure:  # its checkpoint could not be written (a full disk)
+                    _end(experiment, failure, end, results)
             raise

@@ -56,8 +56,8 @@ class GrokfastEMA:
     def state_dict(self) -> dict:
         return {"ema": list(self.ema)}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.ema = list(state["ema"])
+    def load_state_dict(self, state: dict) -> None:  # a checkpoint is read onto the CPU
+        self.ema = [None if ema is None else ema.to(p.device) for ema, p in zip(state["ema"], self.params)]
 
 
 class GrokfastMA:
@@ -100,7 +100,9 @@ class GrokfastMA:
         return {"history": [list(h) for h in self.history]}
 
     def load_state_dict(self, state: dict) -> None:
-        self.history = [deque(h, maxlen=self.window) for h in state["history"]]
+        self.history = [
+            deque((g.to(p.device) for g in h), maxlen=self.window) for h, p in zip(state["history"], self.params)
+        ]
 
 
 class OrthoGrad:
