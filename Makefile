@@ -20,7 +20,7 @@ SOURCES := grok tests benchmarks hydra_plugins docs/examples train.py sweep.py
 .PHONY: help install train test lint format reproduce bench clean
 
 help:  ## this list of targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z]+):.*## /  make \1\t/' | expand -t 16
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{ printf "  make %-10s %s\n", $$1, $$2 }'
 
 install: $(STAMP)  ## the virtual environment .venv, pinned versions, the project in editable mode
 
