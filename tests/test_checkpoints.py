@@ -11,7 +11,7 @@ import torch
 
 from grok.errors import Refused
 from grok.training.checkpoint import CheckpointWriteError, load_checkpoint, remove_stale_temporaries, save_checkpoint
-from tests.conftest import ROOT
+from tests.conftest import ROOT, mounted_tmpfs
 
 
 class _NotAWeight:
@@ -55,17 +55,7 @@ def _truncate_in_place(path: Path) -> None:
 @pytest.fixture
 def small_disk(tmp_path):
     """A 64 KiB tmpfs: room for a small checkpoint, none for a large one."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True, text=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.strip()}")
-    yield disk
-    subprocess.run(["umount", str(disk)], check=True)
+    yield from mounted_tmpfs(tmp_path, "64k")
 
 
 # ----------------------------------------------------------------------------- a full disk

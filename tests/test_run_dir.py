@@ -5,7 +5,6 @@ and WANDB_MODE in the environment wins over logger.mode."""
 import hashlib
 import json
 import math
-import os
 import signal
 import socket
 import subprocess
@@ -19,7 +18,7 @@ import torch
 from grok.config import validate
 from grok.errors import Refused
 from grok.training.loop import Diverged, check_finite
-from tests.conftest import DIVERGES, ROOT, cli_env, make_config, run_cli
+from tests.conftest import DIVERGES, ROOT, cli_env, make_config, mounted_tmpfs, run_cli
 
 QUICK = ["task.p=11", "epochs=3", "logger=none", "progress=false"]
 
@@ -161,17 +160,7 @@ def test_divergence_is_seen_on_the_test_loss_too():
 @pytest.fixture
 def small_disk(tmp_path):
     """A 6 MiB filesystem: room for two checkpoints of the p=23 transformer (2.4 MiB each), not three."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)], capture_output=True, text=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
+    yield from mounted_tmpfs(tmp_path, "6m")
 
 
 def test_a_full_disk_ends_the_run_in_one_line_and_its_last_checkpoint_resumes_exactly(tmp_path, small_disk):

@@ -45,7 +45,7 @@ def phases(run_dir: Path) -> List[Dict[str, Optional[float]]]:
     """The run's phases, each with the epoch it ends at (None: not reached within the run)."""
     rows = read_metrics(run_dir / "metrics.csv")
     measures = read_metrics(run_dir / "analysis.csv") if (run_dir / "analysis.csv").exists() else []
-    first = lambda key, threshold: next((int(r["epoch"]) for r in rows if r[key] >= threshold), None)  # noqa: E731
+    first = lambda key, threshold: next((int(r["epoch"]) for r in rows if r[key] >= threshold), None)
     memorized = first("train_acc", MEMORIZED)
     grokked = first(generalization_key(rows[0]), GROKKED) if rows else None
     after = [m for m in measures if "excluded_loss" in m and memorized is not None and m["epoch"] >= memorized]
@@ -67,7 +67,7 @@ def report_run(run_dir: Path) -> str:
     measured = (run_dir / "analysis.csv").exists()
     unknown = lambda row: (
         "not measured (no analysis.csv)" if row["phase"] == "circuit formation" and not measured else "not reached"
-    )  # noqa: E731
+    )
     lines = [f"{row['phase']:<18} ends at epoch {row['ends_at_epoch'] or unknown(row)}" for row in table]
     figures = ", ".join(path.name for path in sorted(run_dir.glob("*.png")))
     return "\n".join([*lines, f"wrote {run_dir / 'phases.csv'}; figures: {figures}"])

@@ -36,6 +36,7 @@ from grok.system.threads import AdaptiveThreads, explicit_threads
 from grok.training.checkpoint import save_checkpoint
 from grok.training.losses import cross_entropy
 from grok.training.metrics import split_metrics
+from grok.training.stacked import Stack
 
 MEMORIZED, GROKKED = 0.99, 0.99  # accuracy thresholds for memorize_epoch and grok_epoch
 EVAL_TOKENS = 2**17  # evaluate in chunks of about this many tokens, so large test sets fit in memory
@@ -300,10 +301,13 @@ def _end(experiment: Experiment, error: Optional[BaseException], end: Ending, re
     results[id(experiment)] = error
 
 
+def _engine(experiments: List[Experiment]):
+    """What trains the runs' epochs: a run alone on its own model, several as one stack."""
+    return Alone(experiments[0]) if len(experiments) == 1 else Stack(experiments)
+
+
 def _train_together(experiments: List[Experiment], stop, end: Ending, results: Dict[int, Any]) -> None:
     from tqdm import tqdm
-
-    from grok.training.stacked import Stack
 
     active = []
     for experiment in experiments:
@@ -322,7 +326,7 @@ def _train_together(experiments: List[Experiment], stop, end: Ending, results: D
         unit="epoch",
         dynamic_ncols=True,
     )
-    engine = Alone(active[0]) if len(active) == 1 else Stack(active)
+    engine = _engine(active)
     threads = AdaptiveThreads(explicit_threads(active[0].cfg))  # runs together share `threads`
     last_postfix, tick = 0.0, time.perf_counter()
     try:
@@ -382,7 +386,7 @@ def _train_together(experiments: List[Experiment], stop, end: Ending, results: D
             if stopped:
                 engine.release()
                 active = [experiment for experiment in active if experiment not in stopped]
-                engine = (Alone(active[0]) if len(active) == 1 else Stack(active)) if active else None
+                engine = _engine(active) if active else None
                 if active:
                     bar.set_postfix(training=len(active), refresh=False)
             if not active:
