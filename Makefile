@@ -17,10 +17,10 @@ INTERP := $(VENV)/.interp
 # what ruff lints and formats
 SOURCES := grok tests benchmarks hydra_plugins docs/examples train.py sweep.py
 
-.PHONY: help install train test lint format reproduce bench clean
+.PHONY: help install train test lint format reproduce bench gpu-check clean
 
 help:  ## this list of targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{ printf "  make %-10s %s\n", $$1, $$2 }'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{ printf "  make %-10s %s\n", $$1, $$2 }'
 
 install: $(STAMP)  ## the virtual environment .venv, pinned versions, the project in editable mode
 
@@ -67,6 +67,18 @@ reproduce: $(STAMP)  ## NAME=power2022_small (docs/results.md): a result of the 
 # epochs/s of the harness against benchmarks/reference.py, measured in one run (docs/performance.md)
 bench: $(STAMP)  ## speed against the reference implementation, in one run; writes bench.json
 	$(PY) benchmarks/bench.py $(ARGS)
+
+# On a machine with a GPU: the CUDA cases of the tests that run on every device (marker gpu, tests/conftest.py),
+# then make bench's figures on the GPU: the default experiment, p=113, compile=true (CUDA graphs), runs
+# trained together (K = 1, 8, 64) against one after another, with peak memory. Without CUDA: says so, and passes.
+GPU_BENCH := --device cuda --experiment "" --experiment "task.p=113" --experiment "compile=true" --skip-load
+
+gpu-check: $(STAMP) $(INTERP)  ## on a GPU machine: the tests on CUDA, then the GPU's make bench figures
+	@if $(PY) -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
+		$(PY) -m pytest -m gpu -q -rs && $(PY) benchmarks/bench.py $(GPU_BENCH) $(ARGS); \
+	else \
+		echo "make gpu-check: skipped: PyTorch sees no CUDA device here (torch.cuda.is_available() is False)"; \
+	fi
 
 clean:  ## remove .venv, outputs and build files
 	rm -rf $(VENV) outputs multirun *.egg-info

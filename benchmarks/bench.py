@@ -8,7 +8,9 @@ trains from the same initial weights.
 The two alternate in rounds, so that both see the same load on a shared machine; the ratio is the
 median of the per-round ratios. FLOPs per epoch are those of the matrix products, counted with
 torch's FLOP formulas; "peak fraction" divides the FLOP rate by a large matmul's, measured here.
-Also: the start-up overhead of one job (`python train.py` to its first epoch, from its summary.json)
+The tiny model's figure: what the harness costs per epoch besides the math, from whole runs of a
+tiny model (W&B on and off) against its bare epochs. Also: the start-up of one job (`python train.py`
+to its first epoch, from its summary.json; median of several, W&B on and off)
 and the default experiment's time to grok (from a finished run, --grok-run, or a new one, --grok),
 with the plateau figure: epochs/s from that run's last checkpoint before it grokked against fresh
 weights, alternated (float32 denormals are flushed to zero as train.py does; --keep-denormals not).
@@ -66,7 +68,8 @@ from grok.run import resolve_device, start  # noqa: E402
 from grok.sweeps.batched import batchable  # noqa: E402
 from grok.system.speed import flush_denormals, for_training, keep_freed_memory  # noqa: E402
 from grok.system.threads import WINDOW, AdaptiveThreads  # noqa: E402
-from grok.training.loop import Experiment, Split, evaluate, train_epoch  # noqa: E402
+from grok.training.experiment import Experiment, Split  # noqa: E402
+from grok.training.loop import Alone, epoch_values, evaluate, train_epoch  # noqa: E402
 from grok.training.optimizers import build_optimizer  # noqa: E402
 from grok.training.stacked import Stack  # noqa: E402
 
@@ -451,25 +454,80 @@ def bench_plateau(run_dir: Path, device: torch.device, rounds: int, seconds: flo
     }
 
 
-def startup_overhead(out: Path) -> Dict:
-    """One default job of one epoch, W&B on (offline): seconds from `python train.py` to its first epoch."""
-    run_dir = out / "startup_run"
-    env = dict(os.environ, WANDB_SILENT="true")
-    start = time.perf_counter()
+TINY = "task.p=5 model.d_model=8 model.n_heads=1 model.d_mlp=8 threads=1 analysis=none"
+
+
+def job(out: Path, name: str, overrides: List[str]) -> Dict:
+    """`python train.py overrides` in a subprocess (W&B offline, as a user runs it); its summary.json."""
+    run_dir = out / name
     subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), "epochs=1", "progress=false", f"hydra.run.dir={run_dir}"],
+        [sys.executable, str(ROOT / "train.py"), "progress=false", *overrides, f"hydra.run.dir={run_dir}"],
         cwd=tempfile.gettempdir(),
-        env=env,
+        env=dict(os.environ, WANDB_SILENT="true"),
         check=True,
         capture_output=True,
     )
-    job_seconds = time.perf_counter() - start
-    summary = json.loads((run_dir / "summary.json").read_text())
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def startup_overhead(out: Path, rounds: int) -> Dict:
+    """Seconds from `python train.py` to the first epoch (summary.json's startup_seconds) of a default
+    job of one epoch, with W&B (offline) and with logger=none, alternated; medians."""
+    seconds: Dict[str, List[float]] = {"wandb": [], "none": []}
+    for i in range(rounds):
+        for logger in ("wandb", "none")[:: 1 if i % 2 == 0 else -1]:
+            summary = job(out, f"startup_{logger}_{i}", ["epochs=1", f"logger={logger}"])
+            seconds[logger].append(summary["startup_seconds"])
     return {
-        "seconds_to_first_epoch": summary.get("startup_seconds"),
-        "job_wall_seconds_one_epoch": job_seconds,
-        "run_dir": str(run_dir),
+        **{f"seconds_to_first_epoch_{logger}": statistics.median(values) for logger, values in seconds.items()},
+        "per_round": seconds,
     }
+
+
+def tiny_bare_rate(epochs: int) -> float:
+    """Epochs/s of the tiny model's bare epochs, `epochs` of them, as a whole run times them: the
+    step, test pass and weight norm of grok.training.loop.Alone, each epoch's metrics read back."""
+    with tempfile.TemporaryDirectory() as run_dir:
+        experiment = start(compose([*TINY.split(), "logger=none"]), Path(run_dir), "tiny", time.perf_counter())
+        alone = Alone(experiment)
+        started = time.perf_counter()
+        for _ in range(epochs):
+            epoch_values(alone.train_epoch(), alone.evaluate(), alone.weight_norms()).tolist()
+        rate = epochs / (time.perf_counter() - started)
+        experiment.loggers.finish(0)
+    return rate
+
+
+def bench_tiny(out: Path, rounds: int, epochs: int) -> Dict:
+    """The harness's cost per epoch besides the math: whole runs of a tiny model (TINY, `epochs` each,
+    W&B on and logger=none; epochs/s from summary.json) against the same model's bare epochs
+    (tiny_bare_rate), each in a process of its own, alternated. Overhead per epoch: 1/run rate -
+    1/bare rate, from the medians."""
+    rates: Dict[str, List[float]] = {"wandb": [], "none": [], "bare": []}
+    bare = f"import sys; sys.path.insert(0, {str(ROOT)!r}); from benchmarks.bench import tiny_bare_rate; "
+    for i in range(rounds):
+        for kind in ("wandb", "none", "bare")[:: 1 if i % 2 == 0 else -1]:
+            if kind == "bare":
+                command = [sys.executable, "-c", bare + f"print(tiny_bare_rate({epochs}))"]
+                done = subprocess.run(command, cwd=tempfile.gettempdir(), check=True, capture_output=True, text=True)
+                rates[kind].append(float(done.stdout.split()[-1]))
+            else:
+                summary = job(out, f"tiny_{kind}_{i}", [*TINY.split(), f"epochs={epochs}", f"logger={kind}"])
+                rates[kind].append(summary["epochs_per_second"])
+    bare_rate = statistics.median(rates["bare"])
+    result = {
+        "experiment": TINY,
+        "epochs": epochs,
+        "bare": {"epochs_per_second": bare_rate, "per_round": rates["bare"]},
+    }
+    for logger in ("wandb", "none"):
+        rate = statistics.median(rates[logger])
+        result[logger] = {
+            "epochs_per_second": rate,
+            "epochs_per_second_per_round": rates[logger],
+            "overhead_ms_per_epoch": 1e3 * (1 / rate - 1 / bare_rate),
+        }
+    return result
 
 
 def time_to_grok(run_dir: Path, reference_rate: Optional[float]) -> Dict:
@@ -545,6 +603,9 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     parser.add_argument("--grok-run", type=Path, help="a finished default run's directory: report its time to grok")
     parser.add_argument("--grok", action="store_true", help="run the default experiment to grokking first (long)")
     parser.add_argument("--skip-startup", action="store_true", help="do not measure the per-job start-up overhead")
+    parser.add_argument("--startup-rounds", type=int, default=5, help="start-ups measured each way (default: 5)")
+    parser.add_argument("--skip-tiny", action="store_true", help="do not measure the tiny model's whole runs")
+    parser.add_argument("--tiny-epochs", type=int, default=3000, help="epochs of a tiny-model run (default: 3000)")
     parser.add_argument("--threads", type=int, help="torch threads (default: PyTorch's, all cores)")
     parser.add_argument(
         "--batched-shape",
@@ -641,11 +702,21 @@ def main(argv: Optional[List[str]] = None) -> Dict:
                 f"epochs at each thread count {level['adaptive_epochs_at_threads']}"
             )
 
-    if not args.skip_startup:
-        report["startup"] = startup_overhead(out)
+    if not args.skip_tiny:
+        tiny = report["tiny"] = bench_tiny(out, args.batched_rounds, args.tiny_epochs)
         print(
-            f"per-job start-up: {report['startup']['seconds_to_first_epoch']:.2f} s to the first epoch "
-            f"(a whole 1-epoch job: {report['startup']['job_wall_seconds_one_epoch']:.1f} s)"
+            f"tiny model ({TINY}), whole runs of {args.tiny_epochs} epochs: {tiny['wandb']['epochs_per_second']:.0f}"
+            f" epochs/s with W&B, {tiny['none']['epochs_per_second']:.0f} with logger=none, against "
+            f"{tiny['bare']['epochs_per_second']:.0f} for its bare epochs: overhead "
+            f"{tiny['wandb']['overhead_ms_per_epoch']:.2f} ms/epoch with W&B, "
+            f"{tiny['none']['overhead_ms_per_epoch']:.2f} without"
+        )
+    if not args.skip_startup:
+        startup = report["startup"] = startup_overhead(out, args.startup_rounds)
+        print(
+            f"per-job start-up to the first epoch, median of {args.startup_rounds}: "
+            f"{startup['seconds_to_first_epoch_wandb']:.2f} s with W&B, "
+            f"{startup['seconds_to_first_epoch_none']:.2f} s with logger=none"
         )
     grok_run = args.grok_run
     if args.grok:

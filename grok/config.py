@@ -73,6 +73,7 @@ class Config:
     batch_size: Optional[int] = None  # None: full batch
     eval_every: int = 1
     save_every: int = 5000
+    sync_seconds: float = 0.5  # metrics stay on the device this long, then come to the host at once; 0: every epoch
     stop: StopConfig = field(default_factory=StopConfig)
     resume: Any = False  # true: this output dir; a path: that run dir
     progress: bool = True
@@ -90,6 +91,7 @@ def _check_top_level(cfg: Any) -> None:
     _require(cfg.epochs >= 1, f"epochs={cfg.epochs}: must be >= 1")
     _require(cfg.eval_every >= 1, f"eval_every={cfg.eval_every}: must be >= 1")
     _require(cfg.save_every >= 1, f"save_every={cfg.save_every}: must be >= 1")
+    _require(cfg.sync_seconds >= 0, f"sync_seconds={cfg.sync_seconds}: must be >= 0")
     _require(
         cfg.batch_size is None or cfg.batch_size >= 1,
         f"batch_size={cfg.batch_size}: must be >= 1, or null for full batch",

@@ -36,7 +36,8 @@ from grok.system.slurm import requeued_checkpoint, stable_run_id
 from grok.system.speed import flush_denormals, keep_freed_memory
 from grok.system.threads import explicit_threads
 from grok.training.checkpoint import load_checkpoint, remove_stale_temporaries
-from grok.training.loop import Diverged, Experiment, Split, TrainState, train_runs
+from grok.training.experiment import Experiment, Split, TrainState, restore_training
+from grok.training.loop import Diverged, train_runs
 from grok.training.memory import check_memory
 from grok.training.optimizers import build_optimizer
 
@@ -188,14 +189,7 @@ def start(cfg: DictConfig, out_dir: Path, run_name: str, started: float) -> Expe
         generator = torch.Generator().manual_seed(cfg.seed)
         state = TrainState(wandb_run_id=run_id)
         if checkpoint is not None:
-            model.load_state_dict(checkpoint["model"])
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            scheduler.load_state_dict(checkpoint["scheduler"])
-            state = TrainState(**checkpoint["state"])
-            torch.set_rng_state(checkpoint["rng"]["torch"])
-            generator.set_state(checkpoint["rng"]["batches"])
-            if device.type == "cuda" and checkpoint["rng"]["cuda"]:
-                torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+            state = restore_training(checkpoint, model, optimizer, scheduler, generator, device)
 
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
         loggers = Loggers(run_dir, state.epoch if checkpoint else None, wandb)

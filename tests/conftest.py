@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Iterator, List
 
 import pytest
+import torch
 
 from grok.app import compose
 
@@ -25,6 +26,23 @@ DIVERGES = ["task.p=11", "epochs=50", "optimizer=sgd", "optimizer.lr=1e30", "opt
 # leaves 30x on that. Comparisons over more epochs are made in float64.
 EARLY_EPOCHS = 10
 FLOAT32_ROUNDINGS = 100 * 2**-23  # float32's machine epsilon
+
+
+# Every numerical test that takes `device` runs on the CPU and, where PyTorch sees one, on the GPU: `make test`
+# on a GPU machine tests the GPU path too; `make gpu-check` runs the GPU's alone (marker `gpu`).
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")],
+    ),
+]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> str:
+    """The device a numerical test runs on: "cpu", and "cuda" where there is a GPU."""
+    return request.param
 
 
 def make_config(overrides: List[str] = ()):
@@ -72,8 +90,6 @@ def mounted_tmpfs(tmp_path: Path, size: str) -> Iterator[Path]:
 
 @pytest.fixture(autouse=True)
 def _single_thread(monkeypatch):
-    import torch
-
     torch.set_num_threads(1)  # pytest -n 2 runs two workers on two cores
 
 

@@ -277,8 +277,8 @@ def test_stablemax_runs_are_trained_and_scored_with_stablemax(tmp_path):
         ["transforms=[orthograd]"],
     ],
 )
-def test_a_run_with_an_accelerator_resumes_exactly(tmp_path, accelerator):
-    args = ["task.p=11", "analysis=none", "save_every=10", *accelerator]
+def test_a_run_with_an_accelerator_resumes_exactly(tmp_path, accelerator, device):
+    args = ["task.p=11", "analysis=none", "save_every=10", f"device={device}", *accelerator]
     train(tmp_path, "straight", *args, "epochs=20")
     _, out = train(tmp_path, "resumed", *args, "epochs=10")
     run(make_config(["logger=none", "progress=false", *args, "epochs=20", f"resume={out}"]), tmp_path / "resumed")

@@ -217,20 +217,23 @@ def test_a_group_too_big_for_memory_is_split_into_batches_that_fit(tmp_path, mon
     assert all(result["status"] == "completed" for result in results)
 
 
-def test_a_batch_out_of_gpu_memory_goes_on_as_two_halves(tmp_path, monkeypatch):
-    # the GPU's out-of-memory error, raised for batches of more than two runs
+@pytest.mark.parametrize("epoch", [1, 6])  # at the start of a block, inside one
+def test_a_batch_out_of_gpu_memory_goes_on_as_two_halves(tmp_path, monkeypatch, epoch):
+    # the GPU's out-of-memory error, raised for batches of more than two runs from `epoch` on
     real_train_epoch = Stack.train_epoch
+    trained = []
 
     def train_epoch(self):
-        if len(self.experiments) > 2:
+        if len(self.experiments) > 2 and len(trained) + 1 >= epoch:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        trained.append(len(self.experiments))
         return real_train_epoch(self)
 
     reference = experiments(tmp_path / "whole", "r", torch.float64, ["epochs=30"])[1:]
     train_runs(reference, StopRequest(), end)
     monkeypatch.setattr(Stack, "train_epoch", train_epoch)
     halves = experiments(tmp_path / "halves", "h", torch.float64, ["epochs=30"])[1:]
-    with pytest.warns(UserWarning, match="ran out of GPU memory at epoch 1"):
+    with pytest.warns(UserWarning, match=f"ran out of GPU memory at epoch {epoch}:"):
         train_runs(halves, StopRequest(), end)
     for i in range(1, 5):
         whole, split = (
@@ -302,8 +305,9 @@ class PreemptedAt(StopRequest):
 
 @pytest.mark.float_sensitive
 def test_a_requeued_batch_goes_on_from_its_members_checkpoints(tmp_path, monkeypatch):
+    every_epoch = ["sync_seconds=0"]  # the runs' progress comes to the host every epoch, where PreemptedAt looks
     jobs = [
-        Job(make_config(PLAIN + overrides), tmp_path / name, name)
+        Job(make_config(PLAIN + every_epoch + overrides), tmp_path / name, name)
         for name, overrides in (("short", ["epochs=4"]), ("long", ["epochs=10"]), ("other", ["epochs=10", "seed=5"]))
     ]
     for job in jobs:
@@ -378,8 +382,10 @@ def test_sweep_py_batched_runs_the_named_sweep_in_one_process_and_summarizes_it(
 
 def test_a_signal_during_an_epochs_bookkeeping_stops_every_run_at_the_same_epoch(tmp_path):
     """The signal arrives after the first run has closed epoch 6 and before the second has: the stop
-    is decided once an epoch, so both go on to epoch 7, checkpoint it and end as interrupted there."""
-    jobs = [Job(make_config(PLAIN + ["epochs=10", f"seed={seed}"]), tmp_path / str(seed), str(seed)) for seed in (0, 1)]
+    is decided once a block of epochs (here one epoch: sync_seconds=0), so both go on to epoch 7,
+    checkpoint it and end as interrupted there."""
+    overrides = PLAIN + ["epochs=10", "sync_seconds=0"]
+    jobs = [Job(make_config(overrides + [f"seed={seed}"]), tmp_path / str(seed), str(seed)) for seed in (0, 1)]
     for job in jobs:
         job.out_dir.mkdir()
     runs = [start(job.cfg, job.out_dir, job.run_name, 0.0) for job in jobs]

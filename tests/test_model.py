@@ -22,12 +22,12 @@ from tests.conftest import make_config
 P = 13
 
 
-def model_and_tokens(*overrides, batch=6):
+def model_and_tokens(*overrides, batch=6, device="cpu"):
     cfg = make_config(list(overrides))
     torch.manual_seed(0)
-    model = build_model(cfg.model, n_vocab=P + 1, n_classes=P, n_ctx=3).double()
+    model = build_model(cfg.model, n_vocab=P + 1, n_classes=P, n_ctx=3).to(device, torch.float64)
     tokens = torch.cat([torch.randint(0, P, (batch, 2)), torch.full((batch, 1), P)], dim=1)
-    return model, tokens
+    return model, tokens.to(device)
 
 
 def reference_transformer(model, tokens, layer_norm=False):
@@ -60,8 +60,8 @@ def reference_transformer(model, tokens, layer_norm=False):
 
 
 @pytest.mark.parametrize("overrides", [[], ["model.n_layers=2"], ["model.n_layers=2", "model.layer_norm=true"]])
-def test_transformer_equals_a_per_head_per_position_reference(overrides):
-    model, tokens = model_and_tokens(*overrides)
+def test_transformer_equals_a_per_head_per_position_reference(overrides, device):
+    model, tokens = model_and_tokens(*overrides, device=device)
     expected = reference_transformer(model, tokens, layer_norm="model.layer_norm=true" in overrides)
     with torch.no_grad():
         assert torch.allclose(model(tokens, all_positions=True), expected, atol=1e-10)

@@ -16,7 +16,8 @@ from grok.data.sequences import IGNORE, VOCAB, decode, encode
 from grok.errors import ConfigError
 from grok.models import build_model
 from grok.run import run
-from grok.training.loop import Split, evaluate
+from grok.training.experiment import Split
+from grok.training.loop import evaluate
 from grok.training.losses import cross_entropy
 from tests.conftest import make_config
 

@@ -13,7 +13,8 @@ from benchmarks import reference
 from grok.data import make_dataset
 from grok.models import build_model, fast, run_with_cache
 from grok.system.speed import Compiled
-from grok.training.loop import Split, evaluate, train_epoch
+from grok.training.experiment import Split
+from grok.training.loop import evaluate, train_epoch
 from grok.training.optimizers import build_optimizer
 from tests.conftest import EARLY_EPOCHS, FLOAT32_ROUNDINGS, ROOT, make_config
 
@@ -23,10 +24,12 @@ SMALL = ["task.p=31", "train_frac=0.5", "model.d_model=64", "model.d_mlp=256"]
 METRICS = ["train_loss", "train_acc", "test_loss", "test_acc"]
 
 
-def setup(overrides, dtype):
+def setup(overrides, dtype, device="cpu"):
     cfg = make_config(overrides)
     data = make_dataset(cfg.task, cfg.train_frac, cfg.data_seed)
-    train, test = (Split(data.inputs[idx], data.labels[idx]) for idx in (data.train_idx, data.test_idx))
+    train, test = (
+        Split(data.inputs[idx].to(device), data.labels[idx].to(device)) for idx in (data.train_idx, data.test_idx)
+    )
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, data.n_vocab, data.n_classes, data.inputs.shape[1])
     m = cfg.model
@@ -36,22 +39,23 @@ def setup(overrides, dtype):
         else reference.ReferenceTransformer(data.n_vocab, data.n_classes, 3, m.d_model, m.n_heads, m.d_mlp)
     )
     reference.load_weights(ref, model.state_dict())
-    return cfg, model.to(dtype), ref.to(dtype), train, test
+    return cfg, model.to(device, dtype), ref.to(device, dtype), train, test
 
 
-def harness_run(overrides, dtype, epochs):
-    cfg, model, _, train, test = setup(overrides, dtype)
+def harness_run(overrides, dtype, epochs, device="cpu"):
+    cfg, model, _, train, test = setup(overrides, dtype, device)
     optimizer, scheduler = build_optimizer(cfg.optimizer, cfg.transforms, model.parameters())
     rows = []
     for _ in range(epochs):
         train_metrics = train_epoch(fast(model), train, optimizer, scheduler, None, None)
         test_metrics = evaluate(fast(model), test)
-        rows.append([train_metrics["loss"], train_metrics["acc"], test_metrics["loss"], test_metrics["acc"]])
+        metrics = [train_metrics["loss"], train_metrics["acc"], test_metrics["loss"], test_metrics["acc"]]
+        rows.append([float(value) for value in metrics])
     return torch.tensor(rows, dtype=torch.float64)
 
 
-def reference_run(overrides, dtype, epochs):
-    cfg, _, ref, train, test = setup(overrides, dtype)
+def reference_run(overrides, dtype, epochs, device="cpu"):
+    cfg, _, ref, train, test = setup(overrides, dtype, device)
     opt = cfg.optimizer
     optimizer, scheduler = reference.optimizer_for(ref, opt.lr, opt.weight_decay, tuple(opt.betas), opt.warmup_steps)
     rows = [
@@ -72,10 +76,10 @@ def errors(run, exact):
 
 
 @pytest.mark.parametrize("model", ["transformer", "mlp"])
-def test_in_float64_the_harness_and_the_reference_take_the_same_100_steps(model):
+def test_in_float64_the_harness_and_the_reference_take_the_same_100_steps(model, device):
     # float64 rounding differences, amplified over the 100 epochs, stay far below 1e-9 (measured: 1e-15)
-    harness = harness_run([f"model={model}", *SMALL], torch.float64, 100)
-    ref = reference_run([f"model={model}", *SMALL], torch.float64, 100)
+    harness = harness_run([f"model={model}", *SMALL], torch.float64, 100, device)
+    ref = reference_run([f"model={model}", *SMALL], torch.float64, 100, device)
     loss = [METRICS.index("train_loss"), METRICS.index("test_loss")]
     acc = [METRICS.index("train_acc"), METRICS.index("test_acc")]
     assert (relative(harness, ref)[loss] < 1e-9).all(), relative(harness, ref)

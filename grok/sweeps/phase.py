@@ -218,7 +218,7 @@ def plot_test_curves(
     swept key; one panel per value of the second."""
     import matplotlib.cm as cm
 
-    from grok.training.loop import generalization_key
+    from grok.training.experiment import generalization_key
 
     plt = _plt()
     colour_key = keys[0] if keys else None

@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence
 from grok.config import CONF_DIR, ROOT
 from grok.recording.files import read_metrics
 from grok.sweeps.named import SweepError, sweep_names
-from grok.training.loop import GROKKED, MEMORIZED, generalization_key
+from grok.training.experiment import GROKKED, MEMORIZED, generalization_key
 
 
 def presets() -> List[str]:

@@ -97,7 +97,7 @@ def _first_epoch(rows: List[Dict[str, float]], key: str, threshold: float) -> Op
 def job_record(job: JobDir, keys: List[str]) -> Dict[str, Any]:
     """One CSV row: the job's swept values, then its outcome. A finished job's outcome is its
     summary.json; an unfinished or failed one's is read off metrics.csv so far."""
-    from grok.training.loop import GROKKED, MEMORIZED, generalization_key
+    from grok.training.experiment import GROKKED, MEMORIZED, generalization_key
 
     values = job.values()
     record: Dict[str, Any] = {"job": job.name, **{key: values.get(key) for key in keys}}

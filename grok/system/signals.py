@@ -9,10 +9,10 @@
   which resumes from the checkpoint; elsewhere the signal's default action ends the process. It
   wins over a SIGTERM received before it (SLURM sends both when it preempts a job).
 
-The handlers only record the request; the training loop reads it after each epoch. A signal that
-was ignored when the run started (`nohup`, a background job's SIGINT) stays ignored, and so does a
-SIGINT or SIGTERM that another library handles itself (submitit logs SIGTERM and waits for the
-preemption signal).
+The handlers only record the request; the training loop reads it after each epoch and ends its block
+of epochs there (grok/training/loop.py). A signal that was ignored when the run started (`nohup`, a
+background job's SIGINT) stays ignored, and so does a SIGINT or SIGTERM that another library handles
+itself (submitit logs SIGTERM and waits for the preemption signal).
 """
 
 import os

@@ -6,6 +6,11 @@ grok/training/stacked.py) share one vmapped forward and backward. Everything aft
 and test pass (`close_epoch`: the row, the loggers, grokking detection, checkpoint, early stop, a
 signal's stop) is each run's own, whatever K.
 
+Epochs are trained in blocks (`sync_seconds`, 0.5 s by default): their metrics stay on the device
+until the block ends and then come to the host in one transfer, so that a GPU is never left waiting
+for the host between epochs. Closing the block's epochs afterwards gives the rows, detections and
+stops that closing each epoch at once would (tests/test_blocks.py).
+
 An epoch's train metrics come from that epoch's own forward pass(es), before the update, and its test
 metrics from the weights after it (seeds 003/004 record them the same way). The loss (a plug-in of
 grok/training/losses.py) is computed in float64. Every `analysis.every` evaluated epochs the progress
@@ -16,115 +21,32 @@ tasks (grok/data/sequences.py) have a label per position, IGNORE where nothing i
 the mean over the scored positions, and an example is right only when all of its scored positions are.
 """
 
+import copy
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from grok.models import fast
-from grok.recording import Loggers
 from grok.recording.analysis import progress_measures
 from grok.system.signals import Interrupted, StopRequest
 from grok.system.speed import for_training
 from grok.system.threads import AdaptiveThreads, explicit_threads
-from grok.training.checkpoint import save_checkpoint
+from grok.training.experiment import Experiment, Split
 from grok.training.losses import cross_entropy
 from grok.training.metrics import split_metrics
 from grok.training.stacked import Stack
 
-MEMORIZED, GROKKED = 0.99, 0.99  # accuracy thresholds for memorize_epoch and grok_epoch
 EVAL_TOKENS = 2**17  # evaluate in chunks of about this many tokens, so large test sets fit in memory
-
-
-def generalization_key(row: Dict[str, Any]) -> str:
-    """The test accuracy grokking is read from: on the clean labels where a task has noisy ones."""
-    return "test_acc_clean" if "test_acc_clean" in row else "test_acc"
 
 
 def predict(model: nn.Module, inputs: Tensor, labels: Tensor) -> Tensor:
     """The logits the labels score: the last position's (B, C), or every position's (B, T, C)."""
     return model(inputs, all_positions=labels.dim() == 2)
-
-
-@dataclass
-class Split:
-    inputs: Tensor  # (N, T)
-    labels: Tensor  # (N,), or (N, T) for sequence tasks
-    clean_labels: Optional[Tensor] = None  # (N,), noisy tasks only
-
-
-@dataclass
-class TrainState:
-    """Everything about progress that a checkpoint must carry besides weights and optimizer."""
-
-    epoch: int = 0
-    memorize_epoch: Optional[int] = None
-    grok_epoch: Optional[int] = None
-    stop_streak: int = 0
-    stopped_early: bool = False
-    train_seconds: float = 0.0
-    wandb_run_id: Optional[str] = None
-
-    def update(self, row: Dict[str, float], stop_cfg) -> None:
-        """Record memorization/grokking; count evaluations in a row that meet the stop threshold."""
-        test_acc = row[generalization_key(row)]
-        if self.memorize_epoch is None and row["train_acc"] >= MEMORIZED:
-            self.memorize_epoch = row["epoch"]
-        if self.grok_epoch is None and test_acc >= GROKKED:
-            self.grok_epoch = row["epoch"]
-        hit = (stop_cfg.test_acc is not None and test_acc >= stop_cfg.test_acc) or (
-            stop_cfg.test_loss is not None and row["test_loss"] < stop_cfg.test_loss
-        )
-        self.stop_streak = self.stop_streak + 1 if hit else 0
-        self.stopped_early = hit and self.stop_streak >= stop_cfg.patience
-
-
-@dataclass
-class Experiment:
-    """One run's live parts: what the loop reads and updates, and where it writes (built by
-    grok/run.py's start)."""
-
-    cfg: DictConfig  # validated: each plug-in's node typed (grok/config.py)
-    run_dir: Path
-    device: torch.device
-    model: nn.Module
-    loss_fn: Callable[[Tensor, Tensor], Tensor]
-    fourier_sign: Optional[int]  # the task's, for the progress measures
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    generator: torch.Generator  # minibatch order
-    train: Split
-    test: Split
-    state: TrainState
-    loggers: Loggers
-    started: float  # perf_counter() when the run began
-    startup_seconds: Optional[float]  # imports, Hydra, data, model, W&B: everything before the first epoch
-
-    def save(self) -> None:
-        cuda = self.device.type == "cuda"
-        save_checkpoint(
-            self.run_dir / "checkpoints",
-            self.state.epoch,
-            {
-                # clone: a stacked run's parameters are views into the stack's tensors (grok/training/stacked.py)
-                "model": {key: value.clone() for key, value in self.model.state_dict().items()},
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "state": asdict(self.state),
-                "rng": {
-                    "torch": torch.get_rng_state(),
-                    "batches": self.generator.get_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if cuda else [],
-                },
-                "config": OmegaConf.to_container(self.cfg, resolve=True),
-            },
-        )
 
 
 # ----------------------------------------------------------------------------- one run's epoch
@@ -202,23 +124,23 @@ class Alone:
 
 
 # ----------------------------------------------------------------------------- after the epoch
-def evaluation_due(cfg, epoch: int) -> bool:
-    return epoch % cfg.eval_every == 0 or epoch == cfg.epochs
+def row_names(train_metrics: Dict[str, Tensor], test_metrics: Dict[str, Tensor]) -> List[str]:
+    return [f"train_{key}" for key in train_metrics] + [f"test_{key}" for key in test_metrics] + ["weight_norm"]
 
 
-def epoch_rows(
+def epoch_values(
     train_metrics: List[Dict[str, Tensor]], test_metrics: List[Dict[str, Tensor]], weight_norms: Tensor
-) -> List[Dict[str, float]]:
-    """The metrics of one epoch of K runs as K rows of numbers: train_*, test_*, weight_norm. One
-    transfer from the device for all: on a GPU each .item() waits."""
-    names = [f"train_{key}" for key in train_metrics[0]] + [f"test_{key}" for key in test_metrics[0]] + ["weight_norm"]
+) -> Tensor:
+    """The metrics of one epoch of K runs as one (K, M) float64 tensor, on the device, in row_names'
+    order: they come to the host with the block's other epochs, in one transfer (on a GPU each
+    transfer waits for the work queued before it)."""
     values = torch.stack(
         [
             torch.stack([value.double() for value in [*train.values(), *test.values()]])
             for train, test in zip(train_metrics, test_metrics)
         ]
     )
-    return [dict(zip(names, row)) for row in torch.cat([values, weight_norms.double()[:, None]], dim=1).tolist()]
+    return torch.cat([values, weight_norms.double()[:, None]], dim=1)
 
 
 class Diverged(FloatingPointError):
@@ -235,11 +157,11 @@ def check_finite(row: Dict[str, float]) -> None:
 def close_epoch(
     experiment: Experiment, epoch: int, lr: float, seconds: float, values: Optional[Dict[str, float]], stop
 ) -> Optional[Dict[str, float]]:
-    """Everything after an epoch's step and test pass, for one run: its row (`values` from epoch_rows;
+    """Everything after an epoch's step and test pass, for one run: its row (`values` named by row_names;
     None when the epoch was not evaluated) and progress measures to the loggers, grokking detection,
     checkpoint, early stop, a stop requested by a signal (`stop`, a grok.system.signals.StopRequest).
     Returns the logged row; raises Diverged when a loss is not finite."""
-    cfg, state = experiment.cfg, experiment.state
+    schedule, state = experiment.schedule, experiment.state
     state.epoch, row = epoch, None
     state.train_seconds += seconds
     if values is not None:
@@ -251,20 +173,19 @@ def close_epoch(
             "weight_norm": norm,
         }
         measures = {}
-        binary = experiment.train.labels.dim() == 1  # the measures are for binary operations
-        if cfg.analysis.name != "none" and binary and epoch % cfg.analysis.every == 0:
+        if schedule.analysis_every and epoch % schedule.analysis_every == 0:
             measures = progress_measures(
                 experiment.model,
-                cfg.task.get("p"),
+                experiment.cfg.task.get("p"),
                 experiment.fourier_sign,
                 experiment.train.inputs,
                 experiment.train.labels,
-                cfg.analysis.n_key_freqs,
+                experiment.cfg.analysis.n_key_freqs,
             )
         experiment.loggers.log_epoch(row, measures)
         check_finite(row)
-        state.update(row, cfg.stop)
-    if epoch % cfg.save_every == 0 or state.stopped_early or stop.requested:
+        state.update(row, schedule.stop)
+    if epoch % schedule.save_every == 0 or state.stopped_early or stop.requested:
         experiment.save()
     if stop.requested:
         raise stop.stopped(epoch)
@@ -306,7 +227,105 @@ def _engine(experiments: List[Experiment]):
     return Alone(experiments[0]) if len(experiments) == 1 else Stack(experiments)
 
 
+@dataclass
+class Block:
+    """Epochs trained one after another while their metrics stay on the device: each epoch's number,
+    the runs' learning rates in it, and where evaluated their epoch_values."""
+
+    epochs: List[int]
+    lrs: List[List[float]]
+    values: List[Optional[Tensor]]
+    names: Optional[List[str]] = None  # row_names, once an epoch was evaluated
+    out_of_memory: bool = False  # a batch of runs ran out of GPU memory in the epoch after the last
+
+    def rows(self) -> List[List[Optional[Dict[str, float]]]]:
+        """Per epoch, each run's values by name (None where not evaluated): one transfer for all."""
+        evaluated = [values for values in self.values if values is not None]
+        numbers = iter(torch.stack(evaluated).tolist() if evaluated else [])
+        runs = len(self.lrs[0]) if self.lrs else 0
+        return [
+            [None] * runs if values is None else [dict(zip(self.names, row)) for row in next(numbers)]
+            for values in self.values
+        ]
+
+
+def _train_block(engine, active: List[Experiment], first: int, last: int, seconds: float, stop) -> Block:
+    """Train epochs first..last, fewer when `seconds` have passed or a stop is requested (a signal).
+    Nothing comes to the host in between (on a GPU the queue of work never drains)."""
+    block, started = Block([], [], []), time.perf_counter()
+    for epoch in range(first, last + 1):
+        lrs = [experiment.optimizer.param_groups[0]["lr"] for experiment in active]
+        try:
+            train_metrics = engine.train_epoch()
+        except torch.cuda.OutOfMemoryError:
+            if len(active) == 1:
+                raise
+            block.out_of_memory = True  # the runs are as the block's last epoch left them
+            break
+        values = None
+        if any(experiment.schedule.evaluated(epoch) for experiment in active):
+            test_metrics = engine.evaluate()
+            block.names = block.names or row_names(train_metrics[0], test_metrics[0])
+            values = epoch_values(train_metrics, test_metrics, engine.weight_norms())
+        block.epochs.append(epoch)
+        block.lrs.append(lrs)
+        block.values.append(values)
+        if stop.requested or time.perf_counter() - started >= seconds:
+            break
+    return block
+
+
+def _first_early_stop(active: List[Experiment], block: Block, rows) -> Optional[int]:
+    """The block's first epoch at which one of the runs stops early (stop.*), going by copies of their
+    progress; None if none does."""
+    for k, experiment in enumerate(active):
+        if not experiment.schedule.may_stop_early:
+            continue
+        state = copy.copy(experiment.state)
+        for epoch, epoch_rows in zip(block.epochs, rows):
+            values = epoch_rows[k]
+            if values is not None and experiment.schedule.evaluated(epoch):
+                state.update({"epoch": epoch, **values}, experiment.schedule.stop)
+                if state.stopped_early:
+                    return epoch
+    return None
+
+
+def _close_block(active: List[Experiment], block: Block, rows, seconds: float, stop, end: Ending, results):
+    """Each run closes the block's epochs in order (close_epoch), as it would have after each; a run
+    that stops, finishes or fails is ended there. A stop requested by a signal (`stop`, as it stands
+    now) applies to the block's last epoch: every run checkpoints it. Returns the Interrupted error
+    if any, the runs ended, and the last row logged."""
+    interrupted, stopped, logged = None, [], None
+    decided = StopRequest()  # every run of the block stops after it, or none
+    decided.signum = stop.signum
+    for epoch, lrs, epoch_rows in zip(block.epochs, block.lrs, rows):
+        request = decided if epoch == block.epochs[-1] else StopRequest()
+        for experiment, lr, values in zip(active, lrs, epoch_rows):
+            if id(experiment) in results:  # ended at an earlier epoch of the block
+                continue
+            try:
+                evaluated = experiment.schedule.evaluated(epoch)
+                logged = close_epoch(experiment, epoch, lr, seconds, values if evaluated else None, request)
+                if experiment.state.stopped_early or epoch == experiment.cfg.epochs:
+                    _end(experiment, None, end, results)
+                    stopped.append(experiment)
+            except Interrupted as error:  # every run checkpoints this epoch before the loop stops
+                _end(experiment, error, end, results)
+                interrupted = error
+            except Exception as error:
+                _end(experiment, error, end, results)
+                stopped.append(experiment)
+    return interrupted, stopped, logged
+
+
 def _train_together(experiments: List[Experiment], stop, end: Ending, results: Dict[int, Any]) -> None:
+    """Train the runs in blocks of epochs (`sync_seconds` long, ending where a run saves, takes its
+    progress measures or ends). After each block its metrics come to the host at once and each run
+    closes the block's epochs in order, as it would have after each. A run that stops early inside a
+    block stops at that epoch exactly: the runs go back to their snapshot from the block's start and
+    train again to that epoch (the same math, so the same numbers), and the epochs after it are not
+    kept."""
     from tqdm import tqdm
 
     active = []
@@ -330,13 +349,44 @@ def _train_together(experiments: List[Experiment], stop, end: Ending, results: D
     threads = AdaptiveThreads(explicit_threads(active[0].cfg))  # runs together share `threads`
     last_postfix, tick = 0.0, time.perf_counter()
     try:
-        for epoch in range(first, last + 1):
-            lrs = [experiment.optimizer.param_groups[0]["lr"] for experiment in active]
-            try:
-                train_metrics = engine.train_epoch()
-            except torch.cuda.OutOfMemoryError:
-                if len(active) == 1:
-                    raise
+        epoch = first  # the next block's first
+        while active:
+            limit = min(experiment.schedule.last_epoch_of_block(epoch) for experiment in active)
+            sync = min(experiment.schedule.sync_seconds for experiment in active)
+            may_stop = sync > 0 and any(experiment.schedule.may_stop_early for experiment in active)
+            snapshots = [experiment.snapshot() for experiment in active] if may_stop else None
+            block = _train_block(engine, active, epoch, limit, sync, stop)
+            rows = block.rows()
+            stop_at = _first_early_stop(active, block, rows) if snapshots else None
+            if stop_at is not None and stop_at < block.epochs[-1]:  # again, to the epoch of the stop only
+                for experiment, snapshot in zip(active, snapshots):
+                    experiment.restore(snapshot)
+                block = _train_block(engine, active, epoch, stop_at, math.inf, StopRequest())
+                rows = block.rows()
+            per_epoch = (time.perf_counter() - tick) / max(1, len(block.epochs))  # since the last block closed
+            interrupted, stopped, logged = _close_block(active, block, rows, per_epoch, stop, end, results)
+            if len(active) == 1 and logged is not None and time.perf_counter() - last_postfix > 0.5:
+                last_postfix = time.perf_counter()
+                bar.set_postfix(
+                    train_loss=f"{logged['train_loss']:.3g}",
+                    train_acc=f"{logged['train_acc']:.3f}",
+                    test_loss=f"{logged['test_loss']:.3g}",
+                    test_acc=f"{logged['test_acc']:.3f}",
+                    refresh=False,
+                )
+            bar.update(len(block.epochs))
+            threads.update()  # between blocks: a block trained again runs on the threads it ran on
+            tick = time.perf_counter()
+            if interrupted is not None:
+                raise interrupted
+            epoch += len(block.epochs)
+            if stopped:
+                engine.release()
+                active = [experiment for experiment in active if id(experiment) not in results]
+                engine = _engine(active) if active else None
+                if active:
+                    bar.set_postfix(training=len(active), refresh=False)
+            if block.out_of_memory and active:
                 engine.release()
                 engine = None
                 torch.cuda.empty_cache()
@@ -347,50 +397,6 @@ def _train_together(experiments: List[Experiment], stop, end: Ending, results: D
                 )
                 _one_after_another([active[:half], active[half:]], stop, end, results)
                 return
-            due = [evaluation_due(experiment.cfg, epoch) for experiment in active]
-            rows = (
-                epoch_rows(train_metrics, engine.evaluate(), engine.weight_norms())
-                if any(due)
-                else [None] * len(active)
-            )
-            now = time.perf_counter()
-            interrupted, stopped, logged = None, [], None
-            decided = StopRequest()  # the stop request as it stands now: every run of this epoch stops, or none
-            decided.signum = stop.signum
-            for experiment, lr, row, is_due in zip(active, lrs, rows, due):
-                try:
-                    logged = close_epoch(experiment, epoch, lr, now - tick, row if is_due else None, decided)
-                    if experiment.state.stopped_early or epoch == experiment.cfg.epochs:
-                        _end(experiment, None, end, results)
-                        stopped.append(experiment)
-                except Interrupted as error:  # every run checkpoints this epoch before the loop stops
-                    _end(experiment, error, end, results)
-                    interrupted = error
-                except Exception as error:
-                    _end(experiment, error, end, results)
-                    stopped.append(experiment)
-            tick = now
-            if len(active) == 1 and logged is not None and time.perf_counter() - last_postfix > 0.5:
-                last_postfix = time.perf_counter()
-                bar.set_postfix(
-                    train_loss=f"{logged['train_loss']:.3g}",
-                    train_acc=f"{logged['train_acc']:.3f}",
-                    test_loss=f"{logged['test_loss']:.3g}",
-                    test_acc=f"{logged['test_acc']:.3f}",
-                    refresh=False,
-                )
-            bar.update()
-            threads.update()
-            if interrupted is not None:
-                raise interrupted
-            if stopped:
-                engine.release()
-                active = [experiment for experiment in active if experiment not in stopped]
-                engine = _engine(active) if active else None
-                if active:
-                    bar.set_postfix(training=len(active), refresh=False)
-            if not active:
-                break
     except Interrupted:
         raise
     except Exception as error:  # the batch itself failed, not one experiment: each experiment still training fails

@@ -20,7 +20,7 @@ from grok.models import fast
 from grok.training.metrics import split_metrics
 
 if TYPE_CHECKING:  # the loop builds stacks of its experiments
-    from grok.training.loop import Experiment
+    from grok.training.experiment import Experiment
 
 
 def _padded(splits: List[Tensor], fill: int) -> Tensor:

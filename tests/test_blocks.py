@@ -1,0 +1,134 @@
+"""Blocks of epochs (`sync_seconds`, grok/training/loop.py): the metrics of the epochs trained in a
+block stay on the device and come to the host at once, and the run records, detects, checkpoints and
+stops exactly as when they come every epoch (`sync_seconds=0`): the same metrics.csv byte for byte,
+the same stopping epoch, the same checkpointed weights. A run that stops early inside a block goes
+back to the block's start and trains again to that epoch only."""
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from grok.recording.files import read_metrics
+from grok.run import end, run, start
+from grok.system.signals import StopRequest
+from grok.training.experiment import Schedule
+from grok.training.loop import train_runs
+from tests.conftest import DIVERGES, make_config
+from tests.test_batched import MEMBERS, SMALL
+
+EVERY_EPOCH, ONE_BLOCK = "sync_seconds=0", "sync_seconds=1e9"  # one block: up to a checkpoint or the end
+
+
+def train(root: Path, name: str, *overrides: str):
+    out = root / name
+    out.mkdir()
+    return run(make_config(["logger=none", "progress=false", "threads=1", *overrides]), out), out
+
+
+def same_files(a: Path, b: Path, *names: str) -> None:
+    for name in names:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def same_checkpoints(a: Path, b: Path) -> None:
+    first, second = (torch.load(d / "checkpoints" / "last.pt", weights_only=True, map_location="cpu") for d in (a, b))
+    assert first["state"]["epoch"] == second["state"]["epoch"]
+    for key, value in first["model"].items():
+        assert torch.equal(value, second["model"][key]), key
+    assert first["optimizer"]["state"].keys() == second["optimizer"]["state"].keys()
+    for index, moments in first["optimizer"]["state"].items():
+        for key, value in moments.items():
+            assert torch.equal(value, second["optimizer"]["state"][index][key]), (index, key)
+
+
+@pytest.mark.parametrize("stop", [["stop.test_acc=0.3"], ["stop.test_acc=0.4", "stop.patience=5"]])
+def test_an_early_stop_inside_a_block_lands_on_the_same_epoch_with_the_same_weights(tmp_path, stop, device):
+    overrides = [
+        "task.p=23",
+        "train_frac=0.5",
+        "epochs=3000",
+        "save_every=200",
+        "analysis=none",
+        f"device={device}",
+        *stop,
+    ]
+    every, every_dir = train(tmp_path, "every_epoch", *overrides, EVERY_EPOCH)
+    block, block_dir = train(tmp_path, "one_block", *overrides, ONE_BLOCK)
+    assert every["stopped_early"] and every["epochs"] < 200, "the stop lies inside the first block"
+    assert block["epochs"] == every["epochs"] and block["grok_epoch"] == every["grok_epoch"]
+    same_files(every_dir, block_dir, "metrics.csv")
+    same_checkpoints(every_dir, block_dir)
+
+
+def test_progress_measures_and_checkpoints_are_taken_at_their_epochs_weights(tmp_path):
+    overrides = ["task.p=23", "epochs=60", "analysis.every=7", "save_every=25"]
+    _, every_dir = train(tmp_path, "every_epoch", *overrides, EVERY_EPOCH)
+    _, block_dir = train(tmp_path, "one_block", *overrides, ONE_BLOCK)
+    same_files(every_dir, block_dir, "metrics.csv")
+    # the measures' float64 sums round by the memory's alignment: equal weights, equal to ~1e-15
+    measures = [read_metrics(d / "analysis.csv") for d in (every_dir, block_dir)]
+    assert (
+        [row["epoch"] for row in measures[0]]
+        == [row["epoch"] for row in measures[1]]
+        == [7, 14, 21, 28, 35, 42, 49, 56]
+    )
+    for first, second in zip(*measures):
+        assert first["key_frequencies"] == second["key_frequencies"]
+        numbers = lambda row: {key: value for key, value in row.items() if key != "key_frequencies"}
+        assert numbers(first) == pytest.approx(numbers(second), rel=1e-12, abs=1e-12)
+    for epoch in (25, 50):
+        name = f"epoch_{epoch:06d}.pt"
+        first, second = (torch.load(d / "checkpoints" / name, weights_only=True) for d in (every_dir, block_dir))
+        assert all(torch.equal(value, second["model"][key]) for key, value in first["model"].items()), name
+
+
+def test_a_block_ends_where_a_run_needs_its_weights(tmp_path):
+    experiment = start(
+        make_config(["task.p=11", "epochs=100", "save_every=30", "analysis.every=12", "logger=none"]),
+        tmp_path,
+        "run",
+        time.perf_counter(),
+    )
+    schedule = experiment.schedule
+    assert isinstance(schedule, Schedule)
+    assert [schedule.last_epoch_of_block(epoch) for epoch in (1, 12, 13, 25, 30, 31, 97)] == [
+        12,
+        12,
+        24,
+        30,
+        30,
+        36,
+        100,
+    ]
+    experiment.loggers.finish(0)
+
+
+def test_a_diverging_run_fails_at_the_same_epoch_inside_a_block(tmp_path):
+    errors = []
+    for name, sync in (("every_epoch", EVERY_EPOCH), ("one_block", ONE_BLOCK)):
+        with pytest.raises(FloatingPointError, match="diverged") as error:
+            train(tmp_path, name, *DIVERGES, sync)
+        errors.append(str(error.value))
+    assert errors[0] == errors[1]
+    same_files(tmp_path / "every_epoch", tmp_path / "one_block", "metrics.csv")
+
+
+def test_runs_trained_together_stop_and_go_on_as_with_every_epoch(tmp_path, device):
+    """Three MEMBERS of tests/test_batched.py in one stack: the first stops early inside the block,
+    the others train on; each member's metrics.csv and last checkpoint match the every-epoch run's."""
+    torch.set_num_threads(1)
+    for tag, sync in (("every_", EVERY_EPOCH), ("block_", ONE_BLOCK)):
+        found = []
+        for i, overrides in enumerate(MEMBERS[:3]):
+            out_dir = tmp_path / f"{tag}{i}"
+            out_dir.mkdir()
+            config = make_config(SMALL + overrides + [sync, f"device={device}", "epochs=130"])
+            found.append(start(config, out_dir, f"{tag}{i}", time.perf_counter()))
+        train_runs(found, StopRequest(), end)
+    stopped = read_metrics(tmp_path / "every_0" / "metrics.csv")
+    assert len(stopped) < 130, "the first member stops early, inside the block"
+    for i in range(3):
+        same_files(tmp_path / f"every_{i}", tmp_path / f"block_{i}", "metrics.csv")
+        same_checkpoints(tmp_path / f"every_{i}", tmp_path / f"block_{i}")
