@@ -4,11 +4,13 @@ stops exactly as when they come every epoch (`sync_seconds=0`): the same metrics
 the same stopping epoch, the same checkpointed weights. A run that stops early inside a block goes
 back to the block's start and trains again to that epoch only."""
 
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from grok.recording.files import read_metrics
 from grok.run import end, run, start
@@ -132,3 +134,49 @@ def test_runs_trained_together_stop_and_go_on_as_with_every_epoch(tmp_path, devi
     for i in range(3):
         same_files(tmp_path / f"every_{i}", tmp_path / f"block_{i}", "metrics.csv")
         same_checkpoints(tmp_path / f"every_{i}", tmp_path / f"block_{i}")
+
+
+HOST_READS = {"item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__"}
+
+
+class HostReads(TorchFunctionMode):
+    """Records where grok's training code reads a tensor's values into Python (grok/training/,
+    grok/models/): on a GPU each such read waits for all the work queued before it."""
+
+    def __init__(self):
+        super().__init__()
+        self.reads = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        caller = sys._getframe(1).f_code
+        if getattr(func, "__name__", "") in HOST_READS and Path(caller.co_filename).parent.name in (
+            "training",
+            "models",
+        ):
+            self.reads.append(f"{func.__name__} in {caller.co_name}")
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("runs", [1, 2])  # alone, and a stack
+def test_the_metrics_come_to_the_host_once_a_block(tmp_path, runs, device):
+    reads = {}
+    for sync in (EVERY_EPOCH, ONE_BLOCK):
+        experiments = []
+        for seed in range(runs):
+            out_dir = tmp_path / f"{sync}_{seed}"
+            out_dir.mkdir()
+            overrides = [
+                "task.p=11",
+                "epochs=30",
+                "analysis=none",
+                "logger=none",
+                f"seed={seed}",
+                f"device={device}",
+                sync,
+            ]
+            experiments.append(start(make_config(overrides), out_dir, str(seed), time.perf_counter()))
+        with HostReads() as host:
+            train_runs(experiments, StopRequest(), end)
+        reads[sync] = host.reads
+    assert reads[EVERY_EPOCH] == ["tolist in rows"] * 30
+    assert reads[ONE_BLOCK] == ["tolist in rows"], "one block: one transfer"

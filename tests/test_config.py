@@ -105,6 +105,7 @@ BAD_VALUES = [
     (["model.d_model=100", "model.n_heads=3"], "model.d_model=100: must be divisible by model.n_heads=3"),
     (["epochs=0"], "epochs=0: must be >= 1"),
     (["eval_every=0"], "eval_every=0: must be >= 1"),
+    (["sync_seconds=-1"], "sync_seconds=-1.0: must be >= 0"),
     (["batch_size=0"], "batch_size=0: must be >= 1, or null for full batch"),
     (["model.act=tanh"], "model.act=tanh: must be one of relu, gelu"),
     (["optimizer.lr=0"], "optimizer.lr=0.0: must be > 0"),

@@ -84,7 +84,8 @@ class Experiment:
 
     def training_state(self) -> Dict[str, Any]:
         """What a checkpoint holds besides the config: weights, optimizer (the gradient transforms'
-        state rides in it), schedule, progress and RNG states; the optimizer's and schedule's live."""
+        state rides in it), schedule, progress and RNG states. The weights are copies; the optimizer's
+        state is the live one (torch.save writes it as it is; snapshot() copies it)."""
         cuda = self.device.type == "cuda"
         return {
             # clone: a stacked run's parameters are views into the stack's tensors (grok/training/stacked.py)
