@@ -605,7 +605,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     parser.add_argument("--skip-startup", action="store_true", help="do not measure the per-job start-up overhead")
     parser.add_argument("--startup-rounds", type=int, default=5, help="start-ups measured each way (default: 5)")
     parser.add_argument("--skip-tiny", action="store_true", help="do not measure the tiny model's whole runs")
-    parser.add_argument("--tiny-epochs", type=int, default=3000, help="epochs of a tiny-model run (default: 3000)")
+    parser.add_argument("--tiny-epochs", type=int, default=2000, help="epochs of a tiny-model run (default: 2000)")
+    parser.add_argument("--tiny-rounds", type=int, default=3, help="tiny-model runs each way (default: 3)")
     parser.add_argument("--threads", type=int, help="torch threads (default: PyTorch's, all cores)")
     parser.add_argument(
         "--batched-shape",
@@ -703,7 +704,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
             )
 
     if not args.skip_tiny:
-        tiny = report["tiny"] = bench_tiny(out, args.batched_rounds, args.tiny_epochs)
+        tiny = report["tiny"] = bench_tiny(out, args.tiny_rounds, args.tiny_epochs)
         print(
             f"tiny model ({TINY}), whole runs of {args.tiny_epochs} epochs: {tiny['wandb']['epochs_per_second']:.0f}"
             f" epochs/s with W&B, {tiny['none']['epochs_per_second']:.0f} with logger=none, against "
