@@ -222,3 +222,27 @@ def test_freed_memory_is_reused_without_page_faults():
 
     assert faults("default") > 10000, "glibc maps the second 64 MiB afresh: 16384 pages fault in"
     assert faults("keep") < 1000
+
+
+@pytest.mark.parametrize("name", ["adamw", "adam"])
+def test_adam_steps_fused_and_as_pytorchs_loop_over_the_tensors_does(name, device):
+    """The optimizers run PyTorch's fused kernels, on a CPU too; in float64 their steps are those of
+    PyTorch's plain loop over the tensors (foreach=False), to rounding."""
+    cfg = make_config([f"optimizer={name}", "optimizer.warmup_steps=0"])
+    torch.manual_seed(0)
+    shapes = [(97, 128), (128,), (4, 128, 32)]
+    ours = [torch.randn(shape, dtype=torch.float64, device=device, requires_grad=True) for shape in shapes]
+    plain = [p.detach().clone().requires_grad_() for p in ours]
+    optimizer, _ = build_optimizer(cfg.optimizer, cfg.transforms, ours)
+    make = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+    o = cfg.optimizer
+    reference = make(plain, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, foreach=False)
+    assert optimizer.param_groups[0]["fused"]
+    for _ in range(20):
+        for a, b in zip(ours, plain):
+            a.grad = torch.randn_like(a)
+            b.grad = a.grad.clone()
+        optimizer.step()
+        reference.step()
+    for a, b in zip(ours, plain):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-15)
