@@ -76,6 +76,9 @@ GPU_BENCH := --device cuda --experiment "" --experiment "task.p=113" --experimen
 gpu-check: $(STAMP) $(INTERP)  ## on a GPU machine: the tests on CUDA, then the GPU's make bench figures
 	@if $(PY) -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
 		$(PY) -m pytest -m gpu -q -rs && $(PY) benchmarks/bench.py $(GPU_BENCH) $(ARGS); \
+	elif command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then \
+		echo "make gpu-check: this machine has a GPU (nvidia-smi) but .venv's PyTorch sees none: install a CUDA build of torch"; \
+		exit 1; \
 	else \
 		echo "make gpu-check: skipped: PyTorch sees no CUDA device here (torch.cuda.is_available() is False)"; \
 	fi

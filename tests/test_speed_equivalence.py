@@ -3,6 +3,7 @@ steps and test passes (grok.training.loop, through fast(model) as training runs 
 accuracies of benchmarks/reference.py, the straightforward implementation; and the models' table paths
 (fast(model), grok/models/tables.py) equal their plain paths (model itself)."""
 
+import copy
 import subprocess
 import sys
 
@@ -246,3 +247,30 @@ def test_adam_steps_fused_and_as_pytorchs_loop_over_the_tensors_does(name, devic
         reference.step()
     for a, b in zip(ours, plain):
         assert torch.allclose(a, b, rtol=1e-12, atol=1e-15)
+
+
+def test_a_checkpoint_from_before_fused_adam_resumes_with_the_loop_it_was_trained_with():
+    """Checkpoints written before grok fused Adam on the CPU hold param_groups with fused=None: loaded,
+    they go on with PyTorch's loop, bit for bit as the run would have."""
+    cfg = make_config(["optimizer.warmup_steps=0"])
+    torch.manual_seed(0)
+    ours = [torch.randn(64, 32, requires_grad=True), torch.randn(32, requires_grad=True)]
+    before = [p.detach().clone().requires_grad_() for p in ours]
+    o = cfg.optimizer
+    earlier = torch.optim.AdamW(before, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+    grads = [[torch.randn_like(p) for p in ours] for _ in range(6)]
+    for p, g in zip(before, grads[0]):
+        p.grad = g.clone()
+    earlier.step()
+    with torch.no_grad():
+        for p, q in zip(ours, before):
+            p.copy_(q)
+    optimizer, _ = build_optimizer(cfg.optimizer, cfg.transforms, ours)
+    optimizer.load_state_dict(copy.deepcopy(earlier.state_dict()))  # as from a file: its own tensors
+    assert not optimizer.param_groups[0]["fused"]
+    for step in grads[1:]:
+        for p, q, g in zip(ours, before, step):
+            p.grad, q.grad = g.clone(), g.clone()
+        optimizer.step()
+        earlier.step()
+    assert all(torch.equal(p, q) for p, q in zip(ours, before))

@@ -105,13 +105,25 @@ class Experiment:
         save_checkpoint(self.run_dir / "checkpoints", self.state.epoch, {**self.training_state(), "config": config})
 
     def snapshot(self) -> Dict[str, Any]:
-        """The training state copied in memory, for restore() to go back to."""
-        return copy.deepcopy(self.training_state())
+        """The training state copied into host memory (a GPU's memory may have no room for a second
+        copy of every run's), for restore() to go back to."""
+        return _on_cpu(copy.deepcopy(self.training_state()) if self.device.type == "cpu" else self.training_state())
 
     def restore(self, checkpoint: Dict[str, Any]) -> None:
         self.state = restore_training(
             checkpoint, self.model, self.optimizer, self.scheduler, self.generator, self.device
         )
+
+
+def _on_cpu(value: Any) -> Any:
+    """`value` with each tensor in it moved to host memory (copied, when it is on a device)."""
+    if isinstance(value, Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {key: _on_cpu(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_on_cpu(item) for item in value)
+    return value
 
 
 def restore_training(checkpoint: Dict[str, Any], model, optimizer, scheduler, generator, device) -> TrainState:

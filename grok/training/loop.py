@@ -7,9 +7,9 @@ and test pass (`close_epoch`: the row, the loggers, grokking detection, checkpoi
 signal's stop) is each run's own, whatever K.
 
 Epochs are trained in blocks (`sync_seconds`, 0.5 s by default): their metrics stay on the device
-until the block ends and then come to the host in one transfer, so that a GPU is never left waiting
-for the host between epochs. Closing the block's epochs afterwards gives the rows, detections and
-stops that closing each epoch at once would (tests/test_blocks.py).
+until the block ends and then come to the host in one transfer, so that the loop does not make the
+host wait for a GPU between epochs. Closing the block's epochs afterwards gives the rows, detections
+and stops that closing each epoch at once would (tests/test_blocks.py).
 
 An epoch's train metrics come from that epoch's own forward pass(es), before the update, and its test
 metrics from the weights after it (seeds 003/004 record them the same way). The loss (a plug-in of
@@ -251,7 +251,7 @@ class Block:
 
 def _train_block(engine, active: List[Experiment], first: int, last: int, seconds: float, stop) -> Block:
     """Train epochs first..last, fewer when `seconds` have passed or a stop is requested (a signal).
-    Nothing comes to the host in between (on a GPU the queue of work never drains)."""
+    Nothing comes to the host in between: on a GPU the host queues the epochs' work without waiting."""
     block, started = Block([], [], []), time.perf_counter()
     for epoch in range(first, last + 1):
         lrs = [experiment.optimizer.param_groups[0]["lr"] for experiment in active]
@@ -276,8 +276,9 @@ def _train_block(engine, active: List[Experiment], first: int, last: int, second
 
 
 def _first_early_stop(active: List[Experiment], block: Block, rows) -> Optional[int]:
-    """The block's first epoch at which one of the runs stops early (stop.*), going by copies of their
-    progress; None if none does."""
+    """The block's earliest epoch at which one of the runs stops early (stop.*), going by copies of
+    their progress; None if none does."""
+    stops = []
     for k, experiment in enumerate(active):
         if not experiment.schedule.may_stop_early:
             continue
@@ -287,8 +288,9 @@ def _first_early_stop(active: List[Experiment], block: Block, rows) -> Optional[
             if values is not None and experiment.schedule.evaluated(epoch):
                 state.update({"epoch": epoch, **values}, experiment.schedule.stop)
                 if state.stopped_early:
-                    return epoch
-    return None
+                    stops.append(epoch)
+                    break
+    return min(stops, default=None)
 
 
 def _close_block(active: List[Experiment], block: Block, rows, seconds: float, stop, end: Ending, results):
@@ -358,12 +360,14 @@ def _train_together(experiments: List[Experiment], stop, end: Ending, results: D
             block = _train_block(engine, active, epoch, limit, sync, stop)
             rows = block.rows()
             stop_at = _first_early_stop(active, block, rows) if snapshots else None
-            if stop_at is not None and stop_at < block.epochs[-1]:  # again, to the epoch of the stop only
+            while stop_at is not None and stop_at < block.epochs[-1]:  # again, to the epoch of the stop only
                 for experiment, snapshot in zip(active, snapshots):
-                    experiment.restore(snapshot)
+                    experiment.restore(copy.deepcopy(snapshot))  # restored state is trained in place
                 block = _train_block(engine, active, epoch, stop_at, math.inf, StopRequest())
                 rows = block.rows()
-            per_epoch = (time.perf_counter() - tick) / max(1, len(block.epochs))  # since the last block closed
+                stop_at = _first_early_stop(active, block, rows)  # the same, unless a kernel rounds anew
+            now = time.perf_counter()
+            per_epoch = (now - tick) / max(1, len(block.epochs))  # since the last block began to close
             interrupted, stopped, logged = _close_block(active, block, rows, per_epoch, stop, end, results)
             if len(active) == 1 and logged is not None and time.perf_counter() - last_postfix > 0.5:
                 last_postfix = time.perf_counter()
@@ -376,7 +380,7 @@ def _train_together(experiments: List[Experiment], stop, end: Ending, results: D
                 )
             bar.update(len(block.epochs))
             threads.update()  # between blocks: a block trained again runs on the threads it ran on
-            tick = time.perf_counter()
+            tick = now  # closing this block counts towards the next one's time, as an epoch's did
             if interrupted is not None:
                 raise interrupted
             epoch += len(block.epochs)
