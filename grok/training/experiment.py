@@ -2,7 +2,6 @@
 schedule, its live parts (`Experiment`, built by grok/run.py's start), and their training state as a
 checkpoint holds it: saved, snapshotted in memory, restored."""
 
-import copy
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
@@ -107,7 +106,7 @@ class Experiment:
     def snapshot(self) -> Dict[str, Any]:
         """The training state copied into host memory (a GPU's memory may have no room for a second
         copy of every run's), for restore() to go back to."""
-        return _on_cpu(copy.deepcopy(self.training_state()) if self.device.type == "cpu" else self.training_state())
+        return _copied_to_cpu(self.training_state())
 
     def restore(self, checkpoint: Dict[str, Any]) -> None:
         self.state = restore_training(
@@ -115,14 +114,14 @@ class Experiment:
         )
 
 
-def _on_cpu(value: Any) -> Any:
-    """`value` with each tensor in it moved to host memory (copied, when it is on a device)."""
+def _copied_to_cpu(value: Any) -> Any:
+    """`value` with each tensor in it copied into host memory, and its dicts, lists and tuples new."""
     if isinstance(value, Tensor):
-        return value.cpu()
+        return value.to("cpu", copy=True)
     if isinstance(value, dict):
-        return {key: _on_cpu(item) for key, item in value.items()}
+        return {key: _copied_to_cpu(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(_on_cpu(item) for item in value)
+        return type(value)(_copied_to_cpu(item) for item in value)
     return value
 
 
