@@ -13,20 +13,16 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from grok.recording.files import read_metrics
-from grok.run import end, run, start
+from grok.run import end, start
 from grok.system.signals import StopRequest
 from grok.training.experiment import Schedule
 from grok.training.loop import train_runs
 from tests.conftest import DIVERGES, make_config
 from tests.test_batched import MEMBERS, SMALL
+from tests.test_training import train
 
-EVERY_EPOCH, ONE_BLOCK = "sync_seconds=0", "sync_seconds=1e9"  # one block: up to a checkpoint or the end
-
-
-def train(root: Path, name: str, *overrides: str):
-    out = root / name
-    out.mkdir()
-    return run(make_config(["logger=none", "progress=false", "threads=1", *overrides]), out), out
+# one block: up to a checkpoint or the end; threads held, so that both ways round alike
+EVERY_EPOCH, ONE_BLOCK = ["sync_seconds=0", "threads=1"], ["sync_seconds=1e9", "threads=1"]
 
 
 def same_files(a: Path, b: Path, *names: str) -> None:
@@ -56,8 +52,8 @@ def test_an_early_stop_inside_a_block_lands_on_the_same_epoch_with_the_same_weig
         f"device={device}",
         *stop,
     ]
-    every, every_dir = train(tmp_path, "every_epoch", *overrides, EVERY_EPOCH)
-    block, block_dir = train(tmp_path, "one_block", *overrides, ONE_BLOCK)
+    every, every_dir = train(tmp_path, *overrides, *EVERY_EPOCH, name="every_epoch")
+    block, block_dir = train(tmp_path, *overrides, *ONE_BLOCK, name="one_block")
     assert every["stopped_early"] and every["epochs"] < 200, "the stop lies inside the first block"
     assert block["epochs"] == every["epochs"] and block["grok_epoch"] == every["grok_epoch"]
     same_files(every_dir, block_dir, "metrics.csv")
@@ -66,8 +62,8 @@ def test_an_early_stop_inside_a_block_lands_on_the_same_epoch_with_the_same_weig
 
 def test_progress_measures_and_checkpoints_are_taken_at_their_epochs_weights(tmp_path):
     overrides = ["task.p=23", "epochs=60", "analysis.every=7", "save_every=25"]
-    _, every_dir = train(tmp_path, "every_epoch", *overrides, EVERY_EPOCH)
-    _, block_dir = train(tmp_path, "one_block", *overrides, ONE_BLOCK)
+    _, every_dir = train(tmp_path, *overrides, *EVERY_EPOCH, name="every_epoch")
+    _, block_dir = train(tmp_path, *overrides, *ONE_BLOCK, name="one_block")
     same_files(every_dir, block_dir, "metrics.csv")
     # the measures' float64 sums round by the memory's alignment: equal weights, equal to ~1e-15
     measures = [read_metrics(d / "analysis.csv") for d in (every_dir, block_dir)]
@@ -111,7 +107,7 @@ def test_a_diverging_run_fails_at_the_same_epoch_inside_a_block(tmp_path):
     errors = []
     for name, sync in (("every_epoch", EVERY_EPOCH), ("one_block", ONE_BLOCK)):
         with pytest.raises(FloatingPointError, match="diverged") as error:
-            train(tmp_path, name, *DIVERGES, sync)
+            train(tmp_path, *DIVERGES, *sync, name=name)
         errors.append(str(error.value))
     assert errors[0] == errors[1]
     same_files(tmp_path / "every_epoch", tmp_path / "one_block", "metrics.csv")
@@ -128,7 +124,7 @@ def test_runs_trained_together_stop_and_go_on_as_with_every_epoch(tmp_path, devi
         for i, overrides in enumerate(runs):
             out_dir = tmp_path / f"{tag}{i}"
             out_dir.mkdir()
-            config = make_config(SMALL + overrides + [sync, f"device={device}", "epochs=130"])
+            config = make_config(SMALL + overrides + sync + [f"device={device}", "epochs=130"])
             found.append(start(config, out_dir, f"{tag}{i}", time.perf_counter()))
         train_runs(found, StopRequest(), end)
     first, second = (len(read_metrics(tmp_path / f"every_{i}" / "metrics.csv")) for i in (0, 1))
@@ -162,23 +158,15 @@ class HostReads(TorchFunctionMode):
 @pytest.mark.parametrize("runs", [1, 2])  # alone, and a stack
 def test_the_metrics_come_to_the_host_once_a_block(tmp_path, runs, device):
     reads = {}
-    for sync in (EVERY_EPOCH, ONE_BLOCK):
+    for tag, sync in (("every_epoch", EVERY_EPOCH), ("one_block", ONE_BLOCK)):
         experiments = []
         for seed in range(runs):
-            out_dir = tmp_path / f"{sync}_{seed}"
+            out_dir = tmp_path / f"{tag}_{seed}"
             out_dir.mkdir()
-            overrides = [
-                "task.p=11",
-                "epochs=30",
-                "analysis=none",
-                "logger=none",
-                f"seed={seed}",
-                f"device={device}",
-                sync,
-            ]
-            experiments.append(start(make_config(overrides), out_dir, str(seed), time.perf_counter()))
+            overrides = ["task.p=11", "epochs=30", "analysis=none", "logger=none", f"seed={seed}", f"device={device}"]
+            experiments.append(start(make_config(overrides + sync), out_dir, str(seed), time.perf_counter()))
         with HostReads() as host:
             train_runs(experiments, StopRequest(), end)
-        reads[sync] = host.reads
-    assert reads[EVERY_EPOCH] == ["tolist in rows"] * 30
-    assert reads[ONE_BLOCK] == ["tolist in rows"], "one block: one transfer"
+        reads[tag] = host.reads
+    assert reads["every_epoch"] == ["tolist in rows"] * 30
+    assert reads["one_block"] == ["tolist in rows"], "one block: one transfer"
