@@ -154,9 +154,19 @@ def _wait_until(condition, what, timeout=120):
         time.sleep(0.05)
 
 
-def _uninterrupted_and_started(args, tmp_path, run_dir):
-    """Run `args` to the end in tmp_path/uninterrupted, then start the same run into run_dir."""
-    run_cli([*args, f"hydra.run.dir={tmp_path / 'uninterrupted'}"], cwd=tmp_path, check=True)
+FOUR_HUNDRED_EPOCHS = ["task.p=23", "epochs=400", "logger=none"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> bytes:
+    """metrics.csv of FOUR_HUNDRED_EPOCHS run to the end at once (where a run checkpoints leaves its math alone)."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    run_cli([*FOUR_HUNDRED_EPOCHS, f"hydra.run.dir={root / 'run'}"], cwd=root, check=True)
+    return (root / "run" / "metrics.csv").read_bytes()
+
+
+def _started(args, tmp_path, run_dir):
+    """`python train.py args...` into run_dir, in the background."""
     return subprocess.Popen(
         [sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"],
         cwd=tmp_path,
@@ -166,10 +176,10 @@ def _uninterrupted_and_started(args, tmp_path, run_dir):
     )
 
 
-def test_a_killed_run_resumes_to_exactly_the_uninterrupted_result(tmp_path):
-    args = ["task.p=23", "epochs=400", "save_every=100", "logger=none"]
+def test_a_killed_run_resumes_to_exactly_the_uninterrupted_result(tmp_path, uninterrupted):
+    args = [*FOUR_HUNDRED_EPOCHS, "save_every=100"]
     killed = tmp_path / "killed"
-    process = _uninterrupted_and_started(args, tmp_path, killed)
+    process = _started(args, tmp_path, killed)
     _wait_until((killed / "checkpoints" / "epoch_000200.pt").exists, "the epoch-200 checkpoint")
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -178,7 +188,7 @@ def test_a_killed_run_resumes_to_exactly_the_uninterrupted_result(tmp_path):
     assert 200 <= rows_at_kill < 400
 
     run_cli([*args, f"resume={killed}", f"hydra.run.dir={tmp_path / 'resume_call'}"], cwd=tmp_path, check=True)
-    assert (killed / "metrics.csv").read_bytes() == (tmp_path / "uninterrupted" / "metrics.csv").read_bytes()
+    assert (killed / "metrics.csv").read_bytes() == uninterrupted
     summary = json.loads((killed / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["epochs"] == 400
 
@@ -213,11 +223,11 @@ def test_a_corrupt_checkpoint_is_refused_in_one_line(tmp_path):
     )
 
 
-def test_the_preemption_signal_checkpoints_the_current_epoch_and_resume_continues_exactly(tmp_path):
+def test_the_preemption_signal_checkpoints_the_current_epoch_and_resume_continues_exactly(tmp_path, uninterrupted):
     """Outside SLURM nobody requeues: the run checkpoints, then the signal's default action ends it."""
-    args = ["task.p=23", "epochs=400", "save_every=100000", "logger=none"]
+    args = [*FOUR_HUNDRED_EPOCHS, "save_every=100000"]
     run_dir = tmp_path / "run"
-    process = _uninterrupted_and_started(args, tmp_path, run_dir)
+    process = _started(args, tmp_path, run_dir)
     metrics = run_dir / "metrics.csv"
     _wait_until(lambda: metrics.exists() and len(metrics.read_text().splitlines()) > 50, "50 epochs")
     assert process.poll() is None, "still running when signalled"
@@ -228,4 +238,4 @@ def test_the_preemption_signal_checkpoints_the_current_epoch_and_resume_continue
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
 
     run_cli([*args, "resume=true", f"hydra.run.dir={run_dir}"], cwd=tmp_path, check=True)
-    assert metrics.read_bytes() == (tmp_path / "uninterrupted" / "metrics.csv").read_bytes()
+    assert metrics.read_bytes() == uninterrupted

@@ -77,6 +77,14 @@ def test_a_second_writer_is_refused_naming_the_holder_and_a_killed_holder_leaves
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
 
 
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A finished QUICK run, shared: each command refused on it must leave it as it was."""
+    root = tmp_path_factory.mktemp("finished")
+    run_cli([*QUICK, f"hydra.run.dir={root / 'run'}"], cwd=root, check=True)
+    return root / "run"
+
+
 @pytest.mark.parametrize(
     "change, named",
     [
@@ -92,11 +100,10 @@ def test_a_second_writer_is_refused_naming_the_holder_and_a_killed_holder_leaves
         (["train_frac=1.5"], "train_frac=1.5: must be in (0, 1)"),  # a new run into an existing run's directory
     ],
 )
-def test_a_refused_command_names_the_field_and_leaves_the_finished_run_as_it_was(tmp_path, change, named):
-    run_dir = tmp_path / "run"
-    run_cli([*QUICK, f"hydra.run.dir={run_dir}"], cwd=tmp_path, check=True)
+def test_a_refused_command_names_the_field_and_leaves_the_finished_run_as_it_was(finished, change, named):
+    run_dir = finished
     before = snapshot(run_dir)
-    result = run_cli([*QUICK, *change, "epochs=6", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    result = run_cli([*QUICK, *change, "epochs=6", f"hydra.run.dir={run_dir}"], cwd=run_dir.parent)
     assert result.returncode == 1
     (line,) = error_lines(result)
     assert named in line and "{" not in line, "the field, not whole dicts"

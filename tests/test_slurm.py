@@ -42,7 +42,7 @@ def _metrics(job_dir: Path) -> bytes:
 
 def test_a_four_job_sweep_runs_as_a_slurm_array_and_equals_the_basic_launcher(slurm, tmp_path):
     run_cli(["-m", *SWEEP, *SLURM, f"hydra.sweep.dir={tmp_path / 'slurm'}"], cwd=tmp_path, env=slurm.env, check=True)
-    run_cli(["-m", *SWEEP, f"hydra.sweep.dir={tmp_path / 'basic'}"], cwd=tmp_path, check=True)
+    run_cli(["-m", *SWEEP, "logger=none", f"hydra.sweep.dir={tmp_path / 'basic'}"], cwd=tmp_path, check=True)
 
     submitted = list((tmp_path / "slurm" / ".submitit").glob("*/*_submission.sh"))
     assert submitted and "#SBATCH --array=0-3" in submitted[0].read_text()
@@ -90,7 +90,7 @@ def test_a_preempted_job_checkpoints_is_requeued_and_resumes_to_the_uninterrupte
     preempted_at = int(checkpoints[0][6:12])
     assert 100 <= preempted_at < 800
 
-    run_cli([*args, f"hydra.run.dir={tmp_path / 'uninterrupted'}"], cwd=tmp_path, check=True)
+    run_cli([*args, "logger=none", f"hydra.run.dir={tmp_path / 'uninterrupted'}"], cwd=tmp_path, check=True)
     assert _metrics(job_dir) == _metrics(tmp_path / "uninterrupted")
     assert json.loads((job_dir / "summary.json").read_text())["status"] == "completed"
 
