@@ -9,7 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from grok.app import register
+from grok.app import register, skip_final_collections
 from grok.errors import ConfigError
 
 register()
@@ -47,4 +47,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    skip_final_collections()
     main()
