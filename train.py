@@ -9,8 +9,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from grok.app import register, skip_final_collections
+from grok.app import register
 from grok.errors import ConfigError
+from grok.system.shutdown import skip_final_collections
 
 register()
 

@@ -2,8 +2,6 @@
 is not train.py (sweep.py, benchmarks, tests), and the guard that runs before Hydra writes into an
 existing run directory."""
 
-import atexit
-import gc
 import sys
 import warnings
 from pathlib import Path
@@ -27,15 +25,6 @@ def register() -> None:
     OmegaConf.register_new_resolver("grok_slurm_gpus", cluster_gpus, replace=True)
     OmegaConf.register_new_resolver("grok_sweep_group", sweep_group, replace=True)
     ConfigStore.instance().store(name="base_config", node=Config)
-
-
-def skip_final_collections() -> None:
-    """Spare this process Python's last garbage collections at exit: they walk every object torch and
-    torch._dynamo made, ~1 s of each run's end on the development VM (docs/performance.md), and nothing
-    waits on them (grok closes its files itself or writes them unbuffered). gc.freeze, run by the last
-    atexit handler (registered first), puts every object out of their reach; exit codes, other atexit
-    handlers and the release of memory and files by the OS are as before."""
-    atexit.register(gc.freeze)
 
 
 def compose(overrides: Sequence[str] = (), return_hydra_config: bool = False) -> DictConfig:

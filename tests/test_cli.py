@@ -243,7 +243,7 @@ def test_the_preemption_signal_checkpoints_the_current_epoch_and_resume_continue
 
 SKIPS_FINAL_COLLECTIONS = """
 import atexit, sys
-from grok.app import skip_final_collections
+from grok.system.shutdown import skip_final_collections
 skip_final_collections()
 log = open(sys.argv[1], "w")  # left open: Python flushes and closes it as the module goes
 log.write("written, ")
