@@ -163,8 +163,10 @@ def serve() -> None:
     guarded (a failure is replied once and turns that run's W&B off), until its stdin closes; then
     it closes, with exit code 1, the runs the training process left open (it was killed, or its
     run failed before it began)."""
+    from grok.system.shutdown import skip_final_collections
     from grok.system.signals import preemption_signal
 
+    skip_final_collections()  # the training process waits for this one to end
     for signum in {signal.SIGINT, signal.SIGTERM, preemption_signal()}:  # SLURM signals every process of a job
         signal.signal(signum, signal.SIG_IGN)  # the training process stops the runs, in order
     # where the two compete for a core, training goes first: W&B catches up before each run finishes
