@@ -1,7 +1,7 @@
 """The end-of-run figure: loss (log scale) and accuracy against epoch, memorization and grokking marked.
 
 Every run draws these as it finishes, so their margins are fixed: matplotlib's constrained layout
-measures each tick label first and took about two thirds of a figure's time."""
+measures every tick label first, over a third of a run's figure time (docs/performance.md)."""
 
 from pathlib import Path
 from typing import Dict, List, Optional
