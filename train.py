@@ -25,6 +25,7 @@ def main(cfg: DictConfig) -> float:
     from grok.system.signals import Interrupted
     from grok.training.loop import Diverged
 
+    skip_final_collections()  # in any process that runs a job: this one, a SLURM job's, a joblib worker
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
     run_dir = run_dir_of(cfg, out_dir)
@@ -48,5 +49,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    skip_final_collections()
     main()
