@@ -11,7 +11,6 @@ from omegaconf import DictConfig
 
 from grok.app import register
 from grok.errors import ConfigError
-from grok.system.shutdown import skip_final_collections
 
 register()
 
@@ -25,7 +24,6 @@ def main(cfg: DictConfig) -> float:
     from grok.system.signals import Interrupted
     from grok.training.loop import Diverged
 
-    skip_final_collections()  # in any process that runs a job: this one, a SLURM job's, a joblib worker
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
     run_dir = run_dir_of(cfg, out_dir)

@@ -31,6 +31,7 @@ from grok.recording.analysis import embedding_spectrum, key_frequencies
 from grok.recording.files import read_metrics, write_json
 from grok.recording.plots import plot_curves, plot_fourier_spectrum, plot_progress
 from grok.system.lock import lock_run_dir, unlock_run_dir
+from grok.system.shutdown import skip_final_collections
 from grok.system.signals import Interrupted, Preempted, stop_on_signals
 from grok.system.slurm import requeued_checkpoint, stable_run_id
 from grok.system.speed import flush_denormals, keep_freed_memory
@@ -152,6 +153,7 @@ def start(cfg: DictConfig, out_dir: Path, run_name: str, started: float) -> Expe
     """Everything before the first epoch: validation, data, model, optimizer, checkpoint, loggers."""
     run_dir = run_dir_of(cfg, out_dir)
     flush_denormals()  # first, before anything starts PyTorch's threads (grok/system/speed.py)
+    skip_final_collections()  # whatever runs it: train.py with any launcher, a SLURM job, a joblib worker
     cfg = validate(cfg)
     threads = explicit_threads(cfg)
     if threads is not None:  # set per job: jobs sharing a joblib worker set their own

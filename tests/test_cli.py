@@ -245,7 +245,7 @@ SKIPS_FINAL_COLLECTIONS = """
 import atexit, sys
 from grok.system.shutdown import skip_final_collections
 skip_final_collections()
-skip_final_collections()  # as a process running several jobs does
+skip_final_collections()  # as a process that starts several runs does
 log = open(sys.argv[1], "w")  # left open: Python flushes and closes it as the module goes
 log.write("written, ")
 atexit.register(lambda: log.write("the handlers ran"))
@@ -254,9 +254,9 @@ sys.exit(3)
 
 
 def test_a_process_that_skips_its_final_collections_ends_as_it_would_have(tmp_path):
-    """A job's process (train.py, a SLURM job, a joblib worker), sweep.py and the W&B helper spare
-    themselves Python's last garbage collections at exit (a second of each run's end): the exit
-    status, the atexit handlers and an open file's last writes stay."""
+    """A process that starts a run (train.py with any launcher, a SLURM job, a joblib worker),
+    sweep.py and the W&B helper spare themselves Python's last garbage collections at exit (a second
+    of each run's end): the exit status, the atexit handlers and an open file's last writes stay."""
     log = tmp_path / "log.txt"
     ended = subprocess.run([sys.executable, "-c", SKIPS_FINAL_COLLECTIONS, str(log)], cwd=ROOT)
     assert ended.returncode == 3

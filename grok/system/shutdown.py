@@ -11,5 +11,5 @@ def skip_final_collections() -> None:
     on them (grok closes its files itself or writes them unbuffered). gc.freeze, as an atexit handler,
     puts every object made until then out of their reach; exit codes, the other atexit handlers and
     the release of memory and files by the OS are as before."""
-    atexit.unregister(gc.freeze)  # once, however many jobs a process runs
+    atexit.unregister(gc.freeze)  # once, however many runs a process starts
     atexit.register(gc.freeze)
