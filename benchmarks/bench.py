@@ -9,7 +9,8 @@ The two alternate in rounds, so that both see the same load on a shared machine;
 median of the per-round ratios. FLOPs per epoch are those of the matrix products, counted with
 torch's FLOP formulas; "peak fraction" divides the FLOP rate by a large matmul's, measured here.
 The tiny model's figure: what the harness costs per epoch besides the math, from whole runs of a
-tiny model (W&B on and off) against its bare epochs. Also: the start-up of one job (`python train.py`
+tiny model (W&B on and off) against its bare epochs, and with compile=true (the captured epoch) its
+cost per epoch once compiled and the compile's seconds. Also: the start-up of one job (`python train.py`
 to its first epoch, from its summary.json; median of several, W&B on and off)
 and the default experiment's time to grok (from a finished run, --grok-run, or a new one, --grok),
 with the plateau figure: epochs/s from that run's last checkpoint before it grokked against fresh
@@ -66,10 +67,11 @@ from grok.models import build_model, fast  # noqa: E402
 from grok.plugins import plugin  # noqa: E402
 from grok.run import resolve_device, start  # noqa: E402
 from grok.sweeps.batched import batchable  # noqa: E402
-from grok.system.speed import flush_denormals, for_training, keep_freed_memory  # noqa: E402
+from grok.system.speed import flush_denormals, keep_freed_memory  # noqa: E402
 from grok.system.threads import WINDOW, AdaptiveThreads  # noqa: E402
+from grok.training.captured import CapturedEpoch  # noqa: E402
 from grok.training.experiment import Experiment, Split  # noqa: E402
-from grok.training.loop import Alone, epoch_values, evaluate, train_epoch  # noqa: E402
+from grok.training.loop import Alone, evaluate, train_epoch  # noqa: E402
 from grok.training.optimizers import build_optimizer  # noqa: E402
 from grok.training.stacked import Stack  # noqa: E402
 
@@ -171,7 +173,6 @@ def setup(overrides: List[str], device: torch.device):
     model = build_model(model_cfg, data.n_vocab, data.n_classes, n_ctx).to(device)
     optimizer, scheduler = build_optimizer(cfg.optimizer, cfg.transforms, model.parameters())
     generator = torch.Generator().manual_seed(cfg.seed)
-    trained = for_training(fast(model), cfg.compile, device)  # what grok.training.loop.Alone trains
 
     if model_cfg.name == "mlp":
         ref = reference.ReferenceMLP(data.n_vocab, data.n_classes, n_ctx, model_cfg.d_model, model_cfg.d_mlp)
@@ -191,8 +192,12 @@ def setup(overrides: List[str], device: torch.device):
             ref, ref_optimizer, ref_scheduler, (train.inputs, train.labels), (test.inputs, test.labels)
         )
 
-    harness = lambda module: harness_epoch(cfg, module, train, test, optimizer, scheduler, generator)
-    return harness(trained), harness(fast(model)), reference_epoch
+    uncompiled = harness_epoch(cfg, fast(model), train, test, optimizer, scheduler, generator)
+    if not cfg.compile:
+        return uncompiled, uncompiled, reference_epoch
+    # what grok.training.loop.Alone trains with compile=true: the whole epoch as one compiled graph
+    captured = CapturedEpoch(fast(model), optimizer, scheduler, train, test, plugin(cfg.loss, "loss"))
+    return lambda: captured.epoch(True)[1].tolist(), uncompiled, reference_epoch
 
 
 def harness_epoch(
@@ -298,7 +303,7 @@ def bench_batched(overrides: List[str], k: int, device: torch.device, rounds: in
         alone_run = experiment(0)
         alone = harness_epoch(
             cfg,
-            for_training(fast(alone_run.model), cfg.compile, device),
+            fast(alone_run.model),
             alone_run.train,
             alone_run.test,
             alone_run.optimizer,
@@ -492,7 +497,7 @@ def tiny_bare_rate(epochs: int) -> float:
         alone = Alone(experiment)
         started = time.perf_counter()
         for _ in range(epochs):
-            epoch_values(alone.train_epoch(), alone.evaluate(), alone.weight_norms()).tolist()
+            alone.epoch(True)[1].tolist()
         rate = epochs / (time.perf_counter() - started)
         experiment.loggers.finish(0)
     return rate
@@ -528,6 +533,29 @@ def bench_tiny(out: Path, rounds: int, epochs: int) -> Dict:
             "overhead_ms_per_epoch": 1e3 * (1 / rate - 1 / bare_rate),
         }
     return result
+
+
+def bench_tiny_compiled(out: Path, rounds: int, epochs: int, more: int) -> Dict:
+    """The tiny model with compile=true (grok/training/captured.py), W&B on: whole runs of `epochs` and
+    of `epochs + more` epochs, alternated, each in a process of its own. A run pays its compile once,
+    in its first block: the difference of the two runs' train_seconds is the cost of `more` epochs
+    (median over rounds), and what it leaves of the shorter run's time is the compile."""
+    seconds: Dict[int, List[float]] = {epochs: [], epochs + more: []}
+    for i in range(rounds):
+        for length in sorted(seconds, reverse=i % 2 == 1):
+            summary = job(out, f"tiny_compiled_{length}_{i}", [*TINY.split(), f"epochs={length}", "compile=true"])
+            seconds[length].append(summary["train_seconds"])
+    short, long = (statistics.median(seconds[length]) for length in sorted(seconds))
+    per_epoch = (long - short) / more
+    return {
+        "experiment": f"{TINY} compile=true",
+        "epochs": sorted(seconds),
+        "train_seconds_per_round": {str(length): values for length, values in seconds.items()},
+        "epochs_per_second_after_compiling": 1 / per_epoch,
+        "ms_per_epoch_after_compiling": 1e3 * per_epoch,
+        "compile_seconds": short - epochs * per_epoch,
+        "whole_run_epochs_per_second": {str(length): length / statistics.median(seconds[length]) for length in seconds},
+    }
 
 
 def time_to_grok(run_dir: Path, reference_rate: Optional[float]) -> Dict:
@@ -607,6 +635,12 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     parser.add_argument("--skip-tiny", action="store_true", help="do not measure the tiny model's whole runs")
     parser.add_argument("--tiny-epochs", type=int, default=2000, help="epochs of a tiny-model run (default: 2000)")
     parser.add_argument("--tiny-rounds", type=int, default=3, help="tiny-model runs each way (default: 3)")
+    parser.add_argument(
+        "--tiny-compiled-more",
+        type=int,
+        default=20000,
+        help="epochs the longer of the tiny model's compile=true runs adds (default: 20000)",
+    )
     parser.add_argument("--threads", type=int, help="torch threads (default: PyTorch's, all cores)")
     parser.add_argument(
         "--batched-shape",
@@ -711,6 +745,16 @@ def main(argv: Optional[List[str]] = None) -> Dict:
             f"{tiny['bare']['epochs_per_second']:.0f} for its bare epochs: overhead "
             f"{tiny['wandb']['overhead_ms_per_epoch']:.2f} ms/epoch with W&B, "
             f"{tiny['none']['overhead_ms_per_epoch']:.2f} without"
+        )
+        compiled = report["tiny_compiled"] = bench_tiny_compiled(
+            out, args.tiny_rounds, args.tiny_epochs, args.tiny_compiled_more
+        )
+        whole = compiled["whole_run_epochs_per_second"]
+        print(
+            f"the same with compile=true and W&B: {compiled['epochs_per_second_after_compiling']:.0f} epochs/s "
+            f"({compiled['ms_per_epoch_after_compiling']:.2f} ms/epoch) after compiling for "
+            f"{compiled['compile_seconds']:.1f} s; whole runs "
+            + ", ".join(f"{rate:.0f} epochs/s over {length}" for length, rate in whole.items())
         )
     if not args.skip_startup:
         startup = report["startup"] = startup_overhead(out, args.startup_rounds)

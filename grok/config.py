@@ -69,7 +69,7 @@ class Config:
     init_scale: float = 1.0  # every initial weight times this (Liu et al. 2023, Omnigrok: the initial weight norm)
     data_seed: int = 0  # the train/test split, random tables and label noise
     device: str = "auto"  # auto (the GPU when there is one) | cpu | cuda | cuda:N
-    compile: bool = False  # torch.compile the model for training; CUDA graphs on a GPU (grok/system/speed.py)
+    compile: bool = False  # the whole epoch as one compiled graph; CUDA graphs on a GPU (grok/training/captured.py)
     batch_size: Optional[int] = None  # None: full batch
     eval_every: int = 1
     save_every: int = 5000

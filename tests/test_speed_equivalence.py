@@ -13,7 +13,6 @@ import torch
 from benchmarks import reference
 from grok.data import make_dataset
 from grok.models import build_model, fast, run_with_cache
-from grok.system.speed import Compiled
 from grok.training.experiment import Split
 from grok.training.loop import evaluate, train_epoch
 from grok.training.optimizers import build_optimizer
@@ -163,41 +162,6 @@ def test_a_hook_attached_sends_even_a_large_batch_down_the_plain_path(on):
     assert "EmbeddingBagBackward0" not in autograd_ops(edited)
     assert torch.allclose(edited, expected, rtol=0, atol=1e-12), "the hook edited the large batch"
     assert torch.allclose(logits[:, -1], fast(model)(data.inputs), rtol=0, atol=1e-12)
-
-
-@pytest.mark.float_sensitive
-def test_a_compiled_model_trains_like_the_plain_one():
-    cfg, model, _, train, test = setup(SMALL, torch.float32)
-    twin = build_model(cfg.model, 32, 31, 3)
-    twin.load_state_dict(model.state_dict())
-    compiled = Compiled(fast(twin), backend="eager")  # Dynamo traces the forward; no C++ toolchain needed
-    runs = []
-    for module, weights in ((fast(model), model), (compiled, twin)):
-        optimizer, scheduler = build_optimizer(cfg.optimizer, cfg.transforms, weights.parameters())
-        runs.append(
-            [
-                [
-                    *train_epoch(module, train, optimizer, scheduler, None, None).values(),
-                    *evaluate(module, test).values(),
-                ]
-                for _ in range(3)
-            ]
-        )  # float32: EARLY_EPOCHS at most
-    assert torch.allclose(torch.tensor(runs[0]), torch.tensor(runs[1]), rtol=1e-5, atol=1e-6)
-    assert compiled.compiled_forward is not None, "it compiled"
-
-
-def test_a_failing_compiler_falls_back_to_the_plain_model_with_a_warning():
-    _, model, _, _, test = setup(SMALL, torch.float32)
-
-    def broken_backend(graph, example_inputs):
-        raise RuntimeError("no compiler here")
-
-    compiled = Compiled(model, backend=broken_backend)
-    with pytest.warns(UserWarning, match="(?s)training continues uncompiled.*no compiler here"):
-        logits = compiled(test.inputs)
-    assert torch.equal(logits, model(test.inputs))
-    assert compiled.compiled_forward is None, "and it does not try again"
 
 
 PAGE_FAULTS_OF_A_SECOND_TENSOR = """

@@ -1,14 +1,13 @@
-"""Speed that leaves the math alone: the C allocator, denormals, and torch.compile where it pays
-(docs/performance.md).
+"""Speed that leaves the math alone: the C allocator and denormals (docs/performance.md).
 
-The models' own fast path (tables of the first layer's inputs) lives in grok/models/tables.py.
+The models' own fast path (tables of the first layer's inputs) lives in grok/models/tables.py, the
+compiled epoch (`compile=true`) in grok/training/captured.py.
 """
 
 import ctypes
 import warnings
 
 import torch
-from torch import Tensor, nn
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt() parameters
 
@@ -44,33 +43,3 @@ def flush_denormals() -> bool:
             stacklevel=2,
         )
     return everywhere
-
-
-class Compiled(nn.Module):
-    """`model` with its forward run through torch.compile (CUDA graphs on a GPU, where launching the
-    kernels of such a small model costs more than running them). The first call compiles; if that
-    fails, a warning says why and the plain model runs from then on. Training uses this wrapper; the
-    model itself stays uncompiled for hooks, checkpoints and analysis."""
-
-    def __init__(self, model: nn.Module, **options):
-        super().__init__()
-        self.model = model
-        self.compiled_forward = torch.compile(model.forward, dynamic=False, **options)  # options: mode, backend
-
-    def forward(self, tokens: Tensor, all_positions: bool = False) -> Tensor:
-        if self.compiled_forward is not None:
-            try:
-                return self.compiled_forward(tokens, all_positions=all_positions)
-            except Exception as error:  # a compiler or graph-capture failure: carry on eagerly
-                warnings.warn(f"torch.compile failed, training continues uncompiled: {type(error).__name__}: {error}")
-                self.compiled_forward = None
-        return self.model(tokens, all_positions=all_positions)
-
-
-def for_training(model: nn.Module, compile: bool, device: torch.device) -> nn.Module:
-    """The module the training loop runs: `model`, or with `compile` (config key) `model` compiled,
-    with CUDA graphs on a GPU. Off by default: on this project's CPUs compiling gained nothing over
-    the eager table path and costs ~30-60 s per job; on a GPU it is untested."""
-    if not compile:
-        return model
-    return Compiled(model, mode="reduce-overhead" if device.type == "cuda" else None)

@@ -26,7 +26,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -34,14 +34,11 @@ from torch import Tensor, nn
 from grok.models import fast
 from grok.recording.analysis import progress_measures
 from grok.system.signals import Interrupted, StopRequest
-from grok.system.speed import for_training
 from grok.system.threads import AdaptiveThreads, explicit_threads
 from grok.training.experiment import Experiment, Split
 from grok.training.losses import cross_entropy
-from grok.training.metrics import split_metrics
+from grok.training.metrics import EVAL_TOKENS, measured, split_metrics
 from grok.training.stacked import Stack
-
-EVAL_TOKENS = 2**17  # evaluate in chunks of about this many tokens, so large test sets fit in memory
 
 
 def predict(model: nn.Module, inputs: Tensor, labels: Tensor) -> Tensor:
@@ -103,11 +100,31 @@ def weight_norm(model: nn.Module) -> Tensor:
 
 
 class Alone:
-    """K = 1: one run's epoch on its own model (through the table path, compiled with `compile`)."""
+    """K = 1: one run's epoch on its own model, through the table path; with `compile`, as one
+    compiled graph (grok/training/captured.py) where it can be."""
 
     def __init__(self, experiment: Experiment):
         self.experiment = experiment
-        self.module = for_training(fast(experiment.model), experiment.cfg.compile, experiment.device)
+        self.module = fast(experiment.model)
+        self.captured = None
+        if experiment.cfg.compile:
+            from grok.training.captured import captured_epoch  # torch.compile's machinery only where asked for
+
+            self.captured = captured_epoch(experiment, self.module)
+
+    def epoch(self, evaluated: bool) -> Optional[Tuple[List[str], Tensor]]:
+        """Train one epoch; where `evaluated`, test too and return grok.training.metrics.measured's
+        row names and (1, M) values."""
+        if self.captured is not None:
+            from grok.training.captured import CompileFailed
+
+            try:
+                return self.captured.epoch(evaluated)
+            except CompileFailed as error:
+                warnings.warn(f"torch.compile failed, the run trains uncompiled: {error}", stacklevel=2)
+                self.captured = None
+        train_metrics = self.train_epoch()
+        return measured(train_metrics, self.evaluate(), self.weight_norms()) if evaluated else None
 
     def train_epoch(self) -> List[Dict[str, Tensor]]:
         e = self.experiment
@@ -124,25 +141,6 @@ class Alone:
 
 
 # ----------------------------------------------------------------------------- after the epoch
-def row_names(train_metrics: Dict[str, Tensor], test_metrics: Dict[str, Tensor]) -> List[str]:
-    return [f"train_{key}" for key in train_metrics] + [f"test_{key}" for key in test_metrics] + ["weight_norm"]
-
-
-def epoch_values(
-    train_metrics: List[Dict[str, Tensor]], test_metrics: List[Dict[str, Tensor]], weight_norms: Tensor
-) -> Tensor:
-    """The metrics of one epoch of K runs as one (K, M) float64 tensor, on the device, in row_names'
-    order: they come to the host with the block's other epochs, in one transfer (on a GPU each
-    transfer waits for the work queued before it)."""
-    values = torch.stack(
-        [
-            torch.stack([value.double() for value in [*train.values(), *test.values()]])
-            for train, test in zip(train_metrics, test_metrics)
-        ]
-    )
-    return torch.cat([values, weight_norms.double()[:, None]], dim=1)
-
-
 class Diverged(FloatingPointError):
     """A loss that is no longer a finite number; the message is one line for the user."""
 
@@ -157,7 +155,7 @@ def check_finite(row: Dict[str, float]) -> None:
 def close_epoch(
     experiment: Experiment, epoch: int, lr: float, seconds: float, values: Optional[Dict[str, float]], stop
 ) -> Optional[Dict[str, float]]:
-    """Everything after an epoch's step and test pass, for one run: its row (`values` named by row_names;
+    """Everything after an epoch's step and test pass, for one run: its row (`values` named by metrics.row_names;
     None when the epoch was not evaluated) and progress measures to the loggers, grokking detection,
     checkpoint, early stop, a stop requested by a signal (`stop`, a grok.system.signals.StopRequest).
     Returns the logged row; raises Diverged when a loss is not finite."""
@@ -230,12 +228,12 @@ def _engine(experiments: List[Experiment]):
 @dataclass
 class Block:
     """Epochs trained one after another while their metrics stay on the device: each epoch's number,
-    the runs' learning rates in it, and where evaluated their epoch_values."""
+    the runs' learning rates in it, and where evaluated their measured values."""
 
     epochs: List[int]
     lrs: List[List[float]]
     values: List[Optional[Tensor]]
-    names: Optional[List[str]] = None  # row_names, once an epoch was evaluated
+    names: Optional[List[str]] = None  # the rows' names, once an epoch was evaluated
     out_of_memory: bool = False  # a batch of runs ran out of GPU memory in the epoch after the last
 
     def rows(self) -> List[List[Optional[Dict[str, float]]]]:
@@ -255,18 +253,17 @@ def _train_block(engine, active: List[Experiment], first: int, last: int, second
     block, started = Block([], [], []), time.perf_counter()
     for epoch in range(first, last + 1):
         lrs = [experiment.optimizer.param_groups[0]["lr"] for experiment in active]
+        evaluated = any(experiment.schedule.evaluated(epoch) for experiment in active)
         try:
-            train_metrics = engine.train_epoch()
+            measured_epoch = engine.epoch(evaluated)
         except torch.cuda.OutOfMemoryError:
             if len(active) == 1:
                 raise
             block.out_of_memory = True  # the runs are as the block's last epoch left them
             break
         values = None
-        if any(experiment.schedule.evaluated(epoch) for experiment in active):
-            test_metrics = engine.evaluate()
-            block.names = block.names or row_names(train_metrics[0], test_metrics[0])
-            values = epoch_values(train_metrics, test_metrics, engine.weight_norms())
+        if measured_epoch is not None:
+            block.names, values = measured_epoch
         block.epochs.append(epoch)
         block.lrs.append(lrs)
         block.values.append(values)

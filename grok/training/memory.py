@@ -22,7 +22,7 @@ from grok.errors import ConfigError
 from grok.models import fast
 from grok.plugins import plugin, typed
 from grok.training.experiment import Experiment
-from grok.training.loop import EVAL_TOKENS
+from grok.training.metrics import EVAL_TOKENS
 
 LOGIT_BYTES = 12  # a logit in float32, and the float64 copy of it the loss computes on (grok/training/losses.py)
 ANALYSIS_LOGIT_BYTES = 8  # progress measures: float32 logits and their float32 log-softmax (grok/recording/analysis.py)

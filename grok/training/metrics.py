@@ -1,12 +1,14 @@
 """What an epoch measures of a split: loss and accuracy (and on the clean labels, for noisy tasks),
 for a run alone or for K stacked runs (grok/training/stacked.py)."""
 
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from grok.data import IGNORE
+
+EVAL_TOKENS = 2**17  # evaluate in chunks of about this many tokens, so large test sets fit in memory
 
 
 def correct(logits: Tensor, labels: Tensor, sequences: bool) -> Tensor:
@@ -34,3 +36,22 @@ def split_metrics(
     if clean_labels is not None:
         metrics["acc_clean"] = accuracy(clean_labels)
     return metrics
+
+
+def row_names(train_metrics: Dict[str, Tensor], test_metrics: Dict[str, Tensor]) -> List[str]:
+    return [f"train_{key}" for key in train_metrics] + [f"test_{key}" for key in test_metrics] + ["weight_norm"]
+
+
+def measured(
+    train_metrics: List[Dict[str, Tensor]], test_metrics: List[Dict[str, Tensor]], weight_norms: Tensor
+) -> Tuple[List[str], Tensor]:
+    """One evaluated epoch of K runs: its row names and its metrics as one (K, M) float64 tensor, on
+    the device, in their order. The tensor comes to the host with the block's other epochs, in one
+    transfer (on a GPU each transfer waits for the work queued before it)."""
+    values = torch.stack(
+        [
+            torch.stack([value.double() for value in [*train.values(), *test.values()]])
+            for train, test in zip(train_metrics, test_metrics)
+        ]
+    )
+    return row_names(train_metrics[0], test_metrics[0]), torch.cat([values, weight_norms.double()[:, None]], dim=1)

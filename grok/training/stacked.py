@@ -10,14 +10,14 @@ Runs of one stack may have splits of different sizes (train_frac): each run's ex
 to the largest with the label IGNORE, which losses and accuracies leave out.
 """
 
-from typing import TYPE_CHECKING, Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from grok.data import IGNORE
 from grok.models import fast
-from grok.training.metrics import split_metrics
+from grok.training.metrics import measured, split_metrics
 
 if TYPE_CHECKING:  # the loop builds stacks of its experiments
     from grok.training.experiment import Experiment
@@ -77,6 +77,20 @@ class Stack:
             losses, logits, examples["labels"], examples.get("clean_labels"), self.sequences, examples["real"]
         )
         return [{key: value[k] for key, value in stacked.items()} for k in range(len(losses))]
+
+    def epoch(self, evaluated: bool) -> Optional[Tuple[List[str], Tensor]]:
+        """Train one epoch of every run; where `evaluated`, test too and return
+        grok.training.metrics.measured's row names and (K, M) values. Out of GPU memory in the step
+        (before any run's weights changed) is the loop's to split the batch on; in the test pass,
+        after the step, it fails the batch."""
+        train_metrics = self.train_epoch()
+        if not evaluated:
+            return None
+        try:
+            test_metrics = self.evaluate()
+        except torch.cuda.OutOfMemoryError as error:
+            raise RuntimeError(f"a test pass of one run ran out of GPU memory: {error}") from error
+        return measured(train_metrics, test_metrics, self.weight_norms())
 
     def train_epoch(self) -> List[Dict[str, Tensor]]:
         """Every run's full-batch step: one forward and backward for all, each run's gradient that of

@@ -1,0 +1,217 @@
+"""The captured epoch (`compile=true`): a run's whole epoch, its training step, test pass, metrics and
+weight norm, as one function that torch.compile turns into one graph (fullgraph); on a GPU it runs as
+one CUDA graph (mode "reduce-overhead"), so the host queues an epoch without waiting for the device
+between its kernels.
+
+The step is written as a function of the parameters: torch.func.grad differentiates the loss of the
+table path (grok/models/tables.py), and the optimizer's update is computed in the graph, in place,
+on the optimizer's own state tensors (Adam's and AdamW's `step`, `exp_avg`, `exp_avg_sq`; SGD's
+`momentum_buffer`). Checkpoints, snapshots and a run resumed without `compile` therefore see the
+torch.optim optimizer as its own step would have left it. The update is torch.optim's math, written
+out (tests/test_captured.py trains both ways from the same weights); the compiled kernels sum in
+their own order, so the two agree to float32 rounding, not bit for bit.
+
+Where an epoch cannot be captured (`unsupported` says why: minibatches, gradient transforms, another
+optimizer or an option of these three not written out here), or where compiling fails, the run
+trains uncompiled, and a warning says so.
+"""
+
+import warnings
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from grok.training.experiment import Split
+from grok.training.metrics import EVAL_TOKENS, row_names, split_metrics
+
+ADAM_STATE = ("step", "exp_avg", "exp_avg_sq")
+
+
+def unsupported(cfg, optimizer: torch.optim.Optimizer) -> Optional[str]:
+    """Why this run's epoch cannot be captured, or None where it can."""
+    if cfg.batch_size is not None:
+        return "batch_size is set (minibatches draw a new order every epoch)"
+    if cfg.transforms:
+        return "transforms edit the gradients between backward and step"
+    if len(optimizer.param_groups) != 1:
+        return "the optimizer has more than one parameter group"
+    group = optimizer.param_groups[0]
+    if type(optimizer) in (torch.optim.Adam, torch.optim.AdamW):
+        if group["amsgrad"] or group["maximize"] or group["differentiable"]:
+            return "amsgrad, maximize and differentiable are not written out for the captured step"
+    elif type(optimizer) is torch.optim.SGD:
+        if group["nesterov"] or group["maximize"] or group["dampening"] or group["differentiable"]:
+            return "nesterov, maximize, dampening and differentiable are not written out for the captured step"
+    else:
+        return f"its step is written out for torch.optim's Adam, AdamW and SGD, not {type(optimizer).__name__}"
+    return None
+
+
+class CompileFailed(RuntimeError):
+    """torch.compile could not capture or compile the epoch; the run goes on uncompiled."""
+
+
+class CapturedEpoch:
+    """One run's epochs through compiled functions: `epoch(evaluated)` trains one epoch and returns
+    grok.training.metrics.measured's row names and (1, M) values where it is evaluated, None where
+    not. `options` go to torch.compile (tests choose a backend)."""
+
+    def __init__(
+        self,
+        module: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler,
+        train: Split,
+        test: Split,
+        loss_fn: Callable[[Tensor, Tensor], Tensor],
+        **options,
+    ):
+        self.module, self.optimizer, self.scheduler, self.loss_fn = module, optimizer, scheduler, loss_fn
+        self.names, self.params = zip(*module.named_parameters())
+        self.train, self.test = train, test
+        self.sequences = train.labels.dim() == 2
+        self.device = self.params[0].device
+        self.lr = torch.zeros((), dtype=torch.float64, device=self.device)
+        group = optimizer.param_groups[0]
+        self.adam = isinstance(optimizer, torch.optim.Adam)
+        self.state_keys = ADAM_STATE if self.adam else ("momentum_buffer",) if group["momentum"] else ()
+        # the graph's constants: all but the learning rate, which the schedule changes (an input)
+        self.hyper = {key: value for key, value in group.items() if key not in ("params", "lr")}
+        # the schedule warns when it steps before the optimizer has: here the epoch steps the optimizer
+        optimizer._opt_called = True
+        if self.device.type == "cuda":  # tensors a CUDA graph reads in place rather than copies in each time
+            for tensor in (self.lr, train.inputs, train.labels, test.inputs, test.labels):
+                torch._dynamo.mark_static_address(tensor)
+            if "backend" not in options:  # CUDA graphs are the default backend's (Inductor's)
+                options.setdefault("mode", "reduce-overhead")
+        # a fresh start: every run's epoch is another entry in the cache of the one function below,
+        # and Dynamo stops compiling a function after a few (a sweep's jobs in one process)
+        torch.compiler.reset()
+        self.compiled = {
+            evaluated: torch.compile(self._epoch_function(evaluated), fullgraph=True, dynamic=False, **options)
+            for evaluated in (False, True)
+        }
+        self.compiled_once = {False: False, True: False}
+        self.names_of_row: Optional[List[str]] = None
+
+    # ------------------------------------------------------------------------- outside the graph
+    def _state(self) -> List[List[Tensor]]:
+        """Per state key, the optimizer's tensor of each parameter, made where a fresh or restored
+        optimizer has none yet (torch.optim makes them on its first step, zeros, as here)."""
+        for p in self.params:
+            state = self.optimizer.state[p]
+            for key in self.state_keys:
+                if state.get(key) is None:
+                    scalar = key == "step"  # a 0-d float32 tensor beside the parameter, as fused Adam keeps it
+                    state[key] = p.new_zeros((), dtype=torch.float32) if scalar else torch.zeros_like(p)
+                if self.device.type == "cuda":  # updated in place by the CUDA graph (a restore makes new ones)
+                    torch._dynamo.mark_static_address(state[key])
+        return [[self.optimizer.state[p][key] for p in self.params] for key in self.state_keys]
+
+    def epoch(self, evaluated: bool) -> Optional[Tuple[List[str], Tensor]]:
+        self.lr.fill_(self.optimizer.param_groups[0]["lr"])
+        if self.module.training is False:  # progress measures switch the model to eval and back
+            self.module.train()
+        args = (list(self.params), self._state(), self.lr, self.train, self.test)
+        if self.compiled_once[evaluated]:
+            values, metrics = self.compiled[evaluated](*args)
+        else:
+            try:
+                values, metrics = self.compiled[evaluated](*args)
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except Exception as error:  # the first call traces and compiles
+                cause = error  # torch's errors wrap the one that says what went wrong
+                while getattr(cause, "inner_exception", None) or cause.__cause__:
+                    cause = getattr(cause, "inner_exception", None) or cause.__cause__
+                raise CompileFailed(f"{type(cause).__name__}: {cause}".splitlines()[0]) from error
+            self.compiled_once[evaluated] = True
+        self.scheduler.step()
+        if not evaluated:
+            return None
+        self.names_of_row = self.names_of_row or row_names(*metrics)
+        return self.names_of_row, values[None]
+
+    # ------------------------------------------------------------------------- in the graph
+    def _epoch_function(self, evaluated: bool):
+        names, module, loss_fn, sequences = self.names, self.module, self.loss_fn, self.sequences
+        update = self._adam_update if self.adam else self._sgd_update
+
+        def epoch(params: List[Tensor], state: List[List[Tensor]], lr: Tensor, train: Split, test: Split):
+            """The epoch's values (M,) as grok.training.metrics.measured orders them (where not
+            evaluated: the train metrics), and the metrics by name."""
+
+            def loss_of(weights: List[Tensor]):
+                logits = torch.func.functional_call(
+                    module, dict(zip(names, weights)), (train.inputs,), {"all_positions": sequences}
+                )
+                loss = loss_fn(logits, train.labels)
+                return loss, (loss, logits)
+
+            grads, (loss, logits) = torch.func.grad(loss_of, has_aux=True)([p.detach() for p in params])
+            with torch.no_grad():
+                train_metrics = split_metrics(loss, logits, train.labels, train.clean_labels, sequences)
+                update(params, grads, state, lr)
+                if not evaluated:
+                    return torch.stack([value.double() for value in train_metrics.values()]), (train_metrics,)
+                test_metrics = self._test_pass(test)
+                norm = torch.linalg.vector_norm(torch.stack([p.norm() for p in params]))
+                measured = [*train_metrics.values(), *test_metrics.values(), norm]
+                return torch.stack([value.double() for value in measured]), (train_metrics, test_metrics)
+
+        return epoch
+
+    def _test_pass(self, split: Split) -> Dict[str, Tensor]:
+        """grok.training.loop.evaluate's chunks of EVAL_TOKENS, weighted by their examples."""
+        n, chunk = len(split.labels), max(1, EVAL_TOKENS // split.inputs.shape[1])
+        totals: Dict[str, Tensor] = {}
+        for start in range(0, n, chunk):
+            part = slice(start, start + chunk)
+            labels = split.labels[part]
+            logits = self.module(split.inputs[part], all_positions=self.sequences)
+            clean = None if split.clean_labels is None else split.clean_labels[part]
+            metrics = split_metrics(self.loss_fn(logits, labels), logits, labels, clean, self.sequences)
+            for key, value in metrics.items():
+                totals[key] = totals.get(key, 0) + len(labels) / n * value
+        return totals
+
+    def _adam_update(self, params: List[Tensor], grads: List[Tensor], state: List[List[Tensor]], lr: Tensor):
+        """torch.optim.Adam's step (AdamW's with decoupled_weight_decay), without amsgrad."""
+        group = self.hyper
+        (beta1, beta2), eps, decay = group["betas"], group["eps"], group["weight_decay"]
+        for p, grad, step, exp_avg, exp_avg_sq in zip(params, grads, *state):
+            step.add_(1)
+            if group["decoupled_weight_decay"]:
+                p.mul_(1 - lr * decay)
+            elif decay:
+                grad = grad + decay * p
+            exp_avg.lerp_(grad, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            count = step.double()  # the bias corrections in float64, as torch.optim's fused step computes them
+            step_size = lr / (1 - beta1**count)
+            denom = exp_avg_sq.sqrt() / torch.sqrt(1 - beta2**count) + eps
+            p.sub_(step_size * exp_avg / denom)
+
+    def _sgd_update(self, params: List[Tensor], grads: List[Tensor], state: List[List[Tensor]], lr: Tensor):
+        """torch.optim.SGD's step, without nesterov or dampening. Its first step sets the momentum
+        buffer to the gradient; a buffer of zeros times momentum plus the gradient is that exactly."""
+        group = self.hyper
+        buffers = state[0] if state else [None] * len(params)
+        for p, grad, buffer in zip(params, grads, buffers):
+            if group["weight_decay"]:
+                grad = grad + group["weight_decay"] * p
+            if buffer is not None:
+                grad = buffer.mul_(group["momentum"]).add_(grad)
+            p.sub_(lr * grad)
+
+
+def captured_epoch(experiment, module: nn.Module, **options) -> Optional[CapturedEpoch]:
+    """The run's captured epoch through `module` (its table path), or None with a warning that says
+    why its epoch cannot be captured."""
+    why = unsupported(experiment.cfg, experiment.optimizer)
+    if why is not None:
+        warnings.warn(f"compile=true: the epoch is not captured, the run trains uncompiled: {why}", stacklevel=2)
+        return None
+    e = experiment
+    return CapturedEpoch(module, e.optimizer, e.scheduler, e.train, e.test, e.loss_fn, **options)
