@@ -69,7 +69,7 @@ from grok.run import resolve_device, start  # noqa: E402
 from grok.sweeps.batched import batchable  # noqa: E402
 from grok.system.speed import flush_denormals, keep_freed_memory  # noqa: E402
 from grok.system.threads import WINDOW, AdaptiveThreads  # noqa: E402
-from grok.training.captured import CapturedEpoch  # noqa: E402
+from grok.training.captured import CapturedEpoch, unsupported  # noqa: E402
 from grok.training.experiment import Experiment, Split  # noqa: E402
 from grok.training.loop import Alone, evaluate, train_epoch  # noqa: E402
 from grok.training.optimizers import build_optimizer  # noqa: E402
@@ -196,6 +196,9 @@ def setup(overrides: List[str], device: torch.device):
     if not cfg.compile:
         return uncompiled, uncompiled, reference_epoch
     # what grok.training.loop.Alone trains with compile=true: the whole epoch as one compiled graph
+    why = unsupported(cfg, optimizer, model, len(train.labels))
+    if why is not None:
+        raise ConfigError(f"{' '.join(overrides)}: compile=true does not capture this epoch: {why}")
     captured = CapturedEpoch(fast(model), optimizer, scheduler, train, test, plugin(cfg.loss, "loss"))
     return lambda: captured.epoch(True)[1].tolist(), uncompiled, reference_epoch
 

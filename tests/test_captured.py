@@ -13,7 +13,7 @@ import torch
 
 from grok.recording.files import read_metrics
 from grok.run import start
-from grok.training.captured import CapturedEpoch, captured_epoch
+from grok.training.captured import CapturedEpoch, captured_epoch, unsupported
 from grok.training.loop import Alone
 from tests.conftest import DEVICES, make_config
 from tests.test_training import train
@@ -121,6 +121,29 @@ def test_an_epoch_that_cannot_be_captured_trains_uncompiled_with_a_warning(tmp_p
         run = experiment(tmp_path, reason.split()[0], [P11, *overrides, "compile=true"], "cpu")
         with pytest.warns(UserWarning, match=f"compile=true: the epoch is not captured.*{reason}"):
             assert captured_epoch(run, Alone(run).module) is None
+
+
+@pytest.mark.parametrize(
+    "optimizer, reason",
+    [
+        (lambda params: torch.optim.AdamW(params, amsgrad=True), "amsgrad and maximize are not written out"),
+        (lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9, nesterov=True), "nesterov, maximize and"),
+        (lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9, dampening=0.5), "nesterov, maximize and"),
+        (lambda params: torch.optim.RMSprop(params), "Adam, AdamW and SGD, not RMSprop"),
+        (lambda params: torch.optim.AdamW([{"params": params[:1]}, {"params": params[1:]}]), "more than one"),
+        (lambda params: torch.optim.AdamW(params[1:]), "not train exactly the model's parameters"),
+    ],
+    ids=["amsgrad", "nesterov", "dampening", "rmsprop", "two-groups", "some-parameters"],
+)
+def test_a_step_the_captured_epoch_does_not_write_out_is_refused(tmp_path, optimizer, reason):
+    run = experiment(tmp_path, "run", [P11], "cpu")
+    refusal = unsupported(run.cfg, optimizer(list(run.model.parameters())), run.model, len(run.train.labels))
+    assert refusal is not None and reason in refusal
+    hook = run.optimizer.register_step_post_hook(lambda *args: None)
+    assert "hooks are attached" in unsupported(run.cfg, run.optimizer, run.model, len(run.train.labels))
+    hook.remove()
+    run.cfg.batch_size = len(run.train.labels)  # one batch of all: a full-batch epoch
+    assert unsupported(run.cfg, run.optimizer, run.model, len(run.train.labels)) is None
 
 
 def test_a_failing_compiler_leaves_the_run_to_train_uncompiled_with_a_warning(tmp_path):

@@ -11,38 +11,50 @@ torch.optim optimizer as its own step would have left it. The update is torch.op
 out (tests/test_captured.py trains both ways from the same weights); the compiled kernels sum in
 their own order, so the two agree to float32 rounding, not bit for bit.
 
-Where an epoch cannot be captured (`unsupported` says why: minibatches, gradient transforms, another
-optimizer or an option of these three not written out here), or where compiling fails, the run
-trains uncompiled, and a warning says so.
+Where an epoch cannot be captured (`unsupported` says why: minibatches, gradient transforms or other
+hooks on the optimizer's step, another optimizer or an option of these three not written out here),
+or where compiling fails (in the first calls of a compiled function: WARM_UP_CALLS), the run trains
+uncompiled, and a warning says so.
 """
 
 import warnings
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
+import torch.optim.optimizer as torch_optimizer
 from torch import Tensor, nn
 
 from grok.training.experiment import Split
 from grok.training.metrics import EVAL_TOKENS, row_names, split_metrics
 
 ADAM_STATE = ("step", "exp_avg", "exp_avg_sq")
+# calls of a compiled function that may still fail for the compiler's sake: the first traces and
+# compiles; on a GPU the second records the CUDA graph that later calls replay
+WARM_UP_CALLS = 2
 
 
-def unsupported(cfg, optimizer: torch.optim.Optimizer) -> Optional[str]:
+def unsupported(cfg, optimizer: torch.optim.Optimizer, model: nn.Module, n_train: int) -> Optional[str]:
     """Why this run's epoch cannot be captured, or None where it can."""
-    if cfg.batch_size is not None:
+    if cfg.batch_size is not None and cfg.batch_size < n_train:
         return "batch_size is set (minibatches draw a new order every epoch)"
     if cfg.transforms:
         return "transforms edit the gradients between backward and step"
+    # hooks on an optimizer's step would run with no step to run around
+    if optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks:
+        return "hooks are attached to the optimizer's step"
+    if torch_optimizer._global_optimizer_pre_hooks or torch_optimizer._global_optimizer_post_hooks:
+        return "hooks are attached to every optimizer's step"
     if len(optimizer.param_groups) != 1:
         return "the optimizer has more than one parameter group"
     group = optimizer.param_groups[0]
+    if {id(p) for p in group["params"]} != {id(p) for p in model.parameters() if p.requires_grad}:
+        return "the optimizer does not train exactly the model's parameters"
     if type(optimizer) in (torch.optim.Adam, torch.optim.AdamW):
-        if group["amsgrad"] or group["maximize"] or group["differentiable"]:
-            return "amsgrad, maximize and differentiable are not written out for the captured step"
+        if group["amsgrad"] or group["maximize"]:
+            return "amsgrad and maximize are not written out for the captured step"
     elif type(optimizer) is torch.optim.SGD:
-        if group["nesterov"] or group["maximize"] or group["dampening"] or group["differentiable"]:
-            return "nesterov, maximize, dampening and differentiable are not written out for the captured step"
+        if group["nesterov"] or group["maximize"] or group["dampening"]:
+            return "nesterov, maximize and dampening are not written out for the captured step"
     else:
         return f"its step is written out for torch.optim's Adam, AdamW and SGD, not {type(optimizer).__name__}"
     return None
@@ -85,14 +97,20 @@ class CapturedEpoch:
                 torch._dynamo.mark_static_address(tensor)
             if "backend" not in options:  # CUDA graphs are the default backend's (Inductor's)
                 options.setdefault("mode", "reduce-overhead")
-        # a fresh start: every run's epoch is another entry in the cache of the one function below,
-        # and Dynamo stops compiling a function after a few (a sweep's jobs in one process)
+        elif "backend" not in options:
+            # Inductor's C++ without its own SIMD code (torch 2.13): that code corrupted the heap
+            # (p=11), read garbage embedding_bag offsets under ATEN_CPU_CAPABILITY=avx2 and did not
+            # build under =default; its scalar loops ran these graphs as fast (docs/performance.md)
+            options.setdefault("options", {"cpp.simdlen": 1})
+        # a fresh start: every shape of run adds an entry to the cache of the one function below, and
+        # past a few (recompile_limit, 8) Dynamo refuses to compile it again, with fullgraph by raising:
+        # a sweep's jobs of several shapes in one process would get there
         torch.compiler.reset()
         self.compiled = {
             evaluated: torch.compile(self._epoch_function(evaluated), fullgraph=True, dynamic=False, **options)
             for evaluated in (False, True)
         }
-        self.compiled_once = {False: False, True: False}
+        self.calls = {False: 0, True: 0}  # successful calls of each compiled function
         self.names_of_row: Optional[List[str]] = None
 
     # ------------------------------------------------------------------------- outside the graph
@@ -103,35 +121,43 @@ class CapturedEpoch:
             state = self.optimizer.state[p]
             for key in self.state_keys:
                 if state.get(key) is None:
-                    scalar = key == "step"  # a 0-d float32 tensor beside the parameter, as fused Adam keeps it
-                    state[key] = p.new_zeros((), dtype=torch.float32) if scalar else torch.zeros_like(p)
+                    state[key] = self._new_step(p) if key == "step" else torch.zeros_like(p)
                 if self.device.type == "cuda":  # updated in place by the CUDA graph (a restore makes new ones)
                     torch._dynamo.mark_static_address(state[key])
         return [[self.optimizer.state[p][key] for p in self.params] for key in self.state_keys]
 
+    def _new_step(self, p: Tensor) -> Tensor:
+        """Adam's step count as torch.optim makes it: float32 beside the parameter where the step is
+        fused or capturable, else on the host in the default float type's precision."""
+        group = self.optimizer.param_groups[0]
+        on_device = group["fused"] or group["capturable"]
+        dtype = torch.float64 if not on_device and torch.get_default_dtype() == torch.float64 else torch.float32
+        return torch.zeros((), dtype=dtype, device=p.device if on_device else "cpu")
+
     def epoch(self, evaluated: bool) -> Optional[Tuple[List[str], Tensor]]:
         self.lr.fill_(self.optimizer.param_groups[0]["lr"])
-        if self.module.training is False:  # progress measures switch the model to eval and back
-            self.module.train()
         args = (list(self.params), self._state(), self.lr, self.train, self.test)
-        if self.compiled_once[evaluated]:
-            values, metrics = self.compiled[evaluated](*args)
+        if self.calls[evaluated] >= WARM_UP_CALLS:
+            measured = self.compiled[evaluated](*args)
         else:
             try:
-                values, metrics = self.compiled[evaluated](*args)
+                measured = self.compiled[evaluated](*args)
             except torch.cuda.OutOfMemoryError:
                 raise
-            except Exception as error:  # the first call traces and compiles
+            except Exception as error:
                 cause = error  # torch's errors wrap the one that says what went wrong
                 while getattr(cause, "inner_exception", None) or cause.__cause__:
                     cause = getattr(cause, "inner_exception", None) or cause.__cause__
                 raise CompileFailed(f"{type(cause).__name__}: {cause}".splitlines()[0]) from error
-            self.compiled_once[evaluated] = True
+            self.calls[evaluated] += 1
         self.scheduler.step()
         if not evaluated:
             return None
+        values, metrics = measured
         self.names_of_row = self.names_of_row or row_names(*metrics)
-        return self.names_of_row, values[None]
+        # a copy: on a GPU the next replay of the CUDA graph overwrites its outputs, and a block
+        # keeps its epochs' values until it ends
+        return self.names_of_row, values[None].clone()
 
     # ------------------------------------------------------------------------- in the graph
     def _epoch_function(self, evaluated: bool):
@@ -139,8 +165,8 @@ class CapturedEpoch:
         update = self._adam_update if self.adam else self._sgd_update
 
         def epoch(params: List[Tensor], state: List[List[Tensor]], lr: Tensor, train: Split, test: Split):
-            """The epoch's values (M,) as grok.training.metrics.measured orders them (where not
-            evaluated: the train metrics), and the metrics by name."""
+            """Where evaluated, the epoch's values (M,) as grok.training.metrics.measured orders
+            them, and its train and test metrics by name."""
 
             def loss_of(weights: List[Tensor]):
                 logits = torch.func.functional_call(
@@ -154,7 +180,7 @@ class CapturedEpoch:
                 train_metrics = split_metrics(loss, logits, train.labels, train.clean_labels, sequences)
                 update(params, grads, state, lr)
                 if not evaluated:
-                    return torch.stack([value.double() for value in train_metrics.values()]), (train_metrics,)
+                    return None
                 test_metrics = self._test_pass(test)
                 norm = torch.linalg.vector_norm(torch.stack([p.norm() for p in params]))
                 measured = [*train_metrics.values(), *test_metrics.values(), norm]
@@ -209,7 +235,7 @@ class CapturedEpoch:
 def captured_epoch(experiment, module: nn.Module, **options) -> Optional[CapturedEpoch]:
     """The run's captured epoch through `module` (its table path), or None with a warning that says
     why its epoch cannot be captured."""
-    why = unsupported(experiment.cfg, experiment.optimizer)
+    why = unsupported(experiment.cfg, experiment.optimizer, experiment.model, len(experiment.train.labels))
     if why is not None:
         warnings.warn(f"compile=true: the epoch is not captured, the run trains uncompiled: {why}", stacklevel=2)
         return None

@@ -35,6 +35,7 @@ from grok.models import fast
 from grok.recording.analysis import progress_measures
 from grok.system.signals import Interrupted, StopRequest
 from grok.system.threads import AdaptiveThreads, explicit_threads
+from grok.training.captured import CompileFailed, captured_epoch
 from grok.training.experiment import Experiment, Split
 from grok.training.losses import cross_entropy
 from grok.training.metrics import EVAL_TOKENS, measured, split_metrics
@@ -106,18 +107,12 @@ class Alone:
     def __init__(self, experiment: Experiment):
         self.experiment = experiment
         self.module = fast(experiment.model)
-        self.captured = None
-        if experiment.cfg.compile:
-            from grok.training.captured import captured_epoch  # torch.compile's machinery only where asked for
-
-            self.captured = captured_epoch(experiment, self.module)
+        self.captured = captured_epoch(experiment, self.module) if experiment.cfg.compile else None
 
     def epoch(self, evaluated: bool) -> Optional[Tuple[List[str], Tensor]]:
         """Train one epoch; where `evaluated`, test too and return grok.training.metrics.measured's
         row names and (1, M) values."""
         if self.captured is not None:
-            from grok.training.captured import CompileFailed
-
             try:
                 return self.captured.epoch(evaluated)
             except CompileFailed as error:

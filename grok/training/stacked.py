@@ -81,8 +81,7 @@ class Stack:
     def epoch(self, evaluated: bool) -> Optional[Tuple[List[str], Tensor]]:
         """Train one epoch of every run; where `evaluated`, test too and return
         grok.training.metrics.measured's row names and (K, M) values. Out of GPU memory in the step
-        (before any run's weights changed) is the loop's to split the batch on; in the test pass,
-        after the step, it fails the batch."""
+        is the loop's to split the batch on; in the test pass it fails the batch."""
         train_metrics = self.train_epoch()
         if not evaluated:
             return None
