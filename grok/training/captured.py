@@ -18,14 +18,14 @@ uncompiled, and a warning says so.
 """
 
 import warnings
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 import torch.optim.optimizer as torch_optimizer
 from torch import Tensor, nn
 
 from grok.training.experiment import Split
-from grok.training.metrics import EVAL_TOKENS, row_names, split_metrics
+from grok.training.metrics import measure_split, row_names, split_metrics
 
 ADAM_STATE = ("step", "exp_avg", "exp_avg_sq")
 # calls of a compiled function that may still fail for the compiler's sake: the first traces and
@@ -181,26 +181,12 @@ class CapturedEpoch:
                 update(params, grads, state, lr)
                 if not evaluated:
                     return None
-                test_metrics = self._test_pass(test)
+                test_metrics = measure_split(module, test, loss_fn)
                 norm = torch.linalg.vector_norm(torch.stack([p.norm() for p in params]))
                 measured = [*train_metrics.values(), *test_metrics.values(), norm]
                 return torch.stack([value.double() for value in measured]), (train_metrics, test_metrics)
 
         return epoch
-
-    def _test_pass(self, split: Split) -> Dict[str, Tensor]:
-        """grok.training.loop.evaluate's chunks of EVAL_TOKENS, weighted by their examples."""
-        n, chunk = len(split.labels), max(1, EVAL_TOKENS // split.inputs.shape[1])
-        totals: Dict[str, Tensor] = {}
-        for start in range(0, n, chunk):
-            part = slice(start, start + chunk)
-            labels = split.labels[part]
-            logits = self.module(split.inputs[part], all_positions=self.sequences)
-            clean = None if split.clean_labels is None else split.clean_labels[part]
-            metrics = split_metrics(self.loss_fn(logits, labels), logits, labels, clean, self.sequences)
-            for key, value in metrics.items():
-                totals[key] = totals.get(key, 0) + len(labels) / n * value
-        return totals
 
     def _adam_update(self, params: List[Tensor], grads: List[Tensor], state: List[List[Tensor]], lr: Tensor):
         """torch.optim.Adam's step (AdamW's with decoupled_weight_decay), without amsgrad."""

@@ -38,13 +38,8 @@ from grok.system.threads import AdaptiveThreads, explicit_threads
 from grok.training.captured import CompileFailed, captured_epoch
 from grok.training.experiment import Experiment, Split
 from grok.training.losses import cross_entropy
-from grok.training.metrics import EVAL_TOKENS, measured, split_metrics
+from grok.training.metrics import measure_split, measured, predict, split_metrics
 from grok.training.stacked import Stack
-
-
-def predict(model: nn.Module, inputs: Tensor, labels: Tensor) -> Tensor:
-    """The logits the labels score: the last position's (B, C), or every position's (B, T, C)."""
-    return model(inputs, all_positions=labels.dim() == 2)
 
 
 # ----------------------------------------------------------------------------- one run's epoch
@@ -81,19 +76,9 @@ def train_epoch(
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, split: Split, loss_fn: Callable = cross_entropy) -> Dict[str, Tensor]:
-    """Loss and accuracies over the split, in chunks of EVAL_TOKENS weighted by their examples."""
+    """Loss and accuracies over the split (grok.training.metrics.measure_split), in eval mode, no gradients."""
     model.eval()
-    n, chunk = len(split.labels), max(1, EVAL_TOKENS // split.inputs.shape[1])
-    totals: Dict[str, Tensor] = {}
-    for start in range(0, n, chunk):
-        part = slice(start, start + chunk)
-        labels = split.labels[part]
-        logits = predict(model, split.inputs[part], labels)
-        clean = None if split.clean_labels is None else split.clean_labels[part]
-        metrics = split_metrics(loss_fn(logits, labels), logits, labels, clean, labels.dim() == 2)
-        for key, value in metrics.items():
-            totals[key] = totals.get(key, 0) + len(labels) / n * value
-    return totals
+    return measure_split(model, split, loss_fn)
 
 
 def weight_norm(model: nn.Module) -> Tensor:

@@ -1,12 +1,15 @@
 """What an epoch measures of a split: loss and accuracy (and on the clean labels, for noisy tasks),
 for a run alone or for K stacked runs (grok/training/stacked.py)."""
 
-from typing import Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from grok.data import IGNORE
+
+if TYPE_CHECKING:  # splits are the experiment's
+    from grok.training.experiment import Split
 
 EVAL_TOKENS = 2**17  # evaluate in chunks of about this many tokens, so large test sets fit in memory
 
@@ -36,6 +39,27 @@ def split_metrics(
     if clean_labels is not None:
         metrics["acc_clean"] = accuracy(clean_labels)
     return metrics
+
+
+def predict(model: nn.Module, inputs: Tensor, labels: Tensor) -> Tensor:
+    """The logits the labels score: the last position's (B, C), or every position's (B, T, C)."""
+    return model(inputs, all_positions=labels.dim() == 2)
+
+
+def measure_split(model: nn.Module, split: "Split", loss_fn: Callable) -> Dict[str, Tensor]:
+    """Loss and accuracies over the split, in chunks of EVAL_TOKENS weighted by their examples; the
+    caller chooses the model's mode and whether gradients are recorded."""
+    n, chunk = len(split.labels), max(1, EVAL_TOKENS // split.inputs.shape[1])
+    totals: Dict[str, Tensor] = {}
+    for start in range(0, n, chunk):
+        part = slice(start, start + chunk)
+        labels = split.labels[part]
+        logits = predict(model, split.inputs[part], labels)
+        clean = None if split.clean_labels is None else split.clean_labels[part]
+        metrics = split_metrics(loss_fn(logits, labels), logits, labels, clean, labels.dim() == 2)
+        for key, value in metrics.items():
+            totals[key] = totals.get(key, 0) + len(labels) / n * value
+    return totals
 
 
 def row_names(train_metrics: Dict[str, Tensor], test_metrics: Dict[str, Tensor]) -> List[str]:
