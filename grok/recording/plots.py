@@ -7,13 +7,20 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 
-def plot_curves(
-    rows: List[Dict[str, float]], memorize_epoch: Optional[int], grok_epoch: Optional[int], path: Path
-) -> None:
+def pyplot():
+    """matplotlib.pyplot drawing to files only (no screen), imported when a figure is first drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(
+    rows: List[Dict[str, float]], memorize_epoch: Optional[int], grok_epoch: Optional[int], path: Path
+) -> None:
+    plt = pyplot()
 
     epochs = [row["epoch"] for row in rows]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
@@ -39,10 +46,7 @@ def plot_curves(
 
 def plot_progress(rows: List[Dict[str, float]], measures: List[Dict[str, float]], path: Path) -> None:
     """The progress measures over epochs beside the loss curves (Nanda et al. 2023, Prieto et al. 2025)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     epochs = [row["epoch"] for row in rows]
     at = [m["epoch"] for m in measures]
@@ -74,10 +78,7 @@ def plot_progress(rows: List[Dict[str, float]], measures: List[Dict[str, float]]
 
 
 def plot_fourier_spectrum(norms: List[float], key_frequencies: List[int], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(9, 3.5))
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.14, top=0.91)

@@ -16,6 +16,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from grok.recording.plots import pyplot
+
 GROKKING_DELAY = 1.0  # generalizing later than this many memorization times after memorizing is grokking
 PHASE_COLOURS = {
     "comprehension": "tab:green",
@@ -92,15 +94,6 @@ def _edges(coords: List[float]) -> Dict[float, Tuple[float, float]]:
 Cell = Tuple[str, str, str]  # facecolour, text, hatch
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _panels(records: List[Dict[str, Any]], keys: Sequence[str]):
     """x = the first swept key, y = the second, one panel per combination of the others."""
     x_key = keys[0] if keys else None
@@ -119,7 +112,7 @@ def _draw_grid(
     path: Path,
     legend: Callable[[Any, Any], None],
 ) -> None:
-    plt = _plt()
+    plt = pyplot()
     from matplotlib.colors import to_rgb
     from matplotlib.patches import Rectangle
 
@@ -220,7 +213,7 @@ def plot_test_curves(
 
     from grok.training.experiment import generalization_key
 
-    plt = _plt()
+    plt = pyplot()
     colour_key = keys[0] if keys else None
     panel_key = keys[1] if len(keys) > 1 else None
     positions, _ = axis_positions([str(record[colour_key]) for record, _ in curves] if colour_key else [""])
@@ -266,7 +259,7 @@ def plot_epochs_curve(records: List[Dict[str, Any]], key: str, path: Path) -> No
     values = _numbers([str(record[key]) for record in records])
     if values is None:
         return
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
     done = [(x, r) for x, r in zip(values, records) if r["status"] == "completed"]
     for field, colour, label in (("memorize_epoch", "tab:orange", "train acc >= 0.99"),
