@@ -80,7 +80,8 @@ class CapturedEpoch:
         **options,
     ):
         self.module, self.optimizer, self.scheduler, self.loss_fn = module, optimizer, scheduler, loss_fn
-        self.names, self.params = zip(*module.named_parameters())
+        self.names, params = zip(*module.named_parameters())
+        self.params = list(params)
         self.train, self.test = train, test
         self.sequences = train.labels.dim() == 2
         self.device = self.params[0].device
@@ -100,8 +101,10 @@ class CapturedEpoch:
         elif "backend" not in options:
             # Inductor's C++ without its own SIMD code (torch 2.13): that code corrupted the heap
             # (p=11), read garbage embedding_bag offsets under ATEN_CPU_CAPABILITY=avx2 and did not
-            # build under =default; its scalar loops ran these graphs as fast (docs/performance.md)
-            options.setdefault("options", {"cpp.simdlen": 1})
+            # build under =default; its scalar loops ran these graphs as fast. The kernels are called
+            # from C++ rather than Python: for small models that call is most of an epoch
+            # (docs/performance.md)
+            options.setdefault("options", {"cpp.simdlen": 1, "cpp_wrapper": True})
         # a fresh start: every shape of run adds an entry to the cache of the one function below, and
         # past a few (recompile_limit, 8) Dynamo refuses to compile it again, with fullgraph by raising:
         # a sweep's jobs of several shapes in one process would get there
@@ -110,13 +113,19 @@ class CapturedEpoch:
             evaluated: torch.compile(self._epoch_function(evaluated), fullgraph=True, dynamic=False, **options)
             for evaluated in (False, True)
         }
+        self.state_of: Optional[dict] = None  # the optimizer's state that state_lists holds the tensors of
+        self.state_lists: List[List[Tensor]] = []
         self.calls = {False: 0, True: 0}  # successful calls of each compiled function
         self.names_of_row: Optional[List[str]] = None
 
     # ------------------------------------------------------------------------- outside the graph
     def _state(self) -> List[List[Tensor]]:
         """Per state key, the optimizer's tensor of each parameter, made where a fresh or restored
-        optimizer has none yet (torch.optim makes them on its first step, zeros, as here)."""
+        optimizer has none yet (torch.optim makes them on its first step, zeros, as here). Looked up
+        again only when the optimizer's state is a new one: load_state_dict (a resume, a snapshot
+        restored) replaces it."""
+        if self.optimizer.state is self.state_of:
+            return self.state_lists
         for p in self.params:
             state = self.optimizer.state[p]
             for key in self.state_keys:
@@ -124,7 +133,9 @@ class CapturedEpoch:
                     state[key] = self._new_step(p) if key == "step" else torch.zeros_like(p)
                 if self.device.type == "cuda":  # updated in place by the CUDA graph (a restore makes new ones)
                     torch._dynamo.mark_static_address(state[key])
-        return [[self.optimizer.state[p][key] for p in self.params] for key in self.state_keys]
+        self.state_of = self.optimizer.state
+        self.state_lists = [[self.optimizer.state[p][key] for p in self.params] for key in self.state_keys]
+        return self.state_lists
 
     def _new_step(self, p: Tensor) -> Tensor:
         """Adam's step count as torch.optim makes it: float32 beside the parameter where the step is
@@ -136,7 +147,7 @@ class CapturedEpoch:
 
     def epoch(self, evaluated: bool) -> Optional[Tuple[List[str], Tensor]]:
         self.lr.fill_(self.optimizer.param_groups[0]["lr"])
-        args = (list(self.params), self._state(), self.lr, self.train, self.test)
+        args = (self.params, self._state(), self.lr, self.train, self.test)
         if self.calls[evaluated] >= WARM_UP_CALLS:
             measured = self.compiled[evaluated](*args)
         else:
