@@ -17,6 +17,7 @@ or where compiling fails (in the first calls of a compiled function: WARM_UP_CAL
 uncompiled, and a warning says so.
 """
 
+import logging
 import warnings
 from typing import Callable, List, Optional, Tuple
 
@@ -58,6 +59,17 @@ def unsupported(cfg, optimizer: torch.optim.Optimizer, model: nn.Module, n_train
     else:
         return f"its step is written out for torch.optim's Adam, AdamW and SGD, not {type(optimizer).__name__}"
     return None
+
+
+class _NoShimNotice(logging.Filter):
+    """Drops Inductor's notice that its C++ wrapper calls an ATen operation through its proxy
+    executor (embedding_bag's backward, torch 2.13): a call to the same operation, nothing to act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "missing a c-shim implementation" not in record.getMessage()
+
+
+_NO_SHIM_NOTICE = _NoShimNotice()
 
 
 class CompileFailed(RuntimeError):
@@ -105,6 +117,7 @@ class CapturedEpoch:
             # from C++ rather than Python: for small models that call is most of an epoch
             # (docs/performance.md)
             options.setdefault("options", {"cpp.simdlen": 1, "cpp_wrapper": True})
+            logging.getLogger("torch._inductor.ir").addFilter(_NO_SHIM_NOTICE)  # once: a filter is added once
         # a fresh start: every shape of run adds an entry to the cache of the one function below, and
         # past a few (recompile_limit, 8) Dynamo refuses to compile it again, with fullgraph by raising:
         # a sweep's jobs of several shapes in one process would get there
