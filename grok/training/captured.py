@@ -117,7 +117,7 @@ class CapturedEpoch:
             # from C++ rather than Python: for small models that call is most of an epoch
             # (docs/performance.md)
             options.setdefault("options", {"cpp.simdlen": 1, "cpp_wrapper": True})
-            logging.getLogger("torch._inductor.ir").addFilter(_NO_SHIM_NOTICE)  # once: a filter is added once
+            logging.getLogger("torch._inductor.ir").addFilter(_NO_SHIM_NOTICE)  # a no-op once it is there
         # a fresh start: every shape of run adds an entry to the cache of the one function below, and
         # past a few (recompile_limit, 8) Dynamo refuses to compile it again, with fullgraph by raising:
         # a sweep's jobs of several shapes in one process would get there
