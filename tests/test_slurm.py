@@ -81,7 +81,11 @@ def test_a_preempted_job_checkpoints_is_requeued_and_resumes_to_the_uninterrupte
     subprocess.run(["scancel", f"--signal={signal.SIGUSR2.name[3:]}", job["id"]], env=slurm.env, check=True)
 
     _wait(lambda: any(j["state"] == "PENDING" for j in slurm.squeue()), "the job to be requeued")
-    slurm.scontrol("update", f"JobId={job['id']}", "StartTime=now")  # else it waits ~2 minutes
+    # a start now, else it waits ~2 minutes; but in a later second than the requeue: slurmd refuses a
+    # credential made in the second its job's previous one was revoked ("Job credential revoked", seen
+    # when this ran within 20 ms of the requeue). StartTime=now+2 would wait for the scheduler's next pass.
+    time.sleep(2)
+    slurm.scontrol("update", f"JobId={job['id']}", "StartTime=now")
     output, _ = launcher.communicate(timeout=300)
     assert launcher.returncode == 0, output
 
