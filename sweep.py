@@ -115,7 +115,7 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    from grok.system.shutdown import skip_final_collections
+    from grok.system.collector import skip_final_collections
 
     skip_final_collections()
     sys.exit(main(sys.argv[1:]))

@@ -10,7 +10,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from grok.app import register
+from grok.config import run_dir_of
 from grok.errors import ConfigError
+from grok.system.collector import defer_collections
 
 register()
 
@@ -20,7 +22,8 @@ def main(cfg: DictConfig) -> float:
     """Run one experiment; return its `objective` (what hydra/sweeper=optuna minimizes or maximizes).
     A failure the user can act on (a config value, divergence, a full disk) ends a single run with
     one `error:` line and exit 1; a signal ends it with exit 128 + the signal's number."""
-    from grok.run import DISK_ERRORS, failure_reason, objective, run, run_dir_of  # here: --help and --cfg stay fast
+    defer_collections()  # until the run trains: torch's imports without collections (grok/system/collector.py)
+    from grok.run import DISK_ERRORS, failure_reason, objective, run  # here: --help and --cfg stay fast
     from grok.system.signals import Interrupted
     from grok.training.loop import Diverged
 

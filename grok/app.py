@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from grok.config import CONF_DIR
+from grok.config import CONF_DIR, run_dir_of
 from grok.errors import ConfigError
 
 
@@ -57,14 +57,14 @@ class RunDirGuard(Callback):
     resume against its checkpoint, so that a refused command leaves the run exactly as it was."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        run_dir = run_dir_of(config, Path(str(config.hydra.run.dir)))
+        if not run_dir.is_dir():
+            return  # a new run: nobody else can be writing into it yet (and torch is not imported here)
         from grok.config import validate
-        from grok.run import check_resumable, resolve_device, run_dir_of
+        from grok.run import check_resumable, resolve_device
         from grok.system.lock import lock_run_dir, unlock_run_dir
         from grok.training.memory import check_memory
 
-        run_dir = run_dir_of(config, Path(str(config.hydra.run.dir)))
-        if not run_dir.is_dir():
-            return  # a new run: nobody else can be writing into it yet
         try:
             lock_run_dir(run_dir)
             cfg = validate(config)
@@ -78,7 +78,6 @@ class RunDirGuard(Callback):
             sys.exit(f"error: {error}")
 
     def on_run_end(self, config: DictConfig, **kwargs) -> None:
-        from grok.run import run_dir_of
         from grok.system.lock import unlock_run_dir
 
         unlock_run_dir(run_dir_of(config, Path(str(config.hydra.run.dir))))

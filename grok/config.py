@@ -160,3 +160,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     )
     OmegaConf.set_struct(checked, True)
     return checked
+
+
+def run_dir_of(cfg: DictConfig, out_dir: Path) -> Path:
+    """Where the run writes: the directory it resumes (resume=<dir>), else Hydra's output directory."""
+    return Path(cfg.resume) if isinstance(cfg.resume, str) else out_dir

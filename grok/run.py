@@ -21,7 +21,7 @@ from typing import Any, Dict, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from grok.config import validate
+from grok.config import run_dir_of, validate
 from grok.data import make_dataset
 from grok.errors import ConfigError, Refused
 from grok.models import build_model
@@ -30,8 +30,8 @@ from grok.recording import Loggers, WandbLogger
 from grok.recording.analysis import embedding_spectrum, key_frequencies
 from grok.recording.files import read_metrics, write_json
 from grok.recording.plots import plot_curves, plot_fourier_spectrum, plot_progress
+from grok.system.collector import skip_final_collections
 from grok.system.lock import lock_run_dir, unlock_run_dir
-from grok.system.shutdown import skip_final_collections
 from grok.system.signals import Interrupted, Preempted, stop_on_signals
 from grok.system.slurm import requeued_checkpoint, stable_run_id
 from grok.system.speed import flush_denormals, keep_freed_memory
@@ -142,11 +142,6 @@ def objective(summary: Dict[str, Any], cfg) -> float:
     (never grokked, never memorized) scores as the whole epoch budget."""
     value = summary[cfg.objective]
     return float(cfg.epochs if value is None else value)
-
-
-def run_dir_of(cfg: DictConfig, out_dir: Path) -> Path:
-    """Where the run writes: the directory it resumes (resume=<dir>), else Hydra's output directory."""
-    return Path(cfg.resume) if isinstance(cfg.resume, str) else out_dir
 
 
 def start(cfg: DictConfig, out_dir: Path, run_name: str, started: float) -> Experiment:

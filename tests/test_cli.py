@@ -241,9 +241,44 @@ def test_the_preemption_signal_checkpoints_the_current_epoch_and_resume_continue
     assert metrics.read_bytes() == uninterrupted
 
 
+RECORDS_COLLECTIONS = """
+import gc, json, runpy, sys
+
+seen = {}
+
+
+class Imports:  # whether the collector is on when torch and torch._dynamo are imported
+    def find_spec(self, name, path=None, target=None):
+        if name in ("torch", "torch._dynamo") and name not in seen:
+            seen[name] = gc.isenabled()
+        return None
+
+
+sys.meta_path.insert(0, Imports())
+sys.argv = ["train.py", *sys.argv[1:]]
+runpy.run_path(sys.argv[0], run_name="__main__")
+seen["after the run"] = [gc.isenabled(), gc.get_freeze_count() > 0]
+print(json.dumps(seen))
+"""
+
+
+def test_a_run_imports_torch_without_collections_and_trains_with_them(tmp_path):
+    """Importing torch and torch._dynamo makes a million objects, none of them garbage: with
+    Python's collector on, it walks them again and again (~0.8 s of a run's start, docs/performance.md).
+    train.py turns it off until the run trains; then what the start made is frozen (out of every
+    later walk) and collections go on as usual."""
+    args = ["task.p=5", "epochs=2", "logger=none", "progress=false", "analysis=none", f"hydra.run.dir={tmp_path}/run"]
+    result = subprocess.run(
+        [sys.executable, "-c", RECORDS_COLLECTIONS, *args], cwd=ROOT, capture_output=True, text=True, env=cli_env()
+    )
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen == {"torch": False, "torch._dynamo": False, "after the run": [True, True]}
+
+
 SKIPS_FINAL_COLLECTIONS = """
 import atexit, sys
-from grok.system.shutdown import skip_final_collections
+from grok.system.collector import skip_final_collections
 skip_final_collections()
 skip_final_collections()  # as a process that starts several runs does
 log = open(sys.argv[1], "w")  # left open: Python flushes and closes it as the module goes

@@ -163,7 +163,7 @@ def serve() -> None:
     guarded (a failure is replied once and turns that run's W&B off), until its stdin closes; then
     it closes, with exit code 1, the runs the training process left open (it was killed, or its
     run failed before it began)."""
-    from grok.system.shutdown import skip_final_collections
+    from grok.system.collector import skip_final_collections
     from grok.system.signals import preemption_signal
 
     skip_final_collections()  # the training process waits for this one to end

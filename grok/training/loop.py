@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from grok.models import fast
 from grok.recording.analysis import progress_measures
+from grok.system.collector import start_collections
 from grok.system.signals import Interrupted, StopRequest
 from grok.system.threads import AdaptiveThreads, explicit_threads
 from grok.training.captured import CompileFailed, captured_epoch
@@ -180,6 +181,7 @@ def train_runs(experiments: List[Experiment], stop, end: Ending) -> List[Any]:
     at once by `end(experiment, None)` (its summary: its result), or `end(experiment, error)` when it
     failed (the error is its result). When `stop.requested` turns true (grok/system/signals.py) every run
     checkpoints the epoch it finished, is ended with grok.system.signals.Interrupted, which is raised."""
+    start_collections()  # the process's start is over (train.py deferred them)
     results: Dict[int, Any] = {}
     starts = sorted({experiment.state.epoch for experiment in experiments})
     if len(starts) > 1:  # checkpoints of different epochs (requeued jobs): one batch per epoch

@@ -1,0 +1,40 @@
+"""Python's garbage collector in a grok process: kept out of its start and its end. Both make or walk
+every object torch, torch._dynamo and wandb define (a million or so); none of those is garbage, and a
+collection walks them all (docs/performance.md)."""
+
+import atexit
+import gc
+
+_deferred = False  # defer_collections() turned the collector off and start_collections() has not yet run
+
+
+def defer_collections() -> None:
+    """No collections until start_collections(): while torch and torch._dynamo are imported Python
+    would walk the growing heap again and again, ~0.8 s of a run's 5 s start (docs/performance.md).
+    train.py's main calls it first, in every process that runs a job (any launcher, a SLURM job)."""
+    global _deferred
+    if gc.isenabled():
+        gc.disable()
+        _deferred = True
+
+
+def start_collections() -> None:
+    """Where the process's start is over (its first run begins to train): what it made so far is
+    frozen, out of every later collection's walk (cyclic garbage among it is never freed: a few MB at
+    most, once), and collections start. Does nothing unless defer_collections() turned them off."""
+    global _deferred
+    if _deferred:
+        gc.freeze()
+        gc.enable()
+        _deferred = False
+
+
+def skip_final_collections() -> None:
+    """Spare this process Python's last garbage collections at exit: they walk every object its
+    libraries made (torch and torch._dynamo: ~1 s of each run's end on the development VM,
+    docs/performance.md; wandb in the W&B helper process, which a run waits for), and nothing waits
+    on them (grok closes its files itself or writes them unbuffered). gc.freeze, as an atexit handler,
+    puts every object made until then out of their reach; exit codes, the other atexit handlers and
+    the release of memory and files by the OS are as before."""
+    atexit.unregister(gc.freeze)  # once, however many runs a process starts
+    atexit.register(gc.freeze)
