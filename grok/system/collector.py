@@ -10,7 +10,8 @@ _deferred = False  # defer_collections() turned the collector off and start_coll
 
 def defer_collections() -> None:
     """No collections until start_collections(): while torch and torch._dynamo are imported Python
-    would walk the growing heap again and again, ~0.8 s of a run's 5 s start (docs/performance.md).
+    would walk the growing heap again and again: 0.5-0.75 s of a run's 5 s start on the development VM
+    (docs/performance.md).
     train.py's main calls it first, in every process that runs a job (any launcher, a SLURM job)."""
     global _deferred
     if gc.isenabled():
@@ -20,8 +21,8 @@ def defer_collections() -> None:
 
 def start_collections() -> None:
     """Where the process's start is over (its first run begins to train): what it made so far is
-    frozen, out of every later collection's walk (cyclic garbage among it is never freed: a few MB at
-    most, once), and collections start. Does nothing unless defer_collections() turned them off."""
+    frozen, out of every later collection's walk (cyclic garbage among it is never freed: ~9,000 objects
+    after torch's imports, once), and collections start. Does nothing unless defer_collections() turned them off."""
     global _deferred
     if _deferred:
         gc.freeze()
