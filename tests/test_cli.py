@@ -276,6 +276,27 @@ def test_a_run_imports_torch_without_collections_and_trains_with_them(tmp_path):
     assert seen == {"torch": False, "torch._dynamo": False, "after the run": [True, True]}
 
 
+ONCE_PER_PROCESS = """
+import gc, json
+from grok.system.collector import defer_collections, start_collections
+
+defer_collections()  # the first job's main
+deferred = not gc.isenabled()
+start_collections()  # ... trains
+frozen = gc.get_freeze_count()
+defer_collections()  # the next job's main, in the same process (Hydra's basic launcher)
+print(json.dumps([deferred, frozen > 0, gc.isenabled()]))
+"""
+
+
+def test_collections_are_deferred_only_for_a_process_s_first_start():
+    """A process that runs several jobs one after another freezes its start once: a later job's
+    garbage is collected as usual, never frozen for good."""
+    result = subprocess.run([sys.executable, "-c", ONCE_PER_PROCESS], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [True, True, True], "deferred, frozen, then left on"
+
+
 SKIPS_FINAL_COLLECTIONS = """
 import atexit, sys
 from grok.system.collector import skip_final_collections

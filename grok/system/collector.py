@@ -5,29 +5,32 @@ collection walks them all (docs/performance.md)."""
 import atexit
 import gc
 
-_deferred = False  # defer_collections() turned the collector off and start_collections() has not yet run
+# "deferred" from defer_collections() until start_collections(), "started" after: once per process, so
+# that a process running several jobs (Hydra's basic launcher) freezes only its first start
+_phase = "initial"
 
 
 def defer_collections() -> None:
     """No collections until start_collections(): while torch and torch._dynamo are imported Python
-    would walk the growing heap again and again: 0.5-0.75 s of a run's 5 s start on the development VM
-    (docs/performance.md).
-    train.py's main calls it first, in every process that runs a job (any launcher, a SLURM job)."""
-    global _deferred
-    if gc.isenabled():
+    would walk the growing heap again and again: 0.5-0.75 s of a run's 5 s start on the development
+    VM (docs/performance.md). train.py's main calls it first, in every process that runs a job (any
+    launcher, a SLURM job); in a process whose collections have started once, it does nothing."""
+    global _phase
+    if _phase == "initial" and gc.isenabled():
         gc.disable()
-        _deferred = True
+        _phase = "deferred"
 
 
 def start_collections() -> None:
     """Where the process's start is over (its first run begins to train): what it made so far is
-    frozen, out of every later collection's walk (cyclic garbage among it is never freed: ~9,000 objects
-    after torch's imports, once), and collections start. Does nothing unless defer_collections() turned them off."""
-    global _deferred
-    if _deferred:
+    frozen, out of every later collection's walk (cyclic garbage among it is never freed: ~9,000
+    objects after torch's imports, once), and collections start. Does nothing unless
+    defer_collections() turned them off."""
+    global _phase
+    if _phase == "deferred":
         gc.freeze()
         gc.enable()
-        _deferred = False
+        _phase = "started"
 
 
 def skip_final_collections() -> None:
