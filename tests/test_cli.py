@@ -263,7 +263,7 @@ print(json.dumps(seen))
 
 
 def test_a_run_imports_torch_without_collections_and_trains_with_them(tmp_path):
-    """Importing torch and torch._dynamo makes a million objects, none of them garbage: with
+    """Importing torch and torch._dynamo makes some 300,000 lasting objects, none of them garbage: with
     Python's collector on, it walks them again and again (0.5-0.75 s of a run's start, docs/performance.md).
     train.py turns it off until the run trains; then what the start made is frozen (out of every
     later walk) and collections go on as usual."""

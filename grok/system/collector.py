@@ -1,5 +1,5 @@
 """Python's garbage collector in a grok process: kept out of its start and its end. Both make or walk
-every object torch, torch._dynamo and wandb define (a million or so); none of those is garbage, and a
+every object torch, torch._dynamo and wandb define (some 300,000); none of those is garbage, and a
 collection walks them all (docs/performance.md)."""
 
 import atexit
