@@ -15,7 +15,7 @@ from grok.data import make_dataset
 from grok.models import build_model, fast, run_with_cache
 from grok.training.experiment import Split
 from grok.training.loop import evaluate, train_epoch
-from grok.training.optimizers import build_optimizer
+from grok.training.optimizers import LinearWarmup, build_optimizer
 from tests.conftest import EARLY_EPOCHS, FLOAT32_ROUNDINGS, ROOT, make_config
 
 # p=31 on half the pairs: both the train (480) and test (481) batches take the table paths; a narrower
@@ -211,6 +211,56 @@ def test_adam_steps_fused_and_as_pytorchs_loop_over_the_tensors_does(name, devic
         reference.step()
     for a, b in zip(ours, plain):
         assert torch.allclose(a, b, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("name", ["adamw", "adam", "sgd"])
+def test_the_optimizers_step_as_torch_optim_s_own_classes_do_bit_for_bit(name):
+    """grok's optimizers are torch.optim's without the wrappers that import torch._dynamo on first use
+    (grok/training/optimizers.py): the same kernels, so the same parameters and state bit for bit
+    under the warmup schedule, step hooks run, and their state
+    dicts load into torch.optim's own classes and back."""
+    cfg = make_config([f"optimizer={name}", "optimizer.warmup_steps=3"])
+    torch.manual_seed(0)
+    ours = [torch.randn(shape, requires_grad=True) for shape in [(97, 32), (32,), (4, 32, 8)]]
+    theirs = [p.detach().clone().requires_grad_() for p in ours]
+    optimizer, scheduler = build_optimizer(cfg.optimizer, cfg.transforms, ours)
+    o = cfg.optimizer
+    if name == "sgd":
+        reference = torch.optim.SGD(theirs, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    else:
+        make = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+        reference = make(theirs, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, fused=True)
+    assert type(optimizer) is not type(reference) and isinstance(optimizer, type(reference))
+    reference_schedule = torch.optim.lr_scheduler.LambdaLR(reference, LinearWarmup(o.warmup_steps))
+    hooked = []
+    optimizer.register_step_pre_hook(lambda *_: hooked.append("pre"))
+    optimizer.register_step_post_hook(lambda *_: hooked.append("post"))
+
+    def steps(count):
+        for _ in range(count):
+            for opt, params in ((optimizer, ours), (reference, theirs)):
+                opt.zero_grad(set_to_none=True)
+                (sum((p**2).sum() for p in params) + params[2].sin().sum()).backward()
+                opt.step()  # in grad mode: a step that recorded a graph would raise (in-place on a leaf)
+            scheduler.step()
+            reference_schedule.step()
+
+    steps(8)
+    assert hooked == ["pre", "post"] * 8
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+    assert_states_equal(optimizer.state_dict(), reference.state_dict())
+    optimizer.load_state_dict(copy.deepcopy(reference.state_dict()))  # as a checkpoint from torch.optim
+    reference.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    steps(4)
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+
+
+def assert_states_equal(ours, theirs):
+    assert ours["param_groups"] == theirs["param_groups"]
+    assert ours["state"].keys() == theirs["state"].keys()
+    for key, state in ours["state"].items():
+        assert state.keys() == theirs["state"][key].keys()
+        assert all(torch.equal(value, theirs["state"][key][name]) for name, value in state.items())
 
 
 def test_a_checkpoint_from_before_fused_adam_resumes_with_the_loop_it_was_trained_with():

@@ -25,6 +25,7 @@ import torch
 import torch.optim.optimizer as torch_optimizer
 from torch import Tensor, nn
 
+from grok.training import optimizers
 from grok.training.experiment import Split
 from grok.training.metrics import measure_split, row_names, split_metrics
 
@@ -50,10 +51,10 @@ def unsupported(cfg, optimizer: torch.optim.Optimizer, model: nn.Module, n_train
     group = optimizer.param_groups[0]
     if {id(p) for p in group["params"]} != {id(p) for p in model.parameters() if p.requires_grad}:
         return "the optimizer does not train exactly the model's parameters"
-    if type(optimizer) in (torch.optim.Adam, torch.optim.AdamW):
+    if type(optimizer) in (torch.optim.Adam, torch.optim.AdamW, optimizers.Adam, optimizers.AdamW):
         if group["amsgrad"] or group["maximize"]:
             return "amsgrad and maximize are not written out for the captured step"
-    elif type(optimizer) is torch.optim.SGD:
+    elif type(optimizer) in (torch.optim.SGD, optimizers.SGD):
         if group["nesterov"] or group["maximize"] or group["dampening"]:
             return "nesterov, maximize and dampening are not written out for the captured step"
     else:

@@ -1,12 +1,15 @@
-"""The optimizers, their learning-rate schedule (a linear warmup, as in seed 001), and the gradient
-transforms of grok/training/transforms.py. Each optimizer is one plug-in entry, named by
+"""The optimizers (torch.optim's, without the import that costs its first call 1.4-1.7 s), their
+learning-rate schedule (a linear warmup, as in seed 001), and the gradient transforms of
+grok/training/transforms.py. Each optimizer is one plug-in entry, named by
 `optimizer._target_` (conf/optimizer/adamw.yaml: `_target_: grok.training.optimizers.adamw`)."""
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Tuple
 
 import torch
 from omegaconf import MISSING
+from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 from grok.errors import ConfigError
@@ -50,23 +53,44 @@ class TorchOptimizer:
             raise ConfigError(f"optimizer.betas={list(cfg.betas)}: must be two numbers in [0, 1)")
 
 
+# what torch.optim.Optimizer wraps in torch._disable_dynamo (torch 2.13), besides each optimizer's step
+_WRAPPED = ("zero_grad", "add_param_group", "state_dict", "load_state_dict")
+
+
+def without_dynamo_import(optimizer_class: type) -> type:
+    """`optimizer_class` (a torch.optim optimizer) with the same math, but whose methods do not import
+    torch._dynamo. torch.optim wraps its optimizers' step, zero_grad, add_param_group, state_dict and
+    load_state_dict so that a compiled caller cannot trace into them, and the wrapper imports
+    torch._dynamo on the first call: 1.4-1.7 s, 40% of a run's start-up (docs/performance.md), for a
+    run that compiles nothing. Here they run unwrapped. grok's compiled epoch never calls them
+    (compile=true writes the update out, grok/training/captured.py), and it imports torch._dynamo
+    itself."""
+    raw_step = inspect.unwrap(optimizer_class.step)
+
+    def step(self, closure=None):
+        with torch.set_grad_enabled(self.defaults["differentiable"]):  # as torch.optim's wrapper does
+            return raw_step(self, closure)
+
+    methods = {name: inspect.unwrap(getattr(Optimizer, name)) for name in _WRAPPED}
+    name = optimizer_class.__name__
+    return type(name, (optimizer_class,), {**methods, "step": step, "__module__": __name__, "__qualname__": name})
+
+
+AdamW, Adam, SGD = (without_dynamo_import(c) for c in (torch.optim.AdamW, torch.optim.Adam, torch.optim.SGD))
+
 # Adam's fused kernels: one per parameter tensor, on a GPU and on a CPU alike; there a step takes a
 # third to a quarter of the time of PyTorch's default loop over the tensors (docs/performance.md)
 adamw = TorchOptimizer(
-    lambda params, cfg: torch.optim.AdamW(
-        params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, fused=True
-    ),
+    lambda params, cfg: AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, fused=True),
     AdamConfig,
 )
 # weight decay as an L2 term in the gradient
 adam = TorchOptimizer(
-    lambda params, cfg: torch.optim.Adam(
-        params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, fused=True
-    ),
+    lambda params, cfg: Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, fused=True),
     AdamConfig,
 )
 sgd = TorchOptimizer(
-    lambda params, cfg: torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay),
+    lambda params, cfg: SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay),
     SGDConfig,
 )
 
