@@ -1,6 +1,6 @@
 """Python's garbage collector in a grok process: kept out of its start and its end. Both make or walk
-every object torch, torch._dynamo and wandb define (some 300,000); none of those is garbage, and a
-collection walks them all (docs/performance.md)."""
+every object torch, Hydra (and with compile=true torch._dynamo) or wandb define (some 275,000 for
+torch and Hydra); none of those is garbage, and a collection walks them all (docs/performance.md)."""
 
 import atexit
 import gc
@@ -11,9 +11,9 @@ _phase = "initial"
 
 
 def defer_collections() -> None:
-    """No collections until start_collections(): while torch and torch._dynamo are imported Python
-    would walk the growing heap again and again: 0.5-0.75 s of a run's 5 s start on the development
-    VM (docs/performance.md). train.py's main calls it first, in every process that runs a job (any
+    """No collections until start_collections(): while torch is imported Python would walk the
+    growing heap again and again: 0.4 s of a run's 2.4-2.8 s start on the development VM
+    (docs/performance.md). train.py's main calls it first, in every process that runs a job (any
     launcher, a SLURM job); in a process whose collections have started once, it does nothing."""
     global _phase
     if _phase == "initial" and gc.isenabled():
@@ -35,7 +35,7 @@ def start_collections() -> None:
 
 def skip_final_collections() -> None:
     """Spare this process Python's last garbage collections at exit: they walk every object its
-    libraries made (torch and torch._dynamo: ~1 s of each run's end on the development VM,
+    libraries made (torch and torch._dynamo: ~1 s of a run's end on the development VM,
     docs/performance.md; wandb in the W&B helper process, which a run waits for), and nothing waits
     on them (grok closes its files itself or writes them unbuffered). gc.freeze, as an atexit handler,
     puts every object made until then out of their reach; exit codes, the other atexit handlers and
