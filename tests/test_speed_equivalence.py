@@ -217,8 +217,8 @@ def test_adam_steps_fused_and_as_pytorchs_loop_over_the_tensors_does(name, devic
 def test_the_optimizers_step_as_torch_optim_s_own_classes_do_bit_for_bit(name):
     """grok's optimizers are torch.optim's without the wrappers that import torch._dynamo on first use
     (grok/training/optimizers.py): the same kernels, so the same parameters and state bit for bit
-    under the warmup schedule, step hooks run, and their state
-    dicts load into torch.optim's own classes and back."""
+    under the warmup schedule; step hooks run, and state dicts load into torch.optim's own classes
+    and back."""
     cfg = make_config([f"optimizer={name}", "optimizer.warmup_steps=3"])
     torch.manual_seed(0)
     ours = [torch.randn(shape, requires_grad=True) for shape in [(97, 32), (32,), (4, 32, 8)]]
