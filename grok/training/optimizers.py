@@ -9,7 +9,6 @@ from typing import Any, Callable, Dict, Iterable, List, Tuple
 
 import torch
 from omegaconf import MISSING
-from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 from grok.errors import ConfigError
@@ -53,7 +52,8 @@ class TorchOptimizer:
             raise ConfigError(f"optimizer.betas={list(cfg.betas)}: must be two numbers in [0, 1)")
 
 
-# what torch.optim.Optimizer wraps in torch._disable_dynamo (torch 2.13), besides each optimizer's step
+# what torch.optim.Optimizer wraps in torch._disable_dynamo (torch 2.13), besides each optimizer's step;
+# taken from the optimizer's own class, in case it overrides one
 _WRAPPED = ("zero_grad", "add_param_group", "state_dict", "load_state_dict")
 
 
@@ -71,7 +71,7 @@ def without_dynamo_import(optimizer_class: type) -> type:
         with torch.set_grad_enabled(self.defaults["differentiable"]):  # as torch.optim's wrapper does
             return raw_step(self, closure)
 
-    methods = {name: inspect.unwrap(getattr(Optimizer, name)) for name in _WRAPPED}
+    methods = {name: inspect.unwrap(getattr(optimizer_class, name)) for name in _WRAPPED}
     name = optimizer_class.__name__
     return type(name, (optimizer_class,), {**methods, "step": step, "__module__": __name__, "__qualname__": name})
 
