@@ -4,6 +4,7 @@ accuracies of benchmarks/reference.py, the straightforward implementation; and t
 (fast(model), grok/models/tables.py) equal their plain paths (model itself)."""
 
 import copy
+import functools
 import subprocess
 import sys
 
@@ -15,7 +16,7 @@ from grok.data import make_dataset
 from grok.models import build_model, fast, run_with_cache
 from grok.training.experiment import Split
 from grok.training.loop import evaluate, train_epoch
-from grok.training.optimizers import LinearWarmup, build_optimizer
+from grok.training.optimizers import LinearWarmup, build_optimizer, without_dynamo_import
 from tests.conftest import EARLY_EPOCHS, FLOAT32_ROUNDINGS, ROOT, make_config
 
 # p=31 on half the pairs: both the train (480) and test (481) batches take the table paths; a narrower
@@ -253,6 +254,25 @@ def test_the_optimizers_step_as_torch_optim_s_own_classes_do_bit_for_bit(name):
     reference.load_state_dict(copy.deepcopy(optimizer.state_dict()))
     steps(4)
     assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+
+
+def test_only_torch_s_own_wrappers_come_off_an_optimizer_s_methods():
+    """without_dynamo_import takes off torch.optim's wrappers of an optimizer's methods, not anyone
+    else's: a step wrapped by another library (functools.wraps) still runs through its wrapper."""
+    wrapped = []
+
+    class Counted(torch.optim.SGD):
+        @functools.wraps(torch.optim.SGD.step)
+        def step(self, closure=None):
+            wrapped.append("step")
+            return super().step(closure)
+
+    param = torch.ones(3, requires_grad=True)
+    optimizer = without_dynamo_import(Counted)([param], lr=0.5)
+    param.sum().backward()
+    optimizer.step()
+    assert wrapped == ["step"]
+    assert torch.equal(param.detach(), torch.full((3,), 0.5))
 
 
 def assert_states_equal(ours, theirs):

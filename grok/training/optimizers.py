@@ -5,6 +5,7 @@ grok/training/transforms.py. Each optimizer is one plug-in entry, named by
 
 import inspect
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Tuple
 
 import torch
@@ -55,6 +56,22 @@ class TorchOptimizer:
 # what torch.optim.Optimizer wraps in torch._disable_dynamo (torch 2.13), besides each optimizer's step;
 # taken from the optimizer's own class, in case it overrides one
 _WRAPPED = ("zero_grad", "add_param_group", "state_dict", "load_state_dict")
+# torch's own wrappers of those methods, (file, function): the dynamo guard, step's grad-mode switch,
+# and what Optimizer.__init__ puts around step to call its hooks (each optimizer class gets its own)
+_TORCH_WRAPPERS = {("_compile.py", "inner"), ("optim/optimizer.py", "_use_grad"), ("optim/optimizer.py", "wrapper")}
+_TORCH_DIR = Path(torch.__file__).parent
+
+
+def _is_torch_wrapper(function) -> bool:
+    code = getattr(function, "__code__", None)
+    if code is None or not Path(code.co_filename).is_relative_to(_TORCH_DIR):
+        return False
+    return (Path(code.co_filename).relative_to(_TORCH_DIR).as_posix(), code.co_name) in _TORCH_WRAPPERS
+
+
+def _without_torch_wrappers(method):
+    """`method` without torch's own wrappers; a wrapper of anyone else's stays, with all it wraps."""
+    return inspect.unwrap(method, stop=lambda function: not _is_torch_wrapper(function))
 
 
 def without_dynamo_import(optimizer_class: type) -> type:
@@ -62,16 +79,16 @@ def without_dynamo_import(optimizer_class: type) -> type:
     torch._dynamo. torch.optim wraps its optimizers' step, zero_grad, add_param_group, state_dict and
     load_state_dict so that a compiled caller cannot trace into them, and the wrapper imports
     torch._dynamo on the first call: 1.4-1.7 s, 40% of a run's start-up (docs/performance.md), for a
-    run that compiles nothing. Here they run unwrapped. grok's compiled epoch never calls them
-    (compile=true writes the update out, grok/training/captured.py), and it imports torch._dynamo
-    itself."""
-    raw_step = inspect.unwrap(optimizer_class.step)
+    run that compiles nothing. Here they run without torch's wrappers. grok's compiled epoch never
+    calls them (compile=true writes the update out, grok/training/captured.py), and it imports
+    torch._dynamo itself."""
+    raw_step = _without_torch_wrappers(optimizer_class.step)
 
     def step(self, closure=None):
         with torch.set_grad_enabled(self.defaults["differentiable"]):  # as torch.optim's wrapper does
             return raw_step(self, closure)
 
-    methods = {name: inspect.unwrap(getattr(optimizer_class, name)) for name in _WRAPPED}
+    methods = {name: _without_torch_wrappers(getattr(optimizer_class, name)) for name in _WRAPPED}
     name = optimizer_class.__name__
     return type(name, (optimizer_class,), {**methods, "step": step, "__module__": __name__, "__qualname__": name})
 
