@@ -100,10 +100,12 @@ class CapturedEpoch:
         self.device = self.params[0].device
         self.lr = torch.zeros((), dtype=torch.float64, device=self.device)
         group = optimizer.param_groups[0]
-        self.adam = isinstance(optimizer, torch.optim.Adam)
+        self.adam = isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW))
         self.state_keys = ADAM_STATE if self.adam else ("momentum_buffer",) if group["momentum"] else ()
         # the graph's constants: all but the learning rate, which the schedule changes (an input)
         self.hyper = {key: value for key, value in group.items() if key not in ("params", "lr")}
+        if self.adam:  # torch 2.13's AdamW is an Adam with this key; a torch whose AdamW stands apart has none
+            self.hyper.setdefault("decoupled_weight_decay", isinstance(optimizer, torch.optim.AdamW))
         # the schedule warns when it steps before the optimizer has: here the epoch steps the optimizer
         optimizer._opt_called = True
         if self.device.type == "cuda":  # tensors a CUDA graph reads in place rather than copies in each time
