@@ -93,6 +93,16 @@ def _single_thread(monkeypatch):
     torch.set_num_threads(1)  # pytest -n 2 runs two workers on two cores
 
 
+def assert_optimizer_states_equal(first: dict, second: dict) -> None:
+    """Two optimizers' state dicts hold the same groups and the same state, tensors bit for bit."""
+    assert first["param_groups"] == second["param_groups"]
+    assert first["state"].keys() == second["state"].keys()
+    for index, state in first["state"].items():
+        assert state.keys() == second["state"][index].keys(), index
+        for key, value in state.items():
+            assert torch.equal(value, second["state"][index][key]), (index, key)
+
+
 def wandb_records(run_dir: Path, wandb_dir: Path = None) -> dict:
     """Read a run's offline W&B files back with `wandb leet inspect` (no account, no network);
     `wandb_dir` picks one segment where a resumed run has several."""

@@ -17,7 +17,7 @@ from grok.run import end, start
 from grok.system.signals import StopRequest
 from grok.training.experiment import Schedule
 from grok.training.loop import train_runs
-from tests.conftest import DIVERGES, make_config
+from tests.conftest import DIVERGES, assert_optimizer_states_equal, make_config
 from tests.test_batched import MEMBERS, SMALL
 from tests.test_training import train
 
@@ -35,10 +35,7 @@ def same_checkpoints(a: Path, b: Path) -> None:
     assert first["state"]["epoch"] == second["state"]["epoch"]
     for key, value in first["model"].items():
         assert torch.equal(value, second["model"][key]), key
-    assert first["optimizer"]["state"].keys() == second["optimizer"]["state"].keys()
-    for index, moments in first["optimizer"]["state"].items():
-        for key, value in moments.items():
-            assert torch.equal(value, second["optimizer"]["state"][index][key]), (index, key)
+    assert_optimizer_states_equal(first["optimizer"], second["optimizer"])
 
 
 @pytest.mark.parametrize("stop", [["stop.test_acc=0.3"], ["stop.test_acc=0.4", "stop.patience=5"]])

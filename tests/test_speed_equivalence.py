@@ -17,7 +17,7 @@ from grok.models import build_model, fast, run_with_cache
 from grok.training.experiment import Split
 from grok.training.loop import evaluate, train_epoch
 from grok.training.optimizers import LinearWarmup, build_optimizer, without_dynamo_import
-from tests.conftest import EARLY_EPOCHS, FLOAT32_ROUNDINGS, ROOT, make_config
+from tests.conftest import EARLY_EPOCHS, FLOAT32_ROUNDINGS, ROOT, assert_optimizer_states_equal, make_config
 
 # p=31 on half the pairs: both the train (480) and test (481) batches take the table paths; a narrower
 # model keeps 2 x 100 epochs short (test_the_default_experiment_takes_the_reference_steps has the default)
@@ -249,7 +249,7 @@ def test_the_optimizers_step_as_torch_optim_s_own_classes_do_bit_for_bit(name):
     steps(8)
     assert hooked == ["pre", "post"] * 8
     assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
-    assert_states_equal(optimizer.state_dict(), reference.state_dict())
+    assert_optimizer_states_equal(optimizer.state_dict(), reference.state_dict())
     optimizer.load_state_dict(copy.deepcopy(reference.state_dict()))  # as a checkpoint from torch.optim
     reference.load_state_dict(copy.deepcopy(optimizer.state_dict()))
     steps(4)
@@ -273,14 +273,6 @@ def test_only_torch_s_own_wrappers_come_off_an_optimizer_s_methods():
     optimizer.step()
     assert wrapped == ["step"]
     assert torch.equal(param.detach(), torch.full((3,), 0.5))
-
-
-def assert_states_equal(ours, theirs):
-    assert ours["param_groups"] == theirs["param_groups"]
-    assert ours["state"].keys() == theirs["state"].keys()
-    for key, state in ours["state"].items():
-        assert state.keys() == theirs["state"][key].keys()
-        assert all(torch.equal(value, theirs["state"][key][name]) for name, value in state.items())
 
 
 def test_a_checkpoint_from_before_fused_adam_resumes_with_the_loop_it_was_trained_with():
