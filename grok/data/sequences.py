@@ -117,10 +117,8 @@ def _operands(
 def make_problems(operators: str, task_cfg, rng: np.random.Generator) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
     """(inputs (N, T), labels (N, T) with IGNORE off the answer, split hash (N,) or None)."""
     op, a, b, split_hash = _operands(operators, task_cfg, rng)
-    texts = [
-        problem_text(x, operators[o], y, task_cfg.digits, task_cfg.reverse)
-        for o, x, y in zip(op.tolist(), a.tolist(), b.tolist())
-    ]
+    digits, reverse = task_cfg.digits, task_cfg.reverse  # read once: a config lookup costs ~20 µs
+    texts = [problem_text(x, operators[o], y, digits, reverse) for o, x, y in zip(op.tolist(), a.tolist(), b.tolist())]
     width = max(map(len, texts))
     tokens = encode([text.ljust(width, ".") for text in texts])  # (N, L)
     equals = (tokens == EQUALS).int().argmax(dim=1, keepdim=True)  # (N, 1)
