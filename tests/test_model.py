@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from grok.errors import ConfigError
-from grok.models import HookPoint, build_model, fast, run_with_cache
+from grok.models import HookPoint, build_model, fast, run_with_cache, tables
 from grok.models.gpt import GPT
 from grok.models.mlp import OperandMLP
 from grok.models.tables import TableForward
@@ -183,6 +183,49 @@ def test_fast_wraps_the_models_that_have_tables_and_shares_their_weights():
         assert [name for name, _ in wrapped.named_parameters()] == [f"model.{name}" for name in names]
         assert all(a is b for a, b in zip(wrapped.parameters(), model.parameters()))
     assert fast(gpt) is gpt, "no tables: the model itself"
+
+
+# one hook of each kind PyTorch has, on the MLP's hook point, or on every module (global) reacting to it
+_global = torch.nn.modules.module
+HOOKS = {
+    "forward": lambda point, seen: point.register_forward_hook(lambda *_: seen.append(1)),
+    "forward pre": lambda point, seen: point.register_forward_pre_hook(lambda *_: seen.append(1)),
+    "full backward": lambda point, seen: point.register_full_backward_hook(lambda *_: seen.append(1)),
+    "full backward pre": lambda point, seen: point.register_full_backward_pre_hook(lambda *_: seen.append(1)),
+    "global forward": lambda point, seen: _global.register_module_forward_hook(
+        lambda module, *_: seen.append(1) if module is point else None
+    ),
+    "global forward pre": lambda point, seen: _global.register_module_forward_pre_hook(
+        lambda module, *_: seen.append(1) if module is point else None
+    ),
+    "global full backward": lambda point, seen: _global.register_module_full_backward_hook(
+        lambda module, *_: seen.append(1) if module is point else None
+    ),
+    "global full backward pre": lambda point, seen: _global.register_module_full_backward_pre_hook(
+        lambda module, *_: seen.append(1) if module is point else None
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", HOOKS)
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")  # a global one, on the wrapper: its input is tokens
+def test_a_hook_of_any_kind_sends_the_table_path_back_through_the_hook_points(kind, monkeypatch):
+    model, tokens = model_and_tokens(batch=64)  # enough examples for the tables to pay
+    point = dict(model.named_modules())["blocks.0.mlp.hook_post"]
+    by_tables = []
+    spied = tables.transformer_by_tables
+    monkeypatch.setattr(tables, "transformer_by_tables", lambda *args: by_tables.append(1) or spied(*args))
+    fast(model)(tokens).sum().backward()
+    assert by_tables == [1], "no hook attached: the tables"
+
+    seen = []
+    handle = HOOKS[kind](point, seen)
+    try:
+        fast(model)(tokens).sum().backward()
+    finally:
+        handle.remove()
+    assert seen, "the hook ran"
+    assert by_tables == [1], "a hook attached: the plain path"
 
 
 def test_loss_is_float64_cross_entropy():
