@@ -1,6 +1,7 @@
 """Training: a small config really groks, runs are deterministic, the recorded metrics are those of
 the saved weights, early stop and minibatches behave as configured, and a diverging run fails."""
 
+import copy
 import csv
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import torch
 from grok.data import make_dataset
 from grok.models import build_model, fast
 from grok.run import run
+from grok.training.loop import set_mode
 from tests.conftest import GROKS_FAST, make_config
 
 
@@ -153,3 +155,30 @@ def test_a_sequence_task_trains_and_records_exact_match_accuracy(tmp_path, model
     )
     assert summary["status"] == "completed" and summary["n_train"] + summary["n_test"] == 4 * 100 - 10
     assert list(read_rows(out)[0]) == ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "weight_norm"]
+
+
+class KeepsFrozenInEval(torch.nn.Module):
+    """A module with its own train(), as a frozen part asks for: that part stays in eval mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.frozen, self.trained = torch.nn.Dropout(), torch.nn.Dropout()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.frozen.eval()
+        return self
+
+
+@pytest.mark.parametrize("kind", ["transformer", "its own train()"])
+def test_the_loop_switches_every_module_s_mode_as_module_train_does(kind):
+    if kind == "transformer":
+        model = fast(build_model(make_config([]).model, n_vocab=98, n_classes=97, n_ctx=3))
+    else:
+        model = torch.nn.Sequential(KeepsFrozenInEval(), torch.nn.ReLU())
+    for training in (False, True, False, True):
+        set_mode(model, training)
+        expected = [module.training for module in copy.deepcopy(model).train(training).modules()]
+        assert [module.training for module in model.modules()] == expected
+    in_eval = [module for module in model.modules() if not module.training]
+    assert in_eval == ([] if kind == "transformer" else [model[0].frozen]), "in train mode, but the frozen part"

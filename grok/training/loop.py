@@ -44,6 +44,26 @@ from grok.training.stacked import Stack
 
 
 # ----------------------------------------------------------------------------- one run's epoch
+def set_mode(model: nn.Module, training: bool) -> None:
+    """model.train(training). Module.train sets `training` on every module through Module.__setattr__:
+    ~100 µs for the default transformer's 24 modules, twice an epoch. Where no module has its own
+    train or eval, the same attributes are set directly (~10 µs)."""
+    modules = _modules(model)
+    if any(type(m).train is not nn.Module.train or type(m).eval is not nn.Module.eval for m in modules):
+        model.train(training)
+        return
+    for module in modules:
+        object.__setattr__(module, "training", training)  # where Module.__setattr__ puts a bool
+
+
+def _modules(module: nn.Module) -> List[nn.Module]:
+    found = [module]
+    for child in module._modules.values():
+        if child is not None:
+            found += _modules(child)
+    return found
+
+
 def train_epoch(
     model: nn.Module,
     split: Split,
@@ -54,7 +74,7 @@ def train_epoch(
     loss_fn: Callable = cross_entropy,
 ) -> Dict[str, Tensor]:
     """One pass over the train split; returns loss and accuracies averaged over its examples."""
-    model.train()
+    set_mode(model, True)
     n = len(split.labels)
     order = None if batch_size is None or batch_size >= n else torch.randperm(n, generator=generator)
     batches = [slice(None)] if order is None else order.to(split.labels.device).split(batch_size)
@@ -78,7 +98,7 @@ def train_epoch(
 @torch.inference_mode()
 def evaluate(model: nn.Module, split: Split, loss_fn: Callable = cross_entropy) -> Dict[str, Tensor]:
     """Loss and accuracies over the split (grok.training.metrics.measure_split), in eval mode, no gradients."""
-    model.eval()
+    set_mode(model, False)
     return measure_split(model, split, loss_fn)
 
 
