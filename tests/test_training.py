@@ -70,6 +70,8 @@ def test_recorded_metrics_are_those_of_the_final_weights(tmp_path):
     assert last["test_acc"] == pytest.approx((logits.argmax(-1) == noisy).double().mean().item())
     assert last["test_acc_clean"] == pytest.approx((logits.argmax(-1) == clean).double().mean().item())
     assert "train_acc_clean" in last and summary["test_acc_clean"] == last["test_acc_clean"]
+    every_weight = torch.cat([p.detach().double().flatten() for p in model.parameters()])
+    assert last["weight_norm"] == pytest.approx(every_weight.square().sum().sqrt().item(), rel=1e-6)
 
 
 def test_every_epoch_records_losses_accuracies_lr_and_weight_norm(tmp_path):

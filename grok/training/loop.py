@@ -102,8 +102,10 @@ def evaluate(model: nn.Module, split: Split, loss_fn: Callable = cross_entropy) 
     return measure_split(model, split, loss_fn)
 
 
+@torch.no_grad()
 def weight_norm(model: nn.Module) -> Tensor:
-    return torch.linalg.vector_norm(torch.stack([p.detach().norm() for p in model.parameters()]))
+    """The norm of all parameters together: the norm of their norms, one kernel for all of them."""
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(list(model.parameters()))))
 
 
 class Alone:
