@@ -3,6 +3,7 @@ the saved weights, early stop and minibatches behave as configured, and a diverg
 
 import copy
 import csv
+import types
 from pathlib import Path
 
 import pytest
@@ -172,15 +173,29 @@ class KeepsFrozenInEval(torch.nn.Module):
         return self
 
 
-@pytest.mark.parametrize("kind", ["transformer", "its own train()"])
+def kept_in_eval_on_this_instance():
+    layer = torch.nn.Dropout()
+    layer.train = types.MethodType(lambda self, mode=True: torch.nn.Module.train(self, False), layer)
+    return layer
+
+
+# models whose modules switch modes in every way: plainly, by a train() of their own (on the class or
+# the instance), and a scripted part, which keeps its `training` flag in C++
+MODELS = {
+    "transformer": lambda: fast(build_model(make_config([]).model, n_vocab=98, n_classes=97, n_ctx=3)),
+    "its own train()": lambda: torch.nn.Sequential(KeepsFrozenInEval(), torch.nn.ReLU()),
+    "train() on the instance": lambda: torch.nn.Sequential(kept_in_eval_on_this_instance(), torch.nn.ReLU()),
+    "a scripted part": lambda: torch.nn.Sequential(torch.jit.script(torch.nn.Sequential(torch.nn.Dropout()))),
+}
+
+
+@pytest.mark.parametrize("kind", MODELS)
 def test_the_loop_switches_every_module_s_mode_as_module_train_does(kind):
-    if kind == "transformer":
-        model = fast(build_model(make_config([]).model, n_vocab=98, n_classes=97, n_ctx=3))
-    else:
-        model = torch.nn.Sequential(KeepsFrozenInEval(), torch.nn.ReLU())
+    model = MODELS[kind]()
     for training in (False, True, False, True):
         set_mode(model, training)
         expected = [module.training for module in copy.deepcopy(model).train(training).modules()]
         assert [module.training for module in model.modules()] == expected
-    in_eval = [module for module in model.modules() if not module.training]
-    assert in_eval == ([] if kind == "transformer" else [model[0].frozen]), "in train mode, but the frozen part"
+    if kind == "a scripted part":  # its dropout, in eval mode, passes its input through
+        set_mode(model, False)
+        assert torch.equal(model(torch.ones(1000)), torch.ones(1000))
