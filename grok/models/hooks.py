@@ -2,7 +2,7 @@
 `HookPoint`, an identity module, so standard PyTorch forward hooks can read or edit it by name
 ("blocks.0.attn.hook_pattern"). `run_with_cache` collects them all in one forward pass."""
 
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 from torch import Tensor, nn
 from torch.nn.modules import module as registry
@@ -15,27 +15,29 @@ class HookPoint(nn.Identity):
 def hooks_attached(model: nn.Module) -> bool:
     """Whether a hook waits on any submodule of `model` (or globally, on every module). The table path
     (grok/models/tables.py) calls no hook point, so it runs only where this is False. It is asked on
-    every forward pass: a walk over the submodules' hook dicts, ~8 µs for the default transformer."""
+    every forward pass: ~12 µs for the default transformer."""
     global_hooks = (
         registry._global_forward_hooks,
         registry._global_forward_pre_hooks,
         registry._global_backward_hooks,
         registry._global_backward_pre_hooks,
     )
-    return any(global_hooks) or _hooked_below(model)
-
-
-def _hooked_below(module: nn.Module) -> bool:
-    for child in module._modules.values():
-        if child is not None and (
-            child._forward_hooks
-            or child._forward_pre_hooks
-            or child._backward_hooks
-            or child._backward_pre_hooks
-            or _hooked_below(child)
-        ):
+    if any(global_hooks):
+        return True
+    for module in submodules(model)[1:]:
+        if module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks:
             return True
     return False
+
+
+def submodules(module: nn.Module) -> List[nn.Module]:
+    """`module` and every module under it, as module.modules() lists them but without its names and
+    deduplication: ~5 µs for the default transformer against ~20; a module shared twice is listed twice."""
+    found = [module]
+    for child in module._modules.values():
+        if child is not None:
+            found += submodules(child)
+    return found
 
 
 def run_with_cache(model: nn.Module, tokens: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:

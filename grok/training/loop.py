@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from grok.models import fast
+from grok.models.hooks import submodules
 from grok.recording.analysis import progress_measures
 from grok.system.collector import start_collections
 from grok.system.signals import Interrupted, StopRequest
@@ -49,7 +50,7 @@ def set_mode(model: nn.Module, training: bool) -> None:
     """model.train(training). Module.train sets `training` on every module through Module.__setattr__:
     ~100 µs for the default transformer's 24 modules, twice an epoch. Where every module switches as
     Module.train would switch it on its own, the same attributes are set directly (~25 µs)."""
-    modules = _modules(model)
+    modules = submodules(model)
     if not all(map(_switches_plainly, modules)):
         model.train(training)
         return
@@ -72,14 +73,6 @@ def _plain_kind(kind: type) -> bool:
     return all(
         getattr(kind, name) is getattr(nn.Module, name) for name in ("train", "eval", "__setattr__", "named_children")
     )
-
-
-def _modules(module: nn.Module) -> List[nn.Module]:
-    found = [module]
-    for child in module._modules.values():
-        if child is not None:
-            found += _modules(child)
-    return found
 
 
 def train_epoch(
