@@ -172,3 +172,31 @@ def test_under_submitit_a_preemption_requeues_whichever_of_sigterm_and_usr2_come
     """SLURM sends both when it preempts a job: submitit keeps SIGTERM for itself and requeues on USR2."""
     result = subprocess.run([sys.executable, "-c", SUBMITIT_LIKE], cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.splitlines() == ["['logged SIGTERM', 'requeued']"] * 2
+
+
+SUBMITIT_REQUEUE = """
+import signal, subprocess, sys
+from grok.system.signals import Preempted, stop_on_signals
+heard = []
+signal.signal(signal.SIGTERM, lambda *_: heard.append("logged SIGTERM"))  # submitit's own handlers
+def requeue(*_):  # as submitit does: `scontrol requeue` in a child; while it runs, SLURM signals the job's processes
+    scontrol = "import os, signal, time; os.killpg(0, signal.SIGTERM); time.sleep(0.3)"
+    subprocess.check_call([sys.executable, "-c", scontrol])
+    heard.append("requeued")
+signal.signal(signal.SIGUSR2, requeue)
+try:
+    with stop_on_signals() as stop:
+        stop.signum = signal.SIGUSR2
+        raise stop.stopped(5)
+except Preempted:
+    print(heard, signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN)
+"""
+
+
+def test_the_requeue_s_own_sigterm_does_not_kill_the_scontrol_that_requeues():
+    """The requeue SIGTERMs every process of the job, `scontrol requeue` too if it has not exited yet:
+    killed, it would fail submitit's requeue (its job reported failed though SLURM requeued it)."""
+    result = subprocess.run([sys.executable, "-c", SUBMITIT_REQUEUE], cwd=ROOT, capture_output=True, text=True,
+                            start_new_session=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["['requeued'] True"], "the child lived; SIGTERM handled as before afterwards"

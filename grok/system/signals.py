@@ -90,12 +90,25 @@ def stop_on_signals() -> Iterator[StopRequest]:
         _restore(previous)
         handler = previous[error.signum]
         if callable(handler):
-            handler(error.signum, None)  # submitit: checkpoint the launcher, `scontrol requeue`, exit
+            with _ignoring(signal.SIGTERM):
+                handler(error.signum, None)  # submitit: checkpoint the launcher, `scontrol requeue`, exit
         elif handler == signal.SIG_DFL:
             os.kill(os.getpid(), error.signum)
         raise
     finally:
         _restore(previous)
+
+
+@contextmanager
+def _ignoring(signum: int) -> Iterator[None]:
+    """The signal ignored, by this process and by the children it starts (exec keeps an ignored signal
+    ignored). A requeue signals every process of the job with SIGTERM, `scontrol requeue` among them
+    when it has not yet exited: killed, it fails submitit's requeue of a job that SLURM did requeue."""
+    previous = signal.signal(signum, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signum, previous)
 
 
 def _restore(previous) -> None:
