@@ -16,7 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from grok.recording.plots import pyplot
+from grok.recording.plots import log_scale, pyplot
 
 GROKKING_DELAY = 1.0  # generalizing later than this many memorization times after memorizing is grokking
 PHASE_COLOURS = {
@@ -240,7 +240,7 @@ def plot_test_curves(
                 label=None if value in labelled else f"{colour_key}={value}",
             )
             labelled.add(value)
-        ax.set_xscale("log")
+        log_scale(ax, "x")
         ax.set_xlabel("epoch")
         ax.set_title(f"{panel_key}={panel}" if panel_key else "", fontsize=9)
         if labelled:
@@ -270,7 +270,7 @@ def plot_epochs_curve(records: List[Dict[str, Any]], key: str, path: Path) -> No
         if never:
             ax.scatter(*zip(*never), facecolors="none", edgecolors=colour, label=f"never ({label}), at the budget")
     ax.set_xscale("log" if is_log_spaced(values) else "linear")
-    ax.set_yscale("log")
+    log_scale(ax, "y")
     ax.set_xlabel(key)
     ax.set_ylabel("epoch")
     ax.legend(fontsize=8)
