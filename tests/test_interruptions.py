@@ -20,15 +20,21 @@ ARGS = ["task.p=23", "save_every=100000", "analysis=none", "progress=false"]
 
 
 def _start(args, run_dir: Path, stderr: Path) -> subprocess.Popen:
-    """train.py in a process group of its own, as a terminal's foreground job is."""
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"],
-        cwd=run_dir.parent,
-        env=cli_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=open(stderr, "w"),
-        start_new_session=True,
-    )
+    """train.py in a process group of its own, as a terminal's foreground job is: with SIGINT not
+    ignored, even where the tests run as a background job of a script (which ignores SIGINT, and
+    train.py keeps an ignored signal ignored). A signal handled here is reset to default in the child."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen(
+            [sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"],
+            cwd=run_dir.parent,
+            env=cli_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=open(stderr, "w"),
+            start_new_session=True,
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _send(process: subprocess.Popen, signum: int) -> None:
