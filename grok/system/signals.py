@@ -103,7 +103,8 @@ def stop_on_signals() -> Iterator[StopRequest]:
 def _ignoring(signum: int) -> Iterator[None]:
     """The signal ignored, by this process and by the children it starts (exec keeps an ignored signal
     ignored). A requeue signals every process of the job with SIGTERM, `scontrol requeue` among them
-    when it has not yet exited: killed, it fails submitit's requeue of a job that SLURM did requeue."""
+    when it has not yet exited: killed, it fails submitit's requeue of a job that SLURM did requeue.
+    A SIGTERM in that window is dropped, not postponed: the job ends there anyway."""
     previous = signal.signal(signum, signal.SIG_IGN)
     try:
         yield
