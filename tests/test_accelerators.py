@@ -209,6 +209,36 @@ def test_restricted_loss_of_pure_key_frequency_logits_equals_the_loss():
     assert measured["excluded_loss"] == pytest.approx(math.log(P), rel=1e-9), "nothing left: uniform"
 
 
+def _pairs_and_logits(p: int, n: int, seed: int):
+    """n distinct pairs (a, b) of Z_p, their labels (a + b) mod p, and random (n, p) logits."""
+    generator = torch.Generator().manual_seed(seed)
+    pairs = torch.cartesian_prod(torch.arange(p), torch.arange(p))[torch.randperm(p * p, generator=generator)[:n]]
+    a, b = pairs.unbind(1)
+    return a, b, (a + b) % p, torch.randn(n, p, generator=generator, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("p, freqs", [(13, [1, 4, 6]), (12, [2, 5, 6])])  # 12: sin(w_6 x) is zero
+def test_the_restricted_loss_projects_as_a_least_squares_solver_does(p, freqs):
+    a, b, labels, logits = _pairs_and_logits(p, n=50, seed=p)
+    phase = (a + b).double()[:, None] - torch.arange(p, dtype=torch.float64)
+    design = torch.stack([f(2 * math.pi * k / p * phase).flatten() for k in freqs for f in (torch.cos, torch.sin)], 1)
+    solution = torch.linalg.lstsq(design, logits.reshape(-1, 1), driver="gelsd").solution  # rank-revealing
+    restricted = (design @ solution).reshape(logits.shape)
+    measured = restricted_and_excluded_loss(logits, a, b, labels, p, freqs)
+    assert measured["restricted_loss"] == pytest.approx(F.cross_entropy(restricted, labels).item(), rel=1e-12)
+    assert measured["excluded_loss"] == pytest.approx(F.cross_entropy(logits - restricted, labels).item(), rel=1e-12)
+
+
+@pytest.mark.float_sensitive  # bit for bit under each kernel of `make test`
+def test_the_restricted_loss_repeats_bit_for_bit_wherever_its_inputs_lie_in_memory():
+    a, b, labels, logits = _pairs_and_logits(P, n=60, seed=0)
+    results = set()
+    for offset in range(16):  # the same values at 16 alignments
+        moved = torch.empty(logits.numel() + offset, dtype=torch.float64)[offset:].view_as(logits).copy_(logits)
+        results.add(tuple(restricted_and_excluded_loss(moved, a, b, labels, P, [1, 3, 5]).values()))
+    assert len(results) == 1, results
+
+
 def test_softmax_collapse_counts_zero_losses_and_saturated_softmaxes_in_float32():
     logits = torch.tensor([[200.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 200.0, 0.0]])
     labels = torch.tensor([0, 0, 0])

@@ -62,17 +62,21 @@ def key_frequencies(norms: Tensor, n_key: int) -> List[int]:
 def restricted_and_excluded_loss(
     logits: Tensor, a: Tensor, b: Tensor, labels: Tensor, p: int, freqs: List[int], sign: int = 1
 ) -> Dict[str, float]:
-    """Least-squares projection of the (N, p) logits onto span{cos, sin(w_k(a + sign*b - c))}."""
+    """The (N, p) logits' least-squares projection onto the directions cos, sin(w_k(a + sign*b - c))
+    of the key frequencies k (restricted), and the logits less it (excluded). Over the p classes c of
+    any one example these directions are orthogonal, so the projection is the sum of each direction's
+    own: computed so, it repeats bit for bit (LAPACK's least-squares solver, used before, rounded by
+    where its buffers lay in memory: the last digits of two identical runs' measures differed)."""
     c = torch.arange(p, dtype=torch.float64)
     phase = (a + sign * b).double()[:, None] - c[None, :]  # (N, p)
-    directions = torch.stack([f(2 * math.pi * k / p * phase) for k in freqs for f in (torch.cos, torch.sin)])
-    design = directions.reshape(len(directions), -1).T  # (N*p, 2K)
-    flat = logits.double().reshape(-1, 1)
-    coefficients = torch.linalg.lstsq(design, flat).solution
-    restricted = (design @ coefficients).reshape(logits.shape)
+    angles = {k: 2 * math.pi * k / p * phase for k in freqs}
+    directions = [torch.cos(x) for x in angles.values()]
+    directions += [torch.sin(x) for k, x in angles.items() if 2 * k != p]  # for even p, sin(pi x) is zero
+    x = logits.double()
+    restricted = sum((d * x).sum() / (d * d).sum() * d for d in directions)
     return {
         "restricted_loss": F.cross_entropy(restricted, labels).item(),
-        "excluded_loss": F.cross_entropy(logits.double() - restricted, labels).item(),
+        "excluded_loss": F.cross_entropy(x - restricted, labels).item(),
     }
 
 
