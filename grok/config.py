@@ -77,6 +77,7 @@ class Config:
     stop: StopConfig = field(default_factory=StopConfig)
     resume: Any = False  # true: this output dir; a path: that run dir
     progress: bool = True
+    figures: bool = True  # curves.png, progress.png, fourier_spectrum.png as the run ends (and to W&B)
     threads: Optional[int] = None  # torch threads; None: SLURM's cpus_per_task, else PyTorch's default
     objective: str = "grok_epoch"  # the summary field train.py returns, for hydra/sweeper=optuna
 

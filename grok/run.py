@@ -16,7 +16,7 @@ import os
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -215,24 +215,31 @@ def start(cfg: DictConfig, out_dir: Path, run_name: str, started: float) -> Expe
     )
 
 
-def finish(experiment: Experiment) -> Dict[str, Any]:
-    """After the last epoch: the final checkpoint, the figures, summary.json; returns the summary."""
-    cfg, state, run_dir, model = experiment.cfg, experiment.state, experiment.run_dir, experiment.model
-    if state.epoch % cfg.save_every != 0 and not state.stopped_early:
-        experiment.save()  # the final checkpoint; the loop already saved on a round epoch or an early stop
-
-    rows = read_metrics(run_dir / "metrics.csv")
+def draw_figures(experiment: Experiment, rows: List[Dict[str, float]]) -> Dict[str, Path]:
+    """The end-of-run figures, written into the run dir; returns their paths by W&B name."""
+    cfg, state, run_dir = experiment.cfg, experiment.state, experiment.run_dir
     images = {"curves": run_dir / "curves.png"}
     plot_curves(rows, state.memorize_epoch, state.grok_epoch, images["curves"])
     if (run_dir / "analysis.csv").exists():
         images["progress"] = run_dir / "progress.png"
         plot_progress(rows, read_metrics(run_dir / "analysis.csv"), images["progress"])
-    spectrum = embedding_spectrum(model, cfg.task.get("p"))
+    spectrum = embedding_spectrum(experiment.model, cfg.task.get("p"))
     if spectrum is not None:
         images["fourier_spectrum"] = run_dir / "fourier_spectrum.png"
         plot_fourier_spectrum(
             spectrum.tolist(), key_frequencies(spectrum, cfg.analysis.n_key_freqs), images["fourier_spectrum"]
         )
+    return images
+
+
+def finish(experiment: Experiment) -> Dict[str, Any]:
+    """After the last epoch: the final checkpoint, the figures (where `figures`), summary.json; returns the summary."""
+    cfg, state, run_dir, model = experiment.cfg, experiment.state, experiment.run_dir, experiment.model
+    if state.epoch % cfg.save_every != 0 and not state.stopped_early:
+        experiment.save()  # the final checkpoint; the loop already saved on a round epoch or an early stop
+
+    rows = read_metrics(run_dir / "metrics.csv")
+    images = draw_figures(experiment, rows) if cfg.figures else {}
     final = {key: value for key, value in rows[-1].items() if key != "epoch"}
     summary = {
         "status": "completed",

@@ -256,7 +256,7 @@ from tests.conftest import GROKS_FAST, run_cli, wandb_records  # noqa: E402
 def train(tmp_path, name, *overrides):
     out = tmp_path / name
     out.mkdir()
-    return run(make_config(["logger=none", "progress=false", *overrides]), out), out
+    return run(make_config(["logger=none", "progress=false", "figures=false", *overrides]), out), out
 
 
 def test_progress_measures_are_logged_every_analysis_every_epochs_with_their_plots(tmp_path):
@@ -288,8 +288,9 @@ def test_progress_measures_are_logged_every_analysis_every_epochs_with_their_plo
 
 
 def test_analysis_none_writes_no_measures(tmp_path):
-    _, out = train(tmp_path, "run", "task.p=11", "epochs=5", "analysis=none")
+    _, out = train(tmp_path, "run", "task.p=11", "epochs=5", "analysis=none", "figures=true")
     assert not (out / "analysis.csv").exists() and not (out / "progress.png").exists()
+    assert (out / "curves.png").exists()
 
 
 def test_stablemax_runs_are_trained_and_scored_with_stablemax(tmp_path):

@@ -31,6 +31,7 @@ SMALL = [
     "optimizer.lr=3e-3",
     "logger=none",
     "progress=false",
+    "figures=false",
     "analysis=none",
     "epochs=200",
     "save_every=1000",
@@ -80,7 +81,7 @@ def batched_and_alone(root: Path, dtype: torch.dtype, extra=()):
 @pytest.fixture(scope="module")
 def in_float64(tmp_path_factory):
     """200 epochs, in exact math."""
-    return batched_and_alone(tmp_path_factory.mktemp("float64"), torch.float64)
+    return batched_and_alone(tmp_path_factory.mktemp("float64"), torch.float64, ["figures=true"])
 
 
 @pytest.fixture(scope="module")

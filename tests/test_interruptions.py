@@ -16,7 +16,7 @@ from grok.recording.files import read_metrics
 from grok.system.signals import Interrupted, Preempted, StopRequest, preemption_signal
 from tests.conftest import ROOT, cli_env, run_cli, wandb_records
 
-ARGS = ["task.p=23", "save_every=100000", "analysis=none", "progress=false"]
+ARGS = ["task.p=23", "save_every=100000", "analysis=none", "progress=false", "figures=false"]
 
 
 def _start(args, run_dir: Path, stderr: Path) -> subprocess.Popen:

@@ -20,7 +20,7 @@ from grok.errors import Refused
 from grok.training.loop import Diverged, check_finite
 from tests.conftest import DIVERGES, ROOT, cli_env, make_config, mounted_tmpfs, run_cli
 
-QUICK = ["task.p=11", "epochs=3", "logger=none", "progress=false"]
+QUICK = ["task.p=11", "epochs=3", "logger=none", "progress=false", "figures=false"]
 
 
 def snapshot(run_dir: Path) -> dict:

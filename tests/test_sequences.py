@@ -141,7 +141,7 @@ def test_more_problems_than_can_be_listed_must_be_sampled():
 
 
 def trained(tmp_path: Path, overrides):
-    cfg = make_config(["logger=none", "progress=false", "model=gpt", *overrides])
+    cfg = make_config(["logger=none", "progress=false", "figures=false", "model=gpt", *overrides])
     summary = run(cfg, tmp_path)
     data = make_dataset(cfg.task, cfg.train_frac, cfg.data_seed)
     model = build_model(cfg.model, data.n_vocab, data.n_classes, data.inputs.shape[1])

@@ -19,7 +19,7 @@ from tests.conftest import GROKS_FAST, make_config
 def train(tmp_path: Path, *overrides: str, name: str = "run"):
     out = tmp_path / name
     out.mkdir()
-    cfg = make_config(["logger=none", "progress=false", *overrides])
+    cfg = make_config(["logger=none", "progress=false", "figures=false", *overrides])
     return run(cfg, out), out
 
 
@@ -38,14 +38,15 @@ def test_a_small_config_memorizes_first_and_groks_clearly_later(tmp_path):
     assert summary["stopped_early"] and summary["epochs"] == summary["grok_epoch"]
 
 
-def test_same_config_and_seeds_give_identical_metrics_bit_for_bit(tmp_path):
-    args = ["task.p=11", "epochs=40"]
+def test_same_config_and_seeds_give_identical_metrics_and_measures_bit_for_bit(tmp_path):
+    args = ["task.p=11", "epochs=40", "analysis.every=10"]
     train(tmp_path, *args, name="a")
     train(tmp_path, *args, name="b")
     train(tmp_path, *args, "seed=1", name="other_seed")
-    first = (tmp_path / "a" / "metrics.csv").read_bytes()
-    assert first == (tmp_path / "b" / "metrics.csv").read_bytes()
-    assert first != (tmp_path / "other_seed" / "metrics.csv").read_bytes()
+    for name in ["metrics.csv", "analysis.csv"]:
+        first = (tmp_path / "a" / name).read_bytes()
+        assert first == (tmp_path / "b" / name).read_bytes(), name
+        assert first != (tmp_path / "other_seed" / name).read_bytes(), name
 
 
 def test_model_seed_changes_weights_but_not_the_split(tmp_path):
@@ -125,6 +126,21 @@ def test_checkpoints_every_save_every_and_at_the_end_with_full_state(tmp_path):
     }
     assert {"model", "optimizer", "scheduler", "rng"} <= set(checkpoint)
     assert checkpoint["scheduler"]["last_epoch"] == 25
+
+
+def test_figures_false_leaves_out_the_figures_and_nothing_else(tmp_path):
+    args = ["task.p=11", "epochs=12", "analysis.every=5"]
+    drawn, with_figures = train(tmp_path, *args, "figures=true", name="drawn")
+    summary, without = train(tmp_path, *args, "figures=false", name="without")
+    figures = {"curves.png", "progress.png", "fourier_spectrum.png"}
+    written = {p.name for p in with_figures.iterdir()}
+    assert figures <= written and {p.name for p in without.iterdir()} == written - figures
+    assert (without / "metrics.csv").read_bytes() == (with_figures / "metrics.csv").read_bytes()
+    assert (without / "analysis.csv").read_bytes() == (with_figures / "analysis.csv").read_bytes()
+    timings = {"wall_seconds", "train_seconds", "startup_seconds", "epochs_per_second"}
+    assert {k: v for k, v in summary.items() if k not in timings} == {
+        k: v for k, v in drawn.items() if k not in timings
+    }
 
 
 def test_a_diverging_run_fails_and_says_so(tmp_path):
