@@ -4,6 +4,7 @@ measures and softmax collapse."""
 
 import io
 import math
+import time
 
 import pytest
 import torch
@@ -217,14 +218,16 @@ def _pairs_and_logits(p: int, n: int, seed: int):
     return a, b, (a + b) % p, torch.randn(n, p, generator=generator, dtype=torch.float64)
 
 
-@pytest.mark.parametrize("p, freqs", [(13, [1, 4, 6]), (12, [2, 5, 6])])  # 12: sin(w_6 x) is zero
-def test_the_restricted_loss_projects_as_a_least_squares_solver_does(p, freqs):
-    a, b, labels, logits = _pairs_and_logits(p, n=50, seed=p)
-    phase = (a + b).double()[:, None] - torch.arange(p, dtype=torch.float64)
+@pytest.mark.parametrize("p, freqs, sign", [(13, [1, 4, 6], 1), (12, [2, 5, 6], 1), (13, [2, 3], -1)])
+def test_the_restricted_loss_projects_as_a_least_squares_solver_does(p, freqs, sign):
+    """12: sin(w_6 x) is zero; sign -1: subtraction's directions, w_k(a - b - c)."""
+    a, b, _, logits = _pairs_and_logits(p, n=50, seed=p)
+    labels = (a + sign * b) % p
+    phase = (a + sign * b).double()[:, None] - torch.arange(p, dtype=torch.float64)
     design = torch.stack([f(2 * math.pi * k / p * phase).flatten() for k in freqs for f in (torch.cos, torch.sin)], 1)
     solution = torch.linalg.lstsq(design, logits.reshape(-1, 1), driver="gelsd").solution  # rank-revealing
     restricted = (design @ solution).reshape(logits.shape)
-    measured = restricted_and_excluded_loss(logits, a, b, labels, p, freqs)
+    measured = restricted_and_excluded_loss(logits, a, b, labels, p, freqs, sign)
     assert measured["restricted_loss"] == pytest.approx(F.cross_entropy(restricted, labels).item(), rel=1e-12)
     assert measured["excluded_loss"] == pytest.approx(F.cross_entropy(logits - restricted, labels).item(), rel=1e-12)
 
@@ -249,7 +252,9 @@ def test_softmax_collapse_counts_zero_losses_and_saturated_softmaxes_in_float32(
 
 # ----------------------------------------------------------------------------- in a run
 from grok.recording.files import read_metrics  # noqa: E402
-from grok.run import run  # noqa: E402
+from grok.run import end, run, start  # noqa: E402
+from grok.system.signals import StopRequest  # noqa: E402
+from grok.training.loop import train_runs  # noqa: E402
 from tests.conftest import GROKS_FAST, run_cli, wandb_records  # noqa: E402
 
 
@@ -291,6 +296,25 @@ def test_analysis_none_writes_no_measures(tmp_path):
     _, out = train(tmp_path, "run", "task.p=11", "epochs=5", "analysis=none", "figures=true")
     assert not (out / "analysis.csv").exists() and not (out / "progress.png").exists()
     assert (out / "curves.png").exists()
+
+
+@pytest.mark.parametrize("overrides", [[], ["batch_size=16"]])
+def test_the_loop_measures_and_figures_make_their_tensors_on_the_data_s_device(tmp_path, overrides):
+    """What a GPU run needs, checked on a CPU: every tensor a run makes once started (its epochs, the
+    progress measures, the figures) goes on its data's device, none on PyTorch's default device. Here
+    that default is 'meta' (tensors without values: using one with the run's fails), and the run's
+    files are those of a run without it. Before, the measures made their Fourier basis on the default
+    device: on a GPU the first measured epoch would have failed."""
+    args = ["task.p=11", "epochs=20", "analysis.every=10", "save_every=10", "logger=none", "progress=false"]
+    written = []
+    for name, default_device in (("plain", "cpu"), ("meta", "meta")):
+        (tmp_path / name).mkdir()
+        experiment = start(make_config([*args, *overrides]), tmp_path / name, name, time.perf_counter())
+        with torch.device(default_device):
+            (summary,) = train_runs([experiment], StopRequest(), end)
+        assert summary["status"] == "completed", summary
+        written.append([(experiment.run_dir / f).read_bytes() for f in ("metrics.csv", "analysis.csv")])
+    assert written[0] == written[1]
 
 
 def test_stablemax_runs_are_trained_and_scored_with_stablemax(tmp_path):

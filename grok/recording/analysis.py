@@ -21,10 +21,10 @@ from torch import Tensor
 from grok.models import fast
 
 
-def fourier_basis(p: int) -> Tensor:
+def fourier_basis(p: int, device: Optional[torch.device] = None) -> Tensor:
     """(p, p) orthonormal rows over Z_p: constant, then cos(w_k x), sin(w_k x) for k = 1 .. p//2."""
-    x = torch.arange(p, dtype=torch.float64)
-    rows = [torch.ones(p, dtype=torch.float64)]
+    x = torch.arange(p, dtype=torch.float64, device=device)
+    rows = [torch.ones(p, dtype=torch.float64, device=device)]
     for k in range(1, p // 2 + 1):
         rows.append(torch.cos(2 * math.pi * k * x / p))
         if 2 * k != p:  # for even p, sin(pi x) is zero
@@ -36,7 +36,7 @@ def fourier_basis(p: int) -> Tensor:
 def frequency_norms(embedding: Tensor) -> Tensor:
     """Norm of the (p, d) embedding in each frequency k = 1 .. p//2 (cos and sin parts together)."""
     p = embedding.shape[0]
-    coefficients = fourier_basis(p) @ embedding.double()  # (p, d): row 0 constant, then cos_k, sin_k
+    coefficients = fourier_basis(p, embedding.device) @ embedding.double()  # (p, d): row 0 constant, then cos_k, sin_k
     return torch.stack([coefficients[2 * k - 1 : 2 * k + 1].norm() for k in range(1, p // 2 + 1)])
 
 
@@ -44,7 +44,7 @@ def gini(values: Tensor) -> float:
     """Gini coefficient of non-negative values: 0 when equal, (n-1)/n when all mass is in one."""
     x = values.double().sort().values
     n = len(x)
-    ranks = torch.arange(1, n + 1, dtype=torch.float64)
+    ranks = torch.arange(1, n + 1, dtype=torch.float64, device=x.device)
     return float(((2 * ranks - n - 1) * x).sum() / (n * x.sum()))
 
 
@@ -67,7 +67,7 @@ def restricted_and_excluded_loss(
     any one example these directions are orthogonal, so the projection is the sum of each direction's
     own: computed so, it repeats bit for bit (LAPACK's least-squares solver, used before, rounded by
     where its buffers lay in memory: the last digits of two identical runs' measures differed)."""
-    c = torch.arange(p, dtype=torch.float64)
+    c = torch.arange(p, dtype=torch.float64, device=logits.device)
     phase = (a + sign * b).double()[:, None] - c[None, :]  # (N, p)
     angles = {k: 2 * math.pi * k / p * phase for k in freqs}
     directions = [torch.cos(x) for x in angles.values()]

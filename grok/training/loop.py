@@ -87,7 +87,8 @@ def train_epoch(
     """One pass over the train split; returns loss and accuracies averaged over its examples."""
     set_mode(model, True)
     n = len(split.labels)
-    order = None if batch_size is None or batch_size >= n else torch.randperm(n, generator=generator)
+    full_batch = batch_size is None or batch_size >= n
+    order = None if full_batch else torch.randperm(n, generator=generator, device=generator.device)
     batches = [slice(None)] if order is None else order.to(split.labels.device).split(batch_size)
     totals: Dict[str, Tensor] = {}
     for batch in batches:
