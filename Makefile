@@ -13,8 +13,8 @@ PINS := torch==2.13.0 hydra-core==1.3.8 omegaconf==2.3.1 wandb==0.31.0 einops==0
 STAMP := $(VENV)/.installed
 # the interp extra (TransformerLens, for grok.to_hooked_transformer): the tests need it, a run does not.
 # Installed without compiling bytecode up front (its 28 packages: 6,000 modules, 2,900 of them
-# transformers'): 16 s instead of 37, for tests/test_interp.py alone, which imports a part of them
-# and took 2-7 s longer for it
+# transformers'): 16 s instead of 37, for tests/test_interp.py alone, which imports a part of them:
+# 2-7 s more for it, once where Python caches bytecode, every run where PYTHONDONTWRITEBYTECODE is set
 INTERP_PINS := transformer-lens==3.9.0
 INTERP := $(VENV)/.interp
 # what ruff lints and formats

@@ -5,10 +5,11 @@ loggers); grok/training/loop.py trains it; `finish` writes its figures and summa
 `record_failure` says why it did not finish.
 
 Everything a run writes goes into its run directory (Hydra's output directory, or the directory
-being resumed): config.yaml, metrics.csv, checkpoints/, curves.png, wandb/ and, last of all,
-summary.json. A summary.json with status "completed" is the one sign that a run finished; "interrupted"
-(a signal, grok/system/signals.py) and "failed" say why it did not. One process at a time writes a run
-directory (grok/system/lock.py), and a command refused before the run began writes nothing into it.
+being resumed): config.yaml, metrics.csv, checkpoints/, the figures (curves.png, ...; not with
+figures=false), wandb/ and, last of all, summary.json. A summary.json with status "completed" is
+the one sign that a run finished; "interrupted" (a signal, grok/system/signals.py) and "failed" say
+why it did not. One process at a time writes a run directory (grok/system/lock.py), and a command
+refused before the run began writes nothing into it.
 """
 
 import errno
@@ -215,31 +216,39 @@ def start(cfg: DictConfig, out_dir: Path, run_name: str, started: float) -> Expe
     )
 
 
+FIGURES = ("curves", "progress", "fourier_spectrum")  # <name>.png in the run dir, <name> in W&B
+
+
 def draw_figures(experiment: Experiment, rows: List[Dict[str, float]]) -> Dict[str, Path]:
-    """The end-of-run figures, written into the run dir; returns their paths by W&B name."""
+    """The end-of-run figures, written into the run dir; returns their paths by W&B name. With
+    `figures=false` none, and none left from before a resume (they would show fewer epochs)."""
     cfg, state, run_dir = experiment.cfg, experiment.state, experiment.run_dir
-    images = {"curves": run_dir / "curves.png"}
-    plot_curves(rows, state.memorize_epoch, state.grok_epoch, images["curves"])
+    paths = {name: run_dir / f"{name}.png" for name in FIGURES}
+    if not cfg.figures:
+        for path in paths.values():
+            path.unlink(missing_ok=True)
+        return {}
+    plot_curves(rows, state.memorize_epoch, state.grok_epoch, paths["curves"])
+    drawn = ["curves"]
     if (run_dir / "analysis.csv").exists():
-        images["progress"] = run_dir / "progress.png"
-        plot_progress(rows, read_metrics(run_dir / "analysis.csv"), images["progress"])
+        plot_progress(rows, read_metrics(run_dir / "analysis.csv"), paths["progress"])
+        drawn.append("progress")
     spectrum = embedding_spectrum(experiment.model, cfg.task.get("p"))
     if spectrum is not None:
-        images["fourier_spectrum"] = run_dir / "fourier_spectrum.png"
-        plot_fourier_spectrum(
-            spectrum.tolist(), key_frequencies(spectrum, cfg.analysis.n_key_freqs), images["fourier_spectrum"]
-        )
-    return images
+        frequencies = key_frequencies(spectrum, cfg.analysis.n_key_freqs)
+        plot_fourier_spectrum(spectrum.tolist(), frequencies, paths["fourier_spectrum"])
+        drawn.append("fourier_spectrum")
+    return {name: paths[name] for name in drawn}
 
 
 def finish(experiment: Experiment) -> Dict[str, Any]:
-    """After the last epoch: the final checkpoint, the figures (where `figures`), summary.json; returns the summary."""
+    """After the last epoch: the final checkpoint, the figures, summary.json; returns the summary."""
     cfg, state, run_dir, model = experiment.cfg, experiment.state, experiment.run_dir, experiment.model
     if state.epoch % cfg.save_every != 0 and not state.stopped_early:
         experiment.save()  # the final checkpoint; the loop already saved on a round epoch or an early stop
 
     rows = read_metrics(run_dir / "metrics.csv")
-    images = draw_figures(experiment, rows) if cfg.figures else {}
+    images = draw_figures(experiment, rows)
     final = {key: value for key, value in rows[-1].items() if key != "epoch"}
     summary = {
         "status": "completed",

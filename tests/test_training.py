@@ -143,6 +143,13 @@ def test_figures_false_leaves_out_the_figures_and_nothing_else(tmp_path):
     }
 
 
+def test_a_run_resumed_with_figures_false_keeps_no_figures_of_its_earlier_epochs(tmp_path):
+    _, out = train(tmp_path, "task.p=11", "epochs=4", "figures=true")
+    assert (out / "curves.png").exists()
+    summary, _ = train(tmp_path, "task.p=11", "epochs=8", f"resume={out}", "figures=false", name="resumed")
+    assert summary["epochs"] == 8 and not list(out.glob("*.png")), "a curves.png of 4 epochs would mislead"
+
+
 def test_a_diverging_run_fails_and_says_so(tmp_path):
     with pytest.raises(FloatingPointError, match="diverged"):
         train(tmp_path, "task.p=11", "epochs=50", "optimizer=sgd", "optimizer.lr=1e30", "optimizer.warmup_steps=0")

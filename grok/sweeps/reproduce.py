@@ -69,5 +69,5 @@ def report_run(run_dir: Path) -> str:
         "not measured (no analysis.csv)" if row["phase"] == "circuit formation" and not measured else "not reached"
     )
     lines = [f"{row['phase']:<18} ends at epoch {row['ends_at_epoch'] or unknown(row)}" for row in table]
-    figures = ", ".join(path.name for path in sorted(run_dir.glob("*.png")))
+    figures = ", ".join(path.name for path in sorted(run_dir.glob("*.png"))) or "none (figures=false)"
     return "\n".join([*lines, f"wrote {run_dir / 'phases.csv'}; figures: {figures}"])
