@@ -23,6 +23,10 @@ def main(cfg: DictConfig) -> float:
     A failure the user can act on (a config value, divergence, a full disk) ends a single run with
     one `error:` line and exit 1; a signal ends it with exit 128 + the signal's number."""
     defer_collections()  # until the run trains: torch's imports without collections (grok/system/collector.py)
+    if cfg.logger.name == "wandb":  # W&B's helper process imports and starts W&B beside torch's imports
+        from grok.recording.wandb_logger import start_helper
+
+        start_helper(cfg.logger)
     from grok.run import DISK_ERRORS, failure_reason, objective, run  # here: --help and --cfg stay fast
     from grok.system.signals import Interrupted
     from grok.training.loop import Diverged

@@ -6,8 +6,10 @@ run's exit code on completion and on failure; a W&B failure warns once and train
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -46,6 +48,33 @@ def test_the_wandb_history_equals_metrics_csv_row_for_row(tmp_path):
     }, "the summary arrived after the history"
     assert logged["curves"]["_type"] == "image-file"
     assert records["summary"]["state"] == "finished" and records["summary"]["exit_code"] == 0
+
+
+def test_an_offline_run_sends_nothing_over_the_network(tmp_path):
+    """logger.mode=offline, the default, is for machines without a network or an account: the run
+    connects to nothing, not even for W&B's own analytics (which wandb 0.31 sends from offline runs
+    unless W&B is set up offline before its first run: grok/recording/wandb_logger.py, `_warm_up`).
+    Every HTTP(S) request the run's processes would make goes to a proxy here, which counts them."""
+    requests = []
+
+    def record(listener: socket.socket) -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return  # closed: the run has ended
+            with connection:
+                requests.append(connection.recv(200).split(b"\r\n")[0].decode())
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        threading.Thread(target=record, args=(listener,), daemon=True).start()
+        proxy = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        env = {name: proxy for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy")}
+        env.update(NO_PROXY="", no_proxy="")
+        run_dir = tmp_path / "run"
+        run_cli([*TINY, "epochs=5", f"hydra.run.dir={run_dir}"], cwd=tmp_path, check=True, env=env)
+    assert requests == [], "an offline run connected"
+    assert [row["epoch"] for row in wandb_records(run_dir)["history"]] == [1, 2, 3, 4, 5], "and W&B has the run"
 
 
 def test_a_wandb_failure_at_start_warns_once_and_the_run_completes(tmp_path):

@@ -35,14 +35,14 @@ class WandbLogger:
             group=cfg.group,
             tags=list(cfg.tags),
             job_type=cfg.job_type,
-            mode=os.environ.get("WANDB_MODE") or cfg.mode,
+            mode=wandb_mode(cfg),
             dir=str(Path(out_dir).resolve()),
             id=run_id,
             name=run_name,
             config=config,
         )
         try:
-            self._helper = _helper()
+            self._helper = _helper(settings["mode"])
         except OSError as error:
             self._failure = ("start", str(error))
             return
@@ -95,17 +95,18 @@ class _Helper:
     to it pickled through its stdin; its replies (a failure, a run finished) come back on its stdout
     to a thread that hands them to their logger."""
 
-    def __init__(self):
+    def __init__(self, mode: str):
         root = str(Path(__file__).resolve().parents[2])  # this checkout's grok, whatever is installed
         # a session of its own: a terminal's Ctrl-C reaches the training process only, which closes the runs
         self.process = subprocess.Popen(
-            [sys.executable, "-c", _HELPER_MAIN, root],
+            [sys.executable, "-c", _HELPER_MAIN, root, mode],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             start_new_session=True,
         )
         self.loggers: Dict[int, WandbLogger] = {}
         self.ended = False
+        self.held_a_run = False
         self._keys = itertools.count()
         threading.Thread(target=self._read_replies, name="wandb-replies", daemon=True).start()
         atexit.register(self.close)
@@ -113,6 +114,7 @@ class _Helper:
     def add(self, logger: WandbLogger) -> int:
         key = next(self._keys)
         self.loggers[key] = logger
+        self.held_a_run = True
         return key
 
     def send(self, message: tuple) -> None:
@@ -138,7 +140,10 @@ class _Helper:
                 logger._finished.set()
 
     def close(self) -> None:
-        """At exit: the helper closes any run still open (exit code 1), then ends."""
+        """At exit: the helper closes any run still open (exit code 1), then ends; one that never
+        held a run (the run was refused before W&B began) is not waited for."""
+        if not self.held_a_run:
+            self.process.kill()
         try:
             self.process.stdin.close()
         except OSError:
@@ -148,21 +153,38 @@ class _Helper:
 
 _HELPER: Optional[_Helper] = None
 _ENDED = "the W&B helper process ended"
-_HELPER_MAIN = "import sys; sys.path.insert(0, sys.argv[1]); from grok.recording.wandb_logger import serve; serve()"
+_HELPER_MAIN = (
+    "import sys; sys.path.insert(0, sys.argv[1]); from grok.recording.wandb_logger import serve; serve(sys.argv[2])"
+)
 
 
-def _helper() -> _Helper:
+def wandb_mode(cfg) -> str:
+    """The W&B mode of the logger config `cfg`: WANDB_MODE in the environment wins over `cfg.mode`."""
+    return os.environ.get("WANDB_MODE") or cfg.mode
+
+
+def _helper(mode: str) -> _Helper:
     global _HELPER
     if _HELPER is None or _HELPER.ended:
-        _HELPER = _Helper()
+        _HELPER = _Helper(mode)
     return _HELPER
 
 
-def serve() -> None:
+def start_helper(cfg) -> None:
+    """Start this process's W&B helper now, for the W&B logger config `cfg`, so that W&B's imports
+    and its service start beside this process's own imports (torch's) rather than after them. Where
+    it cannot start, the run's WandbLogger tries again and warns."""
+    try:
+        _helper(wandb_mode(cfg))
+    except OSError:
+        pass
+
+
+def serve(mode: str) -> None:
     """The W&B helper process: runs the messages of `_Helper.send` in order, each run's W&B calls
     guarded (a failure is replied once and turns that run's W&B off), until its stdin closes; then
     it closes, with exit code 1, the runs the training process left open (it was killed, or its
-    run failed before it began)."""
+    run failed before it began). It begins with what every run needs (`_warm_up`)."""
     from grok.system.collector import skip_final_collections
     from grok.system.signals import preemption_signal
 
@@ -178,6 +200,7 @@ def serve() -> None:
     os.dup2(devnull, 0)
     os.close(devnull)
     os.dup2(2, 1)  # whatever W&B prints goes to stderr, not into the replies
+    _warm_up(mode)
     inbox = queue.SimpleQueue()
     # the pipe is drained at once, whatever W&B is doing: the training process never waits on a write
     threading.Thread(target=_receive, args=(messages, inbox), daemon=True).start()
@@ -223,6 +246,23 @@ def _receive(messages, inbox: queue.SimpleQueue) -> None:
         except (EOFError, pickle.UnpicklingError):
             inbox.put(None)
             return
+
+
+def _warm_up(mode: str) -> None:
+    """What wandb.init and a run's first rows would import or start, done before the first message
+    arrives, while the training process imports torch and builds its run. In W&B's own settings, the
+    mode the runs will have: offline, W&B starts no analytics for its servers (nor imports their
+    HTTP and OpenTelemetry packages). A failure here is left for wandb.init to meet and report."""
+    try:
+        import wandb
+
+        wandb.setup(wandb.Settings(mode=mode))
+        import wandb.sdk.launch.inputs.internal  # noqa: F401  (wandb.init imports it to apply Launch inputs)
+        from wandb.util import is_pandas_data_frame
+
+        is_pandas_data_frame(None)  # imports pandas where it is installed: a summary's None checks for a DataFrame
+    except Exception:
+        pass
 
 
 def _start_run(**settings):
