@@ -45,11 +45,13 @@ train: $(STAMP)  ## the default experiment (ARGS="task=divide train_frac=0.1" fo
 # rounding only fails here, not first in CI. Each kernel is a worker of one pytest (--dist each: every
 # test on every worker, gw0, gw1, gw2 in KERNELS' order). Any failure fails the target, "no tests ran" (5) too.
 KERNELS := ATEN_CPU_CAPABILITY=default ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=COMPATIBLE
+# only the files that hold such tests are collected: each worker imports what it collects
+FLOAT_SENSITIVE := $(shell grep -l float_sensitive tests/test_*.py)
 
 test: $(STAMP) $(INTERP) lint  ## lint, layering, the test suite, then the float-sensitive tests under other CPU kernels
 	$(PY) -m pytest -n 2 --dist loadfile --durations=10 $(ARGS)
 	@echo "float-sensitive tests under other kernels: gw0, gw1, gw2 = $(KERNELS)"
-	$(PY) -m pytest -q -m float_sensitive --dist each $(foreach kernel,$(KERNELS),--tx popen//env:$(kernel))
+	$(PY) -m pytest -q -m float_sensitive --dist each $(foreach kernel,$(KERNELS),--tx popen//env:$(kernel)) $(FLOAT_SENSITIVE)
 
 # ruff's lint and format check, and the layering of grok/ as import-linter contracts (pyproject.toml):
 # a new import cycle or an upward import fails here, and so in CI

@@ -2,6 +2,7 @@
 that computes the model's logits on every input of a small task, and whose cache holds the same
 activations under the same names; a model it cannot express is refused in one line."""
 
+import importlib.util
 import warnings
 
 import pytest
@@ -14,7 +15,11 @@ from grok.errors import ConfigError
 from grok.models import build_model, run_with_cache
 from tests.conftest import make_config
 
-pytest.importorskip("transformer_lens", reason='the interp extra: pip install -e ".[interp]" (make test installs it)')
+# found, not imported: importing TransformerLens takes seconds, paid by the one pytest process that runs these
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("transformer_lens") is None,
+    reason='the interp extra: pip install -e ".[interp]" (make test installs it)',
+)
 
 MODELS = {
     "transformer, 1 layer": ["model=transformer"],
