@@ -50,6 +50,19 @@ def make_config(overrides: List[str] = ()):
     return compose(overrides)
 
 
+def run_here(overrides: List[str], run_dir: Path) -> Path:
+    """The run `python train.py overrides... hydra.run.dir=run_dir` makes, trained in this process (one
+    thread, as run_cli's runs): the same metrics, bit for bit, without a process's start-up. For the
+    runs a test compares the command line's with, `logger=none` (W&B would start in this process)."""
+    from grok.run import run
+
+    cfg = make_config(list(overrides))
+    assert cfg.logger.name == "none", "run_here: logger=none"
+    torch.set_num_threads(1)  # module fixtures run before _single_thread
+    run(cfg, run_dir)
+    return run_dir
+
+
 def cli_env() -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_SILENT="true", PYTHONUNBUFFERED="1")
     env.pop("WANDB_MODE", None)

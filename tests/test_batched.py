@@ -69,10 +69,10 @@ def trajectories(root: Path, tag: str):
     ]
 
 
-def batched_and_alone(root: Path, dtype: torch.dtype, extra=()):
-    """MEMBERS trained together (root/batched_k) and one by one (root/alone_k)."""
+def batched_and_alone(root: Path, dtype: torch.dtype, extra=(), members_only=()):
+    """MEMBERS trained together (root/batched_k, with `members_only` overrides too) and one by one (root/alone_k)."""
     torch.set_num_threads(1)  # module fixtures run before conftest's per-test setting
-    train_runs(experiments(root, "batched_", dtype, extra), StopRequest(), end)
+    train_runs(experiments(root, "batched_", dtype, [*extra, *members_only]), StopRequest(), end)
     for experiment in experiments(root, "alone_", dtype, extra):
         train_runs([experiment], StopRequest(), end)
     return root
@@ -80,8 +80,8 @@ def batched_and_alone(root: Path, dtype: torch.dtype, extra=()):
 
 @pytest.fixture(scope="module")
 def in_float64(tmp_path_factory):
-    """200 epochs, in exact math."""
-    return batched_and_alone(tmp_path_factory.mktemp("float64"), torch.float64, ["figures=true"])
+    """200 epochs, in exact math; the members draw their figures (test_members_end_as_runs_alone_end)."""
+    return batched_and_alone(tmp_path_factory.mktemp("float64"), torch.float64, members_only=["figures=true"])
 
 
 @pytest.fixture(scope="module")
@@ -255,6 +255,7 @@ GRID = [
     "train_frac=0.4,0.8",
     "optimizer.weight_decay=0.3,3",
     "save_every=10",
+    "figures=false",
 ]
 
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.conftest import DIVERGES, ROOT, cli_env, run_cli, wandb_records
+from tests.conftest import DIVERGES, ROOT, cli_env, run_cli, run_here, wandb_records
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -154,15 +154,13 @@ def _wait_until(condition, what, timeout=120):
         time.sleep(0.05)
 
 
-FOUR_HUNDRED_EPOCHS = ["task.p=23", "epochs=400", "logger=none"]
+FOUR_HUNDRED_EPOCHS = ["task.p=23", "epochs=400", "logger=none", "figures=false"]
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> bytes:
     """metrics.csv of FOUR_HUNDRED_EPOCHS run to the end at once (where a run checkpoints leaves its math alone)."""
-    root = tmp_path_factory.mktemp("uninterrupted")
-    run_cli([*FOUR_HUNDRED_EPOCHS, f"hydra.run.dir={root / 'run'}"], cwd=root, check=True)
-    return (root / "run" / "metrics.csv").read_bytes()
+    return (run_here(FOUR_HUNDRED_EPOCHS, tmp_path_factory.mktemp("uninterrupted")) / "metrics.csv").read_bytes()
 
 
 def _started(args, tmp_path, run_dir):
@@ -195,7 +193,7 @@ def test_a_killed_run_resumes_to_exactly_the_uninterrupted_result(tmp_path, unin
 
 def test_resume_with_a_different_experiment_is_refused(tmp_path):
     run_dir = tmp_path / "run"
-    run_cli(["task.p=11", "epochs=3", "logger=none", f"hydra.run.dir={run_dir}"], cwd=tmp_path, check=True)
+    run_here(["task.p=11", "epochs=3", "logger=none"], run_dir)
     result = run_cli(
         ["task.p=13", "epochs=6", "logger=none", f"resume={run_dir}", f"hydra.run.dir={tmp_path / 'again'}"],
         cwd=tmp_path,
@@ -210,7 +208,7 @@ def test_resume_with_a_different_experiment_is_refused(tmp_path):
 
 def test_a_corrupt_checkpoint_is_refused_in_one_line(tmp_path):
     run_dir = tmp_path / "run"
-    run_cli(["task.p=11", "epochs=3", "logger=none", f"hydra.run.dir={run_dir}"], cwd=tmp_path, check=True)
+    run_here(["task.p=11", "epochs=3", "logger=none"], run_dir)
     last = run_dir / "checkpoints" / "last.pt"
     with open(last, "r+b") as f:  # last.pt is a hard link: epoch_000003.pt, the only checkpoint, is damaged too
         f.truncate(last.stat().st_size // 2)

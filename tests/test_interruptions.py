@@ -14,7 +14,7 @@ import pytest
 
 from grok.recording.files import read_metrics
 from grok.system.signals import Interrupted, Preempted, StopRequest, preemption_signal
-from tests.conftest import ROOT, cli_env, run_cli, wandb_records
+from tests.conftest import ROOT, cli_env, run_cli, run_here, wandb_records
 
 ARGS = ["task.p=23", "save_every=100000", "analysis=none", "progress=false", "figures=false"]
 
@@ -89,8 +89,8 @@ def test_a_signal_checkpoints_the_epoch_closes_wandb_and_resume_logs_each_epoch_
 
     end = f"epochs={stopped_at + 30}"  # the resume trains on: a run may be extended
     run_cli([*ARGS, end, "resume=true", f"hydra.run.dir={run_dir}"], cwd=tmp_path, check=True)
-    run_cli([*ARGS, end, "logger=none", f"hydra.run.dir={tmp_path / 'uninterrupted'}"], cwd=tmp_path, check=True)
-    assert metrics.read_bytes() == (tmp_path / "uninterrupted" / "metrics.csv").read_bytes()
+    uninterrupted = run_here([*ARGS, end, "logger=none"], tmp_path / "uninterrupted")
+    assert metrics.read_bytes() == (uninterrupted / "metrics.csv").read_bytes()
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
     assert _history_epochs(run_dir) == list(range(1, stopped_at + 31)), "each epoch exactly once in W&B"
 

@@ -96,6 +96,7 @@ def test_a_sweep_comes_back_as_its_runs_and_its_table(tmp_path):
             "logger=none",
             "progress=false",
             "analysis=none",
+            "figures=false",
             "train_frac=0.3,0.6",
             "hydra/launcher=batched",
             f"hydra.sweep.dir={sweep_dir}",

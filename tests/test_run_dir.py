@@ -18,7 +18,7 @@ import torch
 from grok.config import validate
 from grok.errors import Refused
 from grok.training.loop import Diverged, check_finite
-from tests.conftest import DIVERGES, ROOT, cli_env, make_config, mounted_tmpfs, run_cli
+from tests.conftest import DIVERGES, ROOT, cli_env, make_config, mounted_tmpfs, run_cli, run_here
 
 QUICK = ["task.p=11", "epochs=3", "logger=none", "progress=false", "figures=false"]
 
@@ -121,7 +121,7 @@ def test_every_key_that_changes_the_math_must_match_to_resume():
 
 def test_a_stale_temporary_file_of_a_killed_writer_is_removed_when_the_run_resumes(tmp_path):
     run_dir = tmp_path / "run"
-    run_cli([*QUICK, "save_every=1", f"hydra.run.dir={run_dir}"], cwd=tmp_path, check=True)
+    run_here([*QUICK, "save_every=1"], run_dir)
     stale = [run_dir / "checkpoints" / ".epoch_000004.pt.tmp-99999", run_dir / ".summary.json.tmp-99999"]
     for path in stale:
         path.write_bytes(b"half a file")
@@ -195,10 +195,8 @@ def test_a_full_disk_ends_the_run_in_one_line_and_its_last_checkpoint_resumes_ex
         cwd=tmp_path,
         check=True,
     )
-    run_cli(
-        [*args, "epochs=12", "save_every=100", f"hydra.run.dir={tmp_path / 'uninterrupted'}"], cwd=tmp_path, check=True
-    )
-    assert (run_dir / "metrics.csv").read_bytes() == (tmp_path / "uninterrupted" / "metrics.csv").read_bytes()
+    uninterrupted = run_here([*args, "epochs=12", "save_every=100"], tmp_path / "uninterrupted")
+    assert (run_dir / "metrics.csv").read_bytes() == (uninterrupted / "metrics.csv").read_bytes()
 
 
 def checkpointed_run(tmp_path, *overrides):

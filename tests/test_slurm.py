@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, cli_env, run_cli, wandb_records
+from tests.conftest import ROOT, cli_env, run_cli, run_here, wandb_records
 from tests.slurm_cluster import SlurmCluster, SlurmUnavailable
 
-SWEEP = ["task.p=11", "epochs=30", "train_frac=0.3,0.5", "optimizer.weight_decay=0.1,1.0"]
+SWEEP = ["task.p=11", "epochs=30", "train_frac=0.3,0.5", "optimizer.weight_decay=0.1,1.0", "figures=false"]
 # Small jobs for a 2-CPU node; timeout_min stays above 10 so that a signal means preemption.
 SLURM = [
     "hydra/launcher=slurm",
@@ -65,7 +65,12 @@ def _rows(path: Path) -> int:
 
 
 def test_a_preempted_job_checkpoints_is_requeued_and_resumes_to_the_uninterrupted_result(slurm, tmp_path):
-    args = ["task.p=23", "epochs=800", "save_every=100000"]  # no periodic checkpoint: only the signal's
+    args = [
+        "task.p=23",
+        "epochs=800",
+        "save_every=100000",
+        "figures=false",
+    ]  # no periodic checkpoint: only the signal's
     sweep_dir = tmp_path / "slurm"
     launcher = subprocess.Popen(
         [sys.executable, str(ROOT / "train.py"), "-m", *args, *SLURM, f"hydra.sweep.dir={sweep_dir}"],
@@ -94,8 +99,7 @@ def test_a_preempted_job_checkpoints_is_requeued_and_resumes_to_the_uninterrupte
     preempted_at = int(checkpoints[0][6:12])
     assert 100 <= preempted_at < 800
 
-    run_cli([*args, "logger=none", f"hydra.run.dir={tmp_path / 'uninterrupted'}"], cwd=tmp_path, check=True)
-    assert _metrics(job_dir) == _metrics(tmp_path / "uninterrupted")
+    assert _metrics(job_dir) == _metrics(run_here([*args, "logger=none"], tmp_path / "uninterrupted"))
     assert json.loads((job_dir / "summary.json").read_text())["status"] == "completed"
 
     segments = sorted((job_dir / "wandb").glob("offline-run-*"))

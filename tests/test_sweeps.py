@@ -23,7 +23,7 @@ from tests.conftest import EARLY_EPOCHS, FLOAT32_ROUNDINGS, ROOT, cli_env, make_
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EPOCHS = 40  # enough for p=11 to memorize in some cells
-TINY = ["task.p=11", f"epochs={EPOCHS}", f"save_every={EPOCHS}"]
+TINY = ["task.p=11", f"epochs={EPOCHS}", f"save_every={EPOCHS}", "figures=false"]
 GRID = {"train_frac": ["0.3", "0.5"], "optimizer.weight_decay": ["0.1", "1"]}
 GRID_ARGS = [f"{key}={','.join(values)}" for key, values in GRID.items()]
 
