@@ -117,30 +117,28 @@ def assert_optimizer_states_equal(first: dict, second: dict) -> None:
 
 
 def wandb_records(run_dir: Path, wandb_dir: Path = None) -> dict:
-    """Read a run's offline W&B files back with `wandb leet inspect` (no account, no network);
-    `wandb_dir` picks one segment where a resumed run has several."""
+    """Read a run's offline W&B files back as `wandb leet inspect --json` and `... --summary --json`
+    print them (no account, no network); `wandb_dir` picks one segment where a resumed run has several.
+
+    wandb 0.31's `wandb leet inspect` is a Python command that hands over to W&B's own reader, its
+    wandb-core binary, with these arguments (wandb/cli/leet.py); that reader is called directly here:
+    the same output, byte for byte, in 0.02 s instead of the Python command's ~1 s start-up."""
+    import importlib.util
     import json
 
     if wandb_dir is None:
         (wandb_dir,) = (run_dir / "wandb").glob("offline-run-*")
-    wandb_cli = str(Path(sys.executable).parent / "wandb")
-    records = subprocess.run(
-        [wandb_cli, "leet", "inspect", "--json", str(wandb_dir)],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=cli_env(),
-    ).stdout
-    summary = subprocess.run(
-        [wandb_cli, "leet", "inspect", "--summary", "--json", str(wandb_dir)],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=cli_env(),
-    ).stdout
-    records = [json.loads(line) for line in records.splitlines() if line.strip()]
+    (run_file,) = wandb_dir.glob("run-*.wandb")
+    (package,) = importlib.util.find_spec("wandb").submodule_search_locations
+    inspect = [str(Path(package) / "bin" / "wandb-core"), "leet", "inspect", "--no-observability", "--json"]
+    where = ["--run-file", str(run_file), str(wandb_dir)]
+
+    def read(*flags: str) -> str:
+        return subprocess.run([*inspect, *flags, *where], capture_output=True, text=True, check=True).stdout
+
+    records = [json.loads(line) for line in read().splitlines() if line.strip()]
     return {
         "history": [r["history"]["item"] for r in records if r.get("type") == "history"],
         "run": next(r["run"] for r in records if r.get("type") == "run"),
-        "summary": json.loads(summary),
+        "summary": json.loads(read("--summary")),
     }
