@@ -167,7 +167,7 @@ def start(cfg: DictConfig, out_dir: Path, run_name: str, started: float) -> Expe
     keep_freed_memory()  # no page faults on every epoch's activations (grok/system/speed.py)
     run_id = checkpoint["state"]["wandb_run_id"] if checkpoint is not None else stable_run_id()
     wandb = None
-    if cfg.logger.name == "wandb":  # now: W&B starts in its own process while the data and model are built
+    if cfg.logger.name == "wandb":  # now: W&B starts its run in its own process while the data and model are built
         wandb = WandbLogger(cfg.logger, OmegaConf.to_container(cfg, resolve=True), run_dir, run_id, run_name)
     try:
         data = make_dataset(cfg.task, cfg.train_frac, cfg.data_seed)

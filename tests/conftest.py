@@ -53,7 +53,8 @@ def make_config(overrides: List[str] = ()):
 def run_here(overrides: List[str], run_dir: Path) -> Path:
     """The run `python train.py overrides... hydra.run.dir=run_dir` makes, trained in this process (one
     thread, as run_cli's runs): the same metrics, bit for bit, without a process's start-up. For the
-    runs a test compares the command line's with, `logger=none` (W&B would start in this process)."""
+    runs a test compares the command line's with; `logger=none` (with W&B, this pytest process would
+    start a W&B helper process that lives as long as it does)."""
     from grok.run import run
 
     cfg = make_config(list(overrides))
@@ -117,12 +118,14 @@ def assert_optimizer_states_equal(first: dict, second: dict) -> None:
 
 
 def wandb_records(run_dir: Path, wandb_dir: Path = None) -> dict:
-    """Read a run's offline W&B files back as `wandb leet inspect --json` and `... --summary --json`
-    print them (no account, no network); `wandb_dir` picks one segment where a resumed run has several.
+    """Read a run's offline W&B files back as `WANDB_MODE=offline wandb leet inspect --json <segment>`
+    and `... --summary --json <segment>` print them (no account, no network); `wandb_dir` picks one
+    segment where a resumed run has several.
 
     wandb 0.31's `wandb leet inspect` is a Python command that hands over to W&B's own reader, its
-    wandb-core binary, with these arguments (wandb/cli/leet.py); that reader is called directly here:
-    the same output, byte for byte, in 0.02 s instead of the Python command's ~1 s start-up."""
+    wandb-core binary, with the arguments below (wandb/cli/leet.py; offline: no reports to W&B);
+    that reader is called directly here: the same output (compared byte for byte on a run's files),
+    in 0.02 s a call instead of the Python command's ~1 s start-up."""
     import importlib.util
     import json
 
@@ -131,7 +134,7 @@ def wandb_records(run_dir: Path, wandb_dir: Path = None) -> dict:
     (run_file,) = wandb_dir.glob("run-*.wandb")
     (package,) = importlib.util.find_spec("wandb").submodule_search_locations
     inspect = [str(Path(package) / "bin" / "wandb-core"), "leet", "inspect", "--no-observability", "--json"]
-    where = ["--run-file", str(run_file), str(wandb_dir)]
+    where = ["--run-file", str(run_file), str(wandb_dir.parent)]
 
     def read(*flags: str) -> str:
         return subprocess.run([*inspect, *flags, *where], capture_output=True, text=True, check=True).stdout

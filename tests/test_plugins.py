@@ -33,7 +33,6 @@ def test_a_task_and_a_model_of_your_own_train_through_train_py(tmp_path, own_par
             "epochs=20",
             "logger=none",
             "progress=false",
-            "figures=false",
             f"hydra.run.dir={run_dir}",
         ],
         cwd=tmp_path,

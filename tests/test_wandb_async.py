@@ -53,28 +53,51 @@ def test_the_wandb_history_equals_metrics_csv_row_for_row(tmp_path):
 def test_an_offline_run_sends_nothing_over_the_network(tmp_path):
     """logger.mode=offline, the default, is for machines without a network or an account: the run
     connects to nothing, not even for W&B's own analytics (which wandb 0.31 sends from offline runs
-    unless W&B is set up offline before its first run: grok/recording/wandb_logger.py, `_warm_up`).
-    Every HTTP(S) request the run's processes would make goes to a proxy here, which counts them."""
-    requests = []
+    unless W&B is set up offline before its first run: grok/recording/wandb_logger.py, `_warm_up`),
+    and neither does a run with W&B disabled; here the two one after the other in one process (a
+    multirun), the offline one last. The processes are given a proxy for HTTP(S) (what W&B's clients
+    go through) that counts every connection, those still waiting to be accepted at the end included."""
+    connections = []
+    run_ended = threading.Event()
 
-    def record(listener: socket.socket) -> None:
+    def count(listener: socket.socket) -> None:
+        listener.settimeout(0.05)
         while True:
             try:
                 connection, _ = listener.accept()
-            except OSError:
-                return  # closed: the run has ended
+            except TimeoutError:
+                if run_ended.is_set():
+                    return  # nothing was waiting
+                continue
             with connection:
-                requests.append(connection.recv(200).split(b"\r\n")[0].decode())
+                connection.settimeout(1)
+                try:
+                    request = connection.recv(200).split(b"\r\n")[0].decode()
+                except OSError:
+                    request = ""
+                connections.append(request or "a connection that sent nothing")
 
     with socket.create_server(("127.0.0.1", 0)) as listener:
-        threading.Thread(target=record, args=(listener,), daemon=True).start()
+        counter = threading.Thread(target=count, args=(listener,))
+        counter.start()
         proxy = f"http://127.0.0.1:{listener.getsockname()[1]}"
         env = {name: proxy for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy")}
         env.update(NO_PROXY="", no_proxy="")
-        run_dir = tmp_path / "run"
-        run_cli([*TINY, "epochs=5", f"hydra.run.dir={run_dir}"], cwd=tmp_path, check=True, env=env)
-    assert requests == [], "an offline run connected"
-    assert [row["epoch"] for row in wandb_records(run_dir)["history"]] == [1, 2, 3, 4, 5], "and W&B has the run"
+        sweep_dir = tmp_path / "sweep"
+        try:
+            run_cli(
+                ["-m", *TINY, "epochs=5", "logger.mode=disabled,offline", f"hydra.sweep.dir={sweep_dir}"],
+                cwd=tmp_path,
+                check=True,
+                env=env,
+            )
+        finally:
+            run_ended.set()
+            counter.join()
+    assert connections == [], "a run connected"
+    offline = wandb_records(sweep_dir / "1")
+    assert offline["run"]["config"]["update"]["logger"]["mode"] == "offline"
+    assert [row["epoch"] for row in offline["history"]] == [1, 2, 3, 4, 5], "and W&B has the offline run"
 
 
 def test_a_wandb_failure_at_start_warns_once_and_the_run_completes(tmp_path):

@@ -90,10 +90,11 @@ class WandbLogger:
 
 
 class _Helper:
-    """The process that holds this process's W&B runs, started with the first and ended at exit:
-    one for all the runs of a batched sweep (grok/sweeps/batched.py) or of consecutive jobs. Messages go
-    to it pickled through its stdin; its replies (a failure, a run finished) come back on its stdout
-    to a thread that hands them to their logger."""
+    """The process that holds this process's W&B runs of one mode (offline, online, disabled): started
+    as train.py begins a run (`start_helper`) or with the first such run, ended at exit; one for all
+    the runs of a batched sweep (grok/sweeps/batched.py) or of consecutive jobs. Messages go to it
+    pickled through its stdin; its replies (a failure, a run finished) come back on its stdout to a
+    thread that hands them to their logger."""
 
     def __init__(self, mode: str):
         root = str(Path(__file__).resolve().parents[2])  # this checkout's grok, whatever is installed
@@ -151,7 +152,7 @@ class _Helper:
         self.process.wait()
 
 
-_HELPER: Optional[_Helper] = None
+_HELPERS: Dict[str, _Helper] = {}  # by mode: W&B's settings in a helper are its runs' mode (`_warm_up`)
 _ENDED = "the W&B helper process ended"
 _HELPER_MAIN = (
     "import sys; sys.path.insert(0, sys.argv[1]); from grok.recording.wandb_logger import serve; serve(sys.argv[2])"
@@ -164,10 +165,9 @@ def wandb_mode(cfg) -> str:
 
 
 def _helper(mode: str) -> _Helper:
-    global _HELPER
-    if _HELPER is None or _HELPER.ended:
-        _HELPER = _Helper(mode)
-    return _HELPER
+    if mode not in _HELPERS or _HELPERS[mode].ended:
+        _HELPERS[mode] = _Helper(mode)
+    return _HELPERS[mode]
 
 
 def start_helper(cfg) -> None:
@@ -200,10 +200,10 @@ def serve(mode: str) -> None:
     os.dup2(devnull, 0)
     os.close(devnull)
     os.dup2(2, 1)  # whatever W&B prints goes to stderr, not into the replies
-    _warm_up(mode)
     inbox = queue.SimpleQueue()
     # the pipe is drained at once, whatever W&B is doing: the training process never waits on a write
     threading.Thread(target=_receive, args=(messages, inbox), daemon=True).start()
+    _warm_up(mode)
 
     def reply(key: int, what: str, why: Optional[str] = None) -> None:
         replies.write(pickle.dumps((key, what, why)))
@@ -249,10 +249,11 @@ def _receive(messages, inbox: queue.SimpleQueue) -> None:
 
 
 def _warm_up(mode: str) -> None:
-    """What wandb.init and a run's first rows would import or start, done before the first message
-    arrives, while the training process imports torch and builds its run. In W&B's own settings, the
-    mode the runs will have: offline, W&B starts no analytics for its servers (nor imports their
-    HTTP and OpenTelemetry packages). A failure here is left for wandb.init to meet and report."""
+    """What wandb.init and a run's first rows would import or start (W&B's service), done as the helper
+    starts, while the training process imports torch and builds its run. W&B's process-wide settings
+    get the mode of the helper's runs: offline, W&B starts no analytics for its servers (nor imports
+    requests and the OpenTelemetry SDK for them). A failure here is left for wandb.init to meet and
+    report."""
     try:
         import wandb
 
