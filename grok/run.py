@@ -228,17 +228,17 @@ def draw_figures(experiment: Experiment, rows: List[Dict[str, float]]) -> Dict[s
         for path in paths.values():
             path.unlink(missing_ok=True)
         return {}
-    plot_curves(rows, state.memorize_epoch, state.grok_epoch, paths["curves"])
-    drawn = ["curves"]
+    images = {"curves": paths["curves"]}
+    plot_curves(rows, state.memorize_epoch, state.grok_epoch, images["curves"])
     if (run_dir / "analysis.csv").exists():
-        plot_progress(rows, read_metrics(run_dir / "analysis.csv"), paths["progress"])
-        drawn.append("progress")
+        images["progress"] = paths["progress"]
+        plot_progress(rows, read_metrics(run_dir / "analysis.csv"), images["progress"])
     spectrum = embedding_spectrum(experiment.model, cfg.task.get("p"))
     if spectrum is not None:
+        images["fourier_spectrum"] = paths["fourier_spectrum"]
         frequencies = key_frequencies(spectrum, cfg.analysis.n_key_freqs)
-        plot_fourier_spectrum(spectrum.tolist(), frequencies, paths["fourier_spectrum"])
-        drawn.append("fourier_spectrum")
-    return {name: paths[name] for name in drawn}
+        plot_fourier_spectrum(spectrum.tolist(), frequencies, images["fourier_spectrum"])
+    return images
 
 
 def finish(experiment: Experiment) -> Dict[str, Any]:

@@ -65,12 +65,8 @@ def _rows(path: Path) -> int:
 
 
 def test_a_preempted_job_checkpoints_is_requeued_and_resumes_to_the_uninterrupted_result(slurm, tmp_path):
-    args = [
-        "task.p=23",
-        "epochs=800",
-        "save_every=100000",
-        "figures=false",
-    ]  # no periodic checkpoint: only the signal's
+    no_periodic_checkpoint = "save_every=100000"  # the only checkpoint before the end is the signal's
+    args = ["task.p=23", "epochs=800", no_periodic_checkpoint, "figures=false"]
     sweep_dir = tmp_path / "slurm"
     launcher = subprocess.Popen(
         [sys.executable, str(ROOT / "train.py"), "-m", *args, *SLURM, f"hydra.sweep.dir={sweep_dir}"],
