@@ -11,10 +11,18 @@ PINS := torch==2.13.0 hydra-core==1.3.8 omegaconf==2.3.1 wandb==0.31.0 einops==0
         hydra-joblib-launcher==1.2.0 joblib==1.6.0 hydra-optuna-sweeper==1.3.0 optuna==2.10.1 \
         ruff==0.17.6 import-linter==2.17
 STAMP := $(VENV)/.installed
+# uv installs them (it fetches, unpacks and compiles bytecode in parallel): on a fresh 2-core machine the
+# pins and the project took 36-39 s, where pip took 79 s (docs/performance.md). uv reads no pip
+# configuration: where pip is told to look for wheels on the machine's disk (PIP_FIND_LINKS, or
+# find-links in pip.conf: torch's CPU wheel on the development machines), uv is told too.
+UV_PIN := uv==0.13.8
+UV := $(VENV)/bin/uv
+FIND_LINKS = $(sort $(PIP_FIND_LINKS) $(shell $(PY) -m pip config get global.find-links 2>/dev/null))
+UV_INSTALL = $(UV) pip install --quiet --python $(PY) $(addprefix --find-links ,$(FIND_LINKS))
 # the interp extra (TransformerLens, for grok.to_hooked_transformer): the tests need it, a run does not.
 # Installed without compiling bytecode up front (its 28 packages: 6,000 modules, 2,900 of them
-# transformers'): 16 s instead of 37, for tests/test_interp.py alone, which imports a part of them:
-# 2-7 s more for it, once where Python caches bytecode, every run where PYTHONDONTWRITEBYTECODE is set
+# transformers'), for tests/test_interp.py alone, which imports a part of them: 2-7 s more for it, once
+# where Python caches bytecode, every run where PYTHONDONTWRITEBYTECODE is set
 INTERP_PINS := transformer-lens==3.9.0
 INTERP := $(VENV)/.interp
 # what ruff lints and formats
@@ -29,12 +37,12 @@ install: $(STAMP)  ## the virtual environment .venv, pinned versions, the projec
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check $(PINS)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	$(PY) -m pip install --quiet --disable-pip-version-check $(UV_PIN)
+	$(UV_INSTALL) --compile-bytecode $(PINS) -e ".[test]"
 	touch $@
 
 $(INTERP): $(STAMP)
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile $(INTERP_PINS)
+	$(UV_INSTALL) $(INTERP_PINS)
 	touch $@
 
 train: $(STAMP)  ## the default experiment (ARGS="task=divide train_frac=0.1" for another)
