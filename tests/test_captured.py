@@ -36,23 +36,25 @@ def captured(run, **options):
     return CapturedEpoch(Alone(run).module, run.optimizer, run.scheduler, run.train, run.test, run.loss_fn, **options)
 
 
-def train_both_ways(tmp_path, overrides, device, plain_first=0):
+def train_both_ways(tmp_path, overrides, device, plain_first=0, evaluated=None):
     """EPOCHS epochs of one config, plainly and captured (the first `plain_first` plainly too), from
-    the same weights; returns the two runs and each one's evaluated rows. The captured graph runs the
-    ATen operations it traced (backend aot_eager): the optimizer's math and the functional gradient
-    are what differs, not the compiler's kernels."""
+    the same weights, each epoch evaluated as the run's schedule says or as the list `evaluated`
+    says; returns the two runs and each one's evaluated rows. The captured graph runs the ATen
+    operations it traced (backend aot_eager): the optimizer's math and the functional gradient are
+    what differs, not the compiler's kernels."""
     runs = [experiment(tmp_path, name, overrides, device) for name in ("plain", "captured")]
     engines = [Alone(run) for run in runs]
+    evaluated = evaluated or [runs[0].schedule.evaluated(epoch) for epoch in range(1, EPOCHS + 1)]
     rows = [[], []]
-    for epoch in range(1, EPOCHS + 1):
+    for epoch, with_test in enumerate(evaluated, start=1):
         if epoch == plain_first + 1:
             engines[1].captured = captured(runs[1], backend="aot_eager")
-        evaluated = runs[0].schedule.evaluated(epoch)
         for engine, engine_rows in zip(engines, rows):
-            measured = engine.epoch(evaluated)
-            assert (measured is None) == (not evaluated)
+            measured = engine.epoch(with_test)
+            assert (measured is None) == (not with_test), f"epoch {epoch}: the other graph ran"
             if measured is not None:
                 engine_rows.append(dict(zip(measured[0], measured[1][0].tolist())))
+    assert engines[1].captured is not None, "the captured epoch fell back to the plain one"
     return runs, rows
 
 
@@ -85,6 +87,14 @@ def assert_same_training(runs, rows, rel=1e-9):
 )
 def test_the_captured_epoch_trains_as_the_plain_one(tmp_path, overrides, device):
     assert_same_training(*train_both_ways(tmp_path, overrides, device))
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["evaluated-first", "unevaluated-first"])
+def test_warmed_up_graphs_still_tell_an_evaluated_epoch_from_one_without_a_test_pass(tmp_path, first):
+    # once warmed up, a graph is found by the guards that tell the two apart (and the tensors'): here
+    # the other one is first traced after that, then the two alternate
+    order = [first] * 3 + [not first] * 3 + [True, False] * 3
+    assert_same_training(*train_both_ways(tmp_path, [P11], "cpu", evaluated=order))
 
 
 def test_the_captured_epoch_goes_on_from_the_state_torch_optim_left(tmp_path, device):
