@@ -90,11 +90,11 @@ def test_the_captured_epoch_trains_as_the_plain_one(tmp_path, overrides, device)
 
 
 @pytest.mark.parametrize("first", [True, False], ids=["evaluated-first", "unevaluated-first"])
-def test_warmed_up_graphs_still_tell_an_evaluated_epoch_from_one_without_a_test_pass(tmp_path, first):
+def test_warmed_up_graphs_still_tell_an_evaluated_epoch_from_one_without_a_test_pass(tmp_path, first, device):
     # once warmed up, a graph is found by the guards that tell the two apart (and the tensors'): here
     # the other one is first traced after that, then the two alternate
     order = [first] * 3 + [not first] * 3 + [True, False] * 3
-    assert_same_training(*train_both_ways(tmp_path, [P11], "cpu", evaluated=order))
+    assert_same_training(*train_both_ways(tmp_path, [P11], device, evaluated=order))
 
 
 def test_the_captured_epoch_goes_on_from_the_state_torch_optim_left(tmp_path, device):
