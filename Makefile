@@ -13,11 +13,12 @@ PINS := torch==2.13.0 hydra-core==1.3.8 omegaconf==2.3.1 wandb==0.31.0 einops==0
 STAMP := $(VENV)/.installed
 # uv installs them (it fetches, unpacks and compiles bytecode in parallel): on a fresh 2-core machine the
 # pins and the project took 36-39 s, where pip took 79 s (docs/performance.md). uv reads no pip
-# configuration: where pip is told to look for wheels on the machine's disk (PIP_FIND_LINKS, or
-# find-links in pip.conf: torch's CPU wheel on the development machines), uv is told too.
+# configuration: where pip is told to look for wheels on the machine's disk (find-links in any section
+# of pip.conf or PIP_FIND_LINKS, as `pip config list` shows them: torch's CPU wheel on the development
+# machines), uv is told too.
 UV_PIN := uv==0.13.8
 UV := $(VENV)/bin/uv
-FIND_LINKS = $(sort $(PIP_FIND_LINKS) $(shell $(PY) -m pip config get global.find-links 2>/dev/null))
+FIND_LINKS = $(sort $(shell $(PY) -m pip config list 2>/dev/null | sed -n "s/^[^ ]*\.find-links='\(.*\)'$$/\1/p"))
 UV_INSTALL = $(UV) pip install --quiet --python $(PY) $(addprefix --find-links ,$(FIND_LINKS))
 # the interp extra (TransformerLens, for grok.to_hooked_transformer): the tests need it, a run does not.
 # Installed without compiling bytecode up front (its 28 packages: 6,000 modules, 2,900 of them
