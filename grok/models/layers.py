@@ -1,5 +1,5 @@
 """What the models share: the activations a config may name, seed 001's initialisation, LayerNorm,
-and the checks of the config fields they have in common."""
+the gather of table rows, and the checks of the config fields they have in common."""
 
 import math
 
@@ -25,6 +25,14 @@ class LayerNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.layer_norm(x, x.shape[-1:], self.w, self.b)
+
+
+def gather_rows(table: Tensor, index: Tensor) -> Tensor:
+    """table[index] (index of any shape, table (N, ...)) through index_select: its backward
+    (index_add_) sums into each row in the same order in every process, where advanced indexing's
+    took another order from run to run on two threads, so that one command gave other numbers
+    (docs/runs.md)."""
+    return table.index_select(0, index.flatten()).view(*index.shape, *table.shape[1:])
 
 
 def require(ok: bool, message: str) -> None:

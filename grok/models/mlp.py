@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from grok.models.hooks import HookPoint
-from grok.models.layers import _init, check_widths
+from grok.models.layers import _init, check_widths, gather_rows
 from grok.models.transformer import MLP
 
 
@@ -40,5 +40,5 @@ class OperandMLP(nn.Module):
 
     def forward(self, tokens: Tensor, all_positions: bool = False) -> Tensor:
         # tokens: (B, O + 1) -> logits (B, C); an MLP has no per-position outputs
-        x = self.hook_embed(self.W_E[tokens[:, :-1]].flatten(1))  # (B, O*D)
+        x = self.hook_embed(gather_rows(self.W_E, tokens[:, :-1]).flatten(1))  # (B, O*D)
         return self.mlp(x) @ self.W_U

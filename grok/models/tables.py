@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from grok.models.hooks import hooks_attached
+from grok.models.layers import gather_rows
 from grok.models.mlp import OperandMLP
 from grok.models.transformer import Transformer
 
@@ -93,9 +94,7 @@ def first_block_by_tables(model: Transformer, tokens: Tensor, Q: int, readout: O
     query_tokens = tokens[:, T - Q :]  # (B, Q)
     pair = ((pos[:, None, None] * V + tokens.T[:, :, None]) * V + query_tokens) * Q + pos[:Q]  # (T, B, Q)
     future = (pos[:, None] > pos[T - Q :])[:, None, :, None]  # (T, 1, Q, 1): the key comes after the query
-    # index_select, not pair_scores[pair]: its backward (index_add_) sums in the same order in every
-    # process, where advanced indexing's summed otherwise from run to run on two threads
-    pattern = pair_scores.index_select(0, pair.flatten()).view(*pair.shape, H)  # (T, B, Q, H)
+    pattern = gather_rows(pair_scores, pair)  # (T, B, Q, H)
     pattern = pattern.masked_fill(future, float("-inf")).softmax(dim=0)
 
     # bag rows: the value of (head h, token v, key position t) at (h*V + v)*T + t, then the query's

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from grok.models.hooks import HookPoint
-from grok.models.layers import ACTIVATIONS, LayerNorm, _init, check_layers_and_heads, check_widths
+from grok.models.layers import ACTIVATIONS, LayerNorm, _init, check_layers_and_heads, check_widths, gather_rows
 
 
 @dataclass
@@ -129,7 +129,7 @@ class Transformer(nn.Module):
     def forward(self, tokens: Tensor, all_positions: bool = False) -> Tensor:
         # tokens: (B, T) -> logits (B, C), or (B, T, C) with all_positions
         T = tokens.shape[1]
-        x = self.hook_embed(self.W_E[tokens]) + self.hook_pos_embed(self.W_pos[:T])  # (B, T, D)
+        x = self.hook_embed(gather_rows(self.W_E, tokens)) + self.hook_pos_embed(self.W_pos[:T])  # (B, T, D)
         for block, n_queries in zip(self.blocks, self.n_queries(T, all_positions)):
             x = block(x, n_queries)  # (B, Q, D)
         logits = self.ln_final(x) @ self.W_U  # (B, Q, C)
