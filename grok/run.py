@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
+import torch.utils.deterministic
 from omegaconf import DictConfig, OmegaConf
 
 from grok.config import run_dir_of, validate
@@ -66,10 +67,22 @@ _LEGACY_OPTIMIZER = {"grokfast": None, "grokfast_alpha": 0.98, "grokfast_lamb": 
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device named by `device=`; on a GPU, with PyTorch's deterministic kernels. CUDA's backward of
+    a gather (index_select's, embedding's) sums with atomic adds, in an order that changes from call to
+    call: on an H200 two runs of one command differed from their first epochs, a resumed run from the
+    uninterrupted one, and a run stopped inside a block of epochs from one synced every epoch. The
+    deterministic kernels sum in a fixed order (cuBLAS with a fixed workspace, as it asks). An operation
+    that has none warns rather than stops the run. Memory PyTorch hands out uninitialized stays so
+    (deterministic mode would fill it with NaN first: a kernel more per allocation); the models never
+    read it before writing it."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    elif name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={name}: no CUDA device is available here; use device=auto or device=cpu")
+    if name.startswith("cuda"):
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.utils.deterministic.fill_uninitialized_memory = False
     return torch.device(name)
 
 

@@ -40,9 +40,12 @@ DEVICES = [
 
 
 @pytest.fixture(params=DEVICES)
-def device(request) -> str:
-    """The device a numerical test runs on: "cpu", and "cuda" where there is a GPU."""
-    return request.param
+def device(request) -> Iterator[str]:
+    """The device a numerical test runs on: "cpu", and "cuda" where there is a GPU. A run on the GPU
+    turns on PyTorch's deterministic kernels for its process (grok.run.resolve_device): off again
+    after the test, so that the tests after it run as they would alone."""
+    yield request.param
+    torch.use_deterministic_algorithms(False)
 
 
 def make_config(overrides: List[str] = ()):

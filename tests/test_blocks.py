@@ -114,6 +114,8 @@ def test_runs_trained_together_stop_and_go_on_as_with_every_epoch(tmp_path, devi
     """Three runs in one stack, all in one block: the first and the second stop early inside it, the
     second (listed after the first) sooner; the third trains on. Each run's metrics.csv and last
     checkpoint match the every-epoch run's: the block goes back to the earliest stop, then the next."""
+    # on the CPU the first reaches test_acc 0.25 near epoch 125, the second 0.1 near 100: on a GPU,
+    # whose float32 sums round otherwise, a few epochs later
     runs = [MEMBERS[0], MEMBERS[0] + ["seed=1", "stop.test_acc=0.1"], MEMBERS[1]]
     torch.set_num_threads(1)
     for tag, sync in (("every_", EVERY_EPOCH), ("block_", ONE_BLOCK)):
@@ -121,11 +123,11 @@ def test_runs_trained_together_stop_and_go_on_as_with_every_epoch(tmp_path, devi
         for i, overrides in enumerate(runs):
             out_dir = tmp_path / f"{tag}{i}"
             out_dir.mkdir()
-            config = make_config(SMALL + overrides + sync + [f"device={device}", "epochs=130"])
+            config = make_config(SMALL + overrides + sync + [f"device={device}", "epochs=200"])
             found.append(start(config, out_dir, f"{tag}{i}", time.perf_counter()))
         train_runs(found, StopRequest(), end)
     first, second = (len(read_metrics(tmp_path / f"every_{i}" / "metrics.csv")) for i in (0, 1))
-    assert second < first < 130, "both stop early inside the block, the second first"
+    assert second < first < 200, "both stop early inside the block, the second first"
     for i in range(len(runs)):
         same_files(tmp_path / f"every_{i}", tmp_path / f"block_{i}", "metrics.csv")
         same_checkpoints(tmp_path / f"every_{i}", tmp_path / f"block_{i}")

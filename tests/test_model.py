@@ -41,7 +41,7 @@ def reference_transformer(model, tokens, layer_norm=False):
             h_in = torch.stack([ln(r, block.ln1.w, block.ln1.b) for r in x]) if layer_norm else x
             new = []
             for q_pos in range(len(seq)):
-                attn = torch.zeros(x.shape[1], dtype=x.dtype)
+                attn = torch.zeros_like(x[q_pos])
                 for h in range(a.W_Q.shape[0]):
                     q = h_in[q_pos] @ a.W_Q[h]
                     scores = [q @ (h_in[k] @ a.W_K[h]) / math.sqrt(q.numel()) for k in range(q_pos + 1)]
