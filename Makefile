@@ -15,11 +15,13 @@ STAMP := $(VENV)/.installed
 # pins and the project took 36-39 s, where pip took 79 s (docs/performance.md). uv reads no pip
 # configuration: where pip is told to look for wheels on the machine's disk (find-links in any section
 # of pip.conf or PIP_FIND_LINKS, as `pip config list` shows them: torch's CPU wheel on the development
-# machines), uv is told too.
+# machines), uv is told too. The shell asks .venv's pip when the line runs: make expands a recipe's
+# lines before it runs the first, when a fresh clone has no .venv yet (and uv took PyPI's CUDA torch)
 UV_PIN := uv==0.13.8
 UV := $(VENV)/bin/uv
-FIND_LINKS = $(sort $(shell $(PY) -m pip config list 2>/dev/null | sed -n "s/^[^ ]*\.find-links='\(.*\)'$$/\1/p"))
-UV_INSTALL = $(UV) pip install --quiet --python $(PY) $(addprefix --find-links ,$(FIND_LINKS))
+FIND_LINKS = $$($(PY) -m pip config list 2>/dev/null | sed -n "s/^[^ ]*\.find-links='\(.*\)'$$/\1/p" \
+             | tr ' ' '\n' | sort -u | grep . | sed 's/^/--find-links /')
+UV_INSTALL = $(UV) pip install --quiet --python $(PY) $(FIND_LINKS)
 # the interp extra (TransformerLens, for grok.to_hooked_transformer): the tests need it, a run does not.
 # Installed without compiling bytecode up front (its 28 packages: 6,000 modules, 2,900 of them
 # transformers'), for tests/test_interp.py alone, which imports a part of them: 2-7 s more for it, once
