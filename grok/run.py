@@ -69,8 +69,8 @@ _LEGACY_OPTIMIZER = {"grokfast": None, "grokfast_alpha": 0.98, "grokfast_lamb": 
 def resolve_device(name: str) -> torch.device:
     """The device named by `device=`; on a GPU, with PyTorch's deterministic kernels. CUDA's backward of
     a gather (index_select's, embedding's) sums with atomic adds, in an order that changes from call to
-    call: on an H200 two runs of one command differed from their first epochs, a resumed run from the
-    uninterrupted one, and a run stopped inside a block of epochs from one synced every epoch. The
+    call: on an H200 two runs of one command grokked at different epochs, a resumed run differed from
+    the uninterrupted one, and a run stopped inside a block of epochs from one synced every epoch. The
     deterministic kernels sum in a fixed order (cuBLAS with a fixed workspace, as it asks). An operation
     that has none warns rather than stops the run. Memory PyTorch hands out uninitialized stays so
     (deterministic mode would fill it with NaN first: a kernel more per allocation); the models never
