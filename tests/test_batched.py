@@ -21,7 +21,7 @@ from grok.training import memory
 from grok.training.loop import train_runs
 from grok.training.stacked import Stack
 from tests.conftest import EARLY_EPOCHS, FLOAT32_ROUNDINGS, make_config, run_cli, wandb_records
-from tests.test_speed_equivalence import autograd_ops
+from tests.test_speed_equivalence import autograd_ops, by_embedding_bag
 
 SMALL = [
     "task=noisy_label",
@@ -345,19 +345,19 @@ def test_a_requeued_batch_goes_on_from_its_members_checkpoints(tmp_path, monkeyp
 def test_under_vmap_one_embedding_bag_serves_every_run():
     """grok.models.tables.embedding_bag: vmap has no batching rule for embedding_bag (the models' table
     paths); the one given concatenates the runs' rows. Same sums and gradients as run by run."""
-    from grok.models.tables import embedding_bag
+    from grok.models.tables import Bags, embedding_bag
 
     runs, n_rows, width = 4, 10, 6
     rows = torch.randn(runs, n_rows, width, dtype=torch.float64, requires_grad=True)
     weights = torch.rand(runs, 7, 3, dtype=torch.float64, requires_grad=True)
     index = torch.randint(0, n_rows, (runs, 7, 3))
-    out = torch.vmap(embedding_bag)(index, rows, weights)
+    out = torch.vmap(lambda i, r, w: embedding_bag(Bags(i), r, w))(index, rows, weights)
     by_run = torch.stack([(weights[k, :, :, None] * rows[k][index[k]]).sum(1) for k in range(runs)])  # gather, sum
     assert torch.allclose(out, by_run, rtol=0, atol=1e-12)
     grads = [torch.autograd.grad(value.square().sum(), (rows, weights)) for value in (out, by_run)]
     assert all(torch.allclose(a, b, rtol=1e-12, atol=1e-12) for a, b in zip(*grads))
-    assert "EmbeddingBagBackward0" in autograd_ops(out) and "StackBackward0" not in autograd_ops(out), "one call"
-    unweighted = torch.vmap(lambda r: embedding_bag(index[0], r))(rows)  # the MLP's table: no weights
+    assert by_embedding_bag(out) and "StackBackward0" not in autograd_ops(out), "one call"
+    unweighted = torch.vmap(lambda r: embedding_bag(Bags(index[0]), r))(rows)  # the MLP's table: no weights
     assert torch.allclose(unweighted, rows[:, index[0]].sum(2), rtol=0, atol=1e-12)
 
 

@@ -13,7 +13,7 @@ import torch
 
 from benchmarks import reference
 from grok.data import make_dataset
-from grok.models import build_model, fast, run_with_cache
+from grok.models import build_model, fast, run_with_cache, tables
 from grok.training.experiment import Split
 from grok.training.loop import evaluate, train_epoch
 from grok.training.optimizers import LinearWarmup, build_optimizer, without_dynamo_import
@@ -120,6 +120,11 @@ def autograd_ops(tensor):
     return {type(node).__name__ for node in seen}
 
 
+def by_embedding_bag(tensor) -> bool:
+    """Whether an embedding_bag (the tables' sums of rows, grok/models/tables.py) computed `tensor`."""
+    return any("EmbeddingBagBackward" in name for name in autograd_ops(tensor))
+
+
 # one layer: the tables fold W_U in; two: they return the residual stream; d_mlp=100 and 31 classes:
 # table rows of odd width, padded for embedding_bag; two heads: another order of the bag's rows
 @pytest.mark.float_sensitive
@@ -134,14 +139,56 @@ def test_the_table_path_equals_the_plain_path_in_values_and_gradients(overrides)
     tokens = data.inputs  # all 961 pairs
     for all_positions in [False, True] if cfg.model.name == "transformer" else [False]:
         tables = fast(model)(tokens, all_positions=all_positions)
-        assert "EmbeddingBagBackward0" in autograd_ops(tables), "fast(model) on a large batch: the table path"
+        assert by_embedding_bag(tables), "fast(model) on a large batch: the table path"
         plain = model(tokens, all_positions=all_positions)
-        assert "EmbeddingBagBackward0" not in autograd_ops(plain), "the model itself: the plain path"
+        assert not by_embedding_bag(plain), "the model itself: the plain path"
         assert torch.allclose(tables, plain, rtol=0, atol=1e-12)
         with torch.inference_mode():  # evaluation goes through the tables in slices (2883 rows: three)
             assert torch.allclose(fast(model)(tokens, all_positions=all_positions), plain, rtol=0, atol=1e-12)
         grads = [torch.autograd.grad(out.square().sum(), list(model.parameters())) for out in (tables, plain)]
         assert all(torch.allclose(f, p, rtol=1e-10, atol=1e-10) for f, p in zip(*grads))
+
+
+@pytest.mark.parametrize("weighted", [True, False], ids=["weighted", "unweighted"])
+@pytest.mark.parametrize("by_row", [True, False], ids=["sorted-by-row-ahead", "sorted-in-the-backward"])
+def test_a_bags_sums_and_gradients_are_those_of_gathering_its_rows(weighted, by_row):
+    """tables.embedding_bag against rows[index] summed: rows in several bags, twice in one bag, in none."""
+    torch.manual_seed(0)
+    n_rows = 12
+    rows = torch.randn(n_rows, 5, dtype=torch.float64, requires_grad=True)
+    index = torch.randint(0, n_rows - 2, (40, 4))  # the last two rows in no bag
+    index[0] = 3
+    weights = torch.rand(40, 4, dtype=torch.float64, requires_grad=True) if weighted else None
+    bags = tables.Bags(index).by_row(n_rows) if by_row else tables.Bags(index)
+    out = tables.embedding_bag(bags, rows, weights)
+    gathered = (rows[index] * (weights[..., None] if weighted else 1)).sum(1)
+    assert torch.allclose(out, gathered, rtol=0, atol=1e-12)
+    inputs, grad = [rows, weights] if weighted else [rows], torch.randn_like(out)
+    got, want = (torch.autograd.grad(value, inputs, grad) for value in (out, gathered))
+    assert all(torch.allclose(a, b, rtol=0, atol=1e-12) for a, b in zip(got, want))
+    assert (got[0][-2:] == 0).all(), "a row in no bag: no gradient"
+
+
+def test_the_indices_of_a_batch_of_tokens_are_made_once_and_again_when_the_tokens_change():
+    """A split's tokens are the same every epoch: the table path makes their indices once
+    (tables.per_batch_of_tokens), and again when they change in place or are other tokens."""
+    made = []
+    total = lambda tokens: made.append(1) or tokens.sum().item()
+    tokens = torch.arange(12).view(4, 3)
+    assert tables.per_batch_of_tokens(total, tokens) == 66
+    assert tables.per_batch_of_tokens(total, tokens[:]) == 66 and len(made) == 1, "a view of the same tokens"
+    tokens[0, 0] = 5
+    assert tables.per_batch_of_tokens(total, tokens) == 71 and len(made) == 2, "changed in place"
+    assert tables.per_batch_of_tokens(total, tokens.clone()) == 71 and len(made) == 3, "other tokens"
+
+    cfg = make_config(["task.p=31"])
+    data = make_dataset(cfg.task, 0.5, 0)
+    model = build_model(cfg.model, data.n_vocab, data.n_classes, 3)
+    tokens = data.inputs.clone()
+    fast(model)(tokens)
+    tokens[:, 0] = tokens[:, 0].flip(0)  # other operands, in the same memory
+    assert by_embedding_bag(fast(model)(tokens))
+    assert torch.allclose(fast(model)(tokens), model(tokens), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.float_sensitive
@@ -160,7 +207,7 @@ def test_a_hook_attached_sends_even_a_large_batch_down_the_plain_path(on):
         handle = model.register_forward_hook(lambda m, i, output: 2 * output)
     edited = fast(model)(data.inputs)
     handle.remove()
-    assert "EmbeddingBagBackward0" not in autograd_ops(edited)
+    assert not by_embedding_bag(edited)
     assert torch.allclose(edited, expected, rtol=0, atol=1e-12), "the hook edited the large batch"
     assert torch.allclose(logits[:, -1], fast(model)(data.inputs), rtol=0, atol=1e-12)
 

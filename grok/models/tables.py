@@ -12,7 +12,8 @@ C classes, O operands.
 """
 
 import math
-from typing import Optional
+from collections import OrderedDict
+from typing import Callable, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -82,7 +83,7 @@ def first_block_by_tables(model: Transformer, tokens: Tensor, Q: int, readout: O
     (B, M) @ (M, C)."""
     attn, mlp = model.blocks[0].attn, model.blocks[0].mlp
     (B, T), V, (H, _, E) = tokens.shape, model.W_E.shape[0], attn.W_Q.shape
-    pos, heads = torch.arange(T, device=tokens.device), torch.arange(H, device=tokens.device)
+    pos = torch.arange(T, device=tokens.device)
     resid = model.W_E[:, None] + model.W_pos[:T]  # (V, T, D): token v at position t
     q = torch.einsum("vtd,hde->vthe", resid[:, T - Q :], attn.W_Q)  # (V, Q, H, E)
     k = torch.einsum("vtd,hde->vthe", resid, attn.W_K)  # (V, T, H, E)
@@ -91,19 +92,12 @@ def first_block_by_tables(model: Transformer, tokens: Tensor, Q: int, readout: O
     # (key position, example, query, head) order: the softmax over the T keys then runs along the
     # first axis, vectorized across examples (along a last axis of length T it is ~20x slower)
     pair_scores = torch.einsum("aqhe,bkhe->kbaqh", q, k).flatten(0, 3) / math.sqrt(E)  # (T*V*V*Q, H)
-    query_tokens = tokens[:, T - Q :]  # (B, Q)
-    pair = ((pos[:, None, None] * V + tokens.T[:, :, None]) * V + query_tokens) * Q + pos[:Q]  # (T, B, Q)
+    pair, bags = per_batch_of_tokens(transformer_indices, tokens, V, H, Q, gets_a_backward(tokens))
     future = (pos[:, None] > pos[T - Q :])[:, None, :, None]  # (T, 1, Q, 1): the key comes after the query
     pattern = gather_rows(pair_scores, pair)  # (T, B, Q, H)
     pattern = pattern.masked_fill(future, float("-inf")).softmax(dim=0)
-
-    # bag rows: the value of (head h, token v, key position t) at (h*V + v)*T + t, then the query's
-    # own residual row (position q, token v) at H*V*T + q*V + v, which carries the biases
-    value_index = (heads[:, None] * V + tokens[:, None, :]) * T + pos  # (B, H, T)
-    own_index = H * V * T + pos[:Q] * V + query_tokens  # (B, Q)
-    index = torch.cat([value_index[:, None].expand(B, Q, H, T).flatten(2), own_index[..., None]], dim=-1)
-    weights = torch.cat([pattern.permute(1, 2, 3, 0).flatten(2), pattern.new_ones(B, Q, 1)], dim=-1)  # as index
-    index, weights = index.flatten(0, 1), weights.flatten(0, 1)  # one bag of H*T + 1 rows per query
+    weights = torch.cat([pattern.permute(1, 2, 3, 0).flatten(2), pattern.new_ones(B, Q, 1)], dim=-1)  # as bags
+    weights = weights.flatten(0, 1)  # one bag of H*T + 1 rows per query
 
     # table rows [the MLP's pre-activation (M) | the residual stream (D), or with readout the logits
     # it adds (C) | zeros up to a multiple of 8 floats, on which embedding_bag's backward runs several
@@ -118,17 +112,34 @@ def first_block_by_tables(model: Transformer, tokens: Tensor, Q: int, readout: O
     own_rows = torch.cat([own @ mlp.W_in + mlp.b_in, read(own + mlp.b_out), zeros(Q * V)], dim=-1)
     rows = torch.cat([value_rows.flatten(0, 2), own_rows])  # (H*V*T + Q*V, sum(widths))
 
-    def rest_of_block(index: Tensor, weights: Tensor) -> Tensor:
+    def rest_of_block(bags: Bags, weights: Tensor) -> Tensor:
         # -> (n, D or C): the stream after attention (+ b_out) + the MLP's output, through readout if given
-        pre, stream, _ = embedding_bag(index, rows, weights).split(widths, dim=1)
+        pre, stream, _ = embedding_bag(bags, rows, weights).split(widths, dim=1)
         return torch.addmm(stream, mlp.act(pre), W_out)
 
     if torch.is_grad_enabled():
-        return rest_of_block(index, weights).view(B, Q, -1)
+        return rest_of_block(bags, weights).view(B, Q, -1)
     # inference: in slices whose (slice, M) activations stay in cache from one step to the next, joined
     # flat (torch.cat runs ~10x slower on rows whose width is not a multiple of 8 floats, as C=97's)
-    parts = [rest_of_block(*part).flatten() for part in zip(index.split(1024), weights.split(1024))]
+    parts = [rest_of_block(Bags(index), w).flatten() for index, w in zip(bags.index.split(1024), weights.split(1024))]
     return torch.cat(parts).view(B, Q, -1)
+
+
+def transformer_indices(tokens: Tensor, V: int, H: int, Q: int, backward: bool) -> Tuple[Tensor, "Bags"]:
+    """What first_block_by_tables looks up for a batch of tokens (B, T): the pair_scores row of each
+    (key position, example, query) (T, B, Q), and the bags (by row too where they get a `backward`).
+    A bag per query holds the value rows of (head h, token v, key position t) at (h*V + v)*T + t,
+    then the query's own residual row (position q, token v) at H*V*T + q*V + v, which carries the
+    biases."""
+    (B, T), device = tokens.shape, tokens.device
+    pos, heads = torch.arange(T, device=device), torch.arange(H, device=device)
+    query_tokens = tokens[:, T - Q :]  # (B, Q)
+    pair = ((pos[:, None, None] * V + tokens.T[:, :, None]) * V + query_tokens) * Q + pos[:Q]  # (T, B, Q)
+    value_index = (heads[:, None] * V + tokens[:, None, :]) * T + pos  # (B, H, T)
+    own_index = H * V * T + pos[:Q] * V + query_tokens  # (B, Q)
+    index = torch.cat([value_index[:, None].expand(B, Q, H, T).flatten(2), own_index[..., None]], dim=-1)
+    bags = Bags(index.flatten(0, 1))
+    return pair, bags.by_row(H * V * T + Q * V) if backward else bags
 
 
 # ----------------------------------------------------------------------------- operand MLP
@@ -136,21 +147,111 @@ def operand_mlp_by_tables(model: OperandMLP, tokens: Tensor) -> Tensor:
     """OperandMLP.forward with the hidden layer's input from a table: concat(W_E[a], W_E[b]) @ W_in =
     W_E[a] @ W_in[:D] + W_E[b] @ W_in[D:], so one (O, V, M) table holds every operand's term, and each
     example sums O rows of it (embedding_bag: gather + sum)."""
-    mlp, operands = model.mlp, tokens[:, :-1]  # (B, O)
-    (V, D), O = model.W_E.shape, operands.shape[1]
+    mlp, (V, D), O = model.mlp, model.W_E.shape, tokens.shape[1] - 1
     table = torch.einsum("vd,odm->ovm", model.W_E, mlp.W_in.view(O, D, -1)).flatten(0, 1)  # (O*V, M)
-    rows = operands + V * torch.arange(O, device=tokens.device)  # (B, O) rows of the table
-    pre = embedding_bag(rows, table) + mlp.b_in  # (B, M)
-    return (mlp.act(pre) @ mlp.W_out + mlp.b_out) @ model.W_U
+    pre = embedding_bag(per_batch_of_tokens(operand_bags, tokens, V, gets_a_backward(tokens)), table) + mlp.b_in
+    return (mlp.act(pre) @ mlp.W_out + mlp.b_out) @ model.W_U  # pre: (B, M)
+
+
+def operand_bags(tokens: Tensor, V: int, backward: bool) -> "Bags":
+    """Each example's bag: its O operands' rows of the (O*V, M) table (by row too where they get a `backward`)."""
+    O = tokens.shape[1] - 1
+    bags = Bags(tokens[:, :-1] + V * torch.arange(O, device=tokens.device))  # (B, O)
+    return bags.by_row(O * V) if backward else bags
+
+
+# ----------------------------------------------------------------------------- per batch of tokens
+_PER_TOKENS: "OrderedDict[tuple, tuple]" = OrderedDict()  # key: (tokens, result), the latest last
+_KEPT = 4  # the train split, the test split and a few more
+
+
+def per_batch_of_tokens(make: Callable, tokens: Tensor, *args):
+    """make(tokens, *args), computed once per batch of tokens: a split's tokens, and so the indices
+    made from them, are the same every epoch. The last few are kept, keyed by where the tokens lie,
+    their shape, strides and version (an in-place change bumps it) and `args`; an entry holds its
+    tokens, so that their memory is not reused while it is kept. While torch.compile traces, the
+    graph computes them."""
+    if (
+        torch.compiler.is_compiling()
+        or torch._C._functorch.is_functorch_wrapped_tensor(tokens)
+        or tokens.is_inference()
+    ):
+        return make(tokens, *args)  # (an inference tensor has no version)
+    key = (make, tokens.device, tokens.data_ptr(), tokens.shape, tokens.stride(), tokens._version, args)
+    if key not in _PER_TOKENS:
+        _PER_TOKENS[key] = (tokens, make(tokens, *args))
+        if len(_PER_TOKENS) > _KEPT:
+            _PER_TOKENS.popitem(last=False)
+    _PER_TOKENS.move_to_end(key)
+    return _PER_TOKENS[key][1]
 
 
 # ----------------------------------------------------------------------------- embedding_bag
-def embedding_bag(index: Tensor, rows: Tensor, weights: Optional[Tensor] = None) -> Tensor:
-    """F.embedding_bag in mode "sum": out[n] = sum_j weights[n, j] * rows[index[n, j]] (weights 1 when
-    None). Under torch.vmap, with a stack of runs' rows (grok/sweeps/batched.py), one call for all runs."""
+def gets_a_backward(tokens: Tensor) -> bool:
+    """Whether the bags made from `tokens` go through _EmbeddingBag's backward, which reads them by row.
+    Under torch.vmap, where runs trained together have tokens of their own, _RunsEmbeddingBag sums
+    every run's bags in one call, whose entries are others."""
+    return torch.is_grad_enabled() and not torch._C._functorch.is_batchedtensor(tokens)
+
+
+class Bags(NamedTuple):
+    """Bags of table rows: bag n sums rows index[n, 0], ..., index[n, J-1]. For the rows' gradient
+    the same entries by row: `order` lists the entries (n*J + j) sorted by row, stably, and row r's
+    are order[starts[r]:starts[r+1]]. Where they are not given, the backward sorts."""
+
+    index: Tensor  # (N, J)
+    order: Optional[Tensor] = None  # (N*J,)
+    starts: Optional[Tensor] = None  # (R,)
+
+    def by_row(self, n_rows: int) -> "Bags":
+        sorted_rows, order = torch.sort(self.index.flatten(), stable=True)
+        starts = torch.searchsorted(sorted_rows, torch.arange(n_rows, device=sorted_rows.device))
+        return Bags(self.index, order, starts)
+
+
+def embedding_bag(bags: Bags, rows: Tensor, weights: Optional[Tensor] = None) -> Tensor:
+    """F.embedding_bag in mode "sum": out[n] = sum_j weights[n, j] * rows[bags.index[n, j]] (weights 1
+    when None). Under torch.vmap, with a stack of runs' rows (grok/sweeps/batched.py), one call for all runs."""
     if torch._C._functorch.is_batchedtensor(rows):  # inside torch.vmap, over runs
-        return _RunsEmbeddingBag.apply(index, rows, weights)
-    return F.embedding_bag(index, rows, per_sample_weights=weights, mode="sum")
+        return _RunsEmbeddingBag.apply(bags.index, rows, weights)
+    return _EmbeddingBag.apply(bags.index, rows, weights, bags.order, bags.starts)
+
+
+class _EmbeddingBag(torch.autograd.Function):
+    """F.embedding_bag, whose rows' gradient is a bag too: grad_rows[r] sums weights[n, j] * grad[n]
+    over the entries (n, j) with index[n, j] = r, so with the entries sorted by row (Bags.by_row) it is
+    an embedding_bag over grad's rows. PyTorch's own backward sorts them the same way and then
+    scatters: the same sums in the same order, at half its speed on a CPU (docs/performance.md)."""
+
+    @staticmethod
+    def forward(index, rows, weights, order, starts) -> Tensor:
+        return F.embedding_bag(index, rows, per_sample_weights=weights, mode="sum")
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        index, rows, weights, order, starts = ctx.saved_tensors
+        (N, J), entries = index.shape, index.flatten()
+        grad_rows = grad_weights = None
+        if ctx.needs_input_grad[1]:
+            if order is None:
+                _, order, starts = Bags(index).by_row(len(rows))
+            by_row_weights = None if weights is None else weights.flatten()[order]
+            grad_rows = F.embedding_bag(order // J, grad, starts, per_sample_weights=by_row_weights, mode="sum")
+        if weights is not None and ctx.needs_input_grad[2]:  # weights[n, j]'s: grad[n] . rows[index[n, j]]
+            bags = torch.arange(N, device=index.device)
+            grad_weights = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+                grad,
+                rows,
+                entries,
+                bags * J,
+                bags.repeat_interleave(J),
+                0,  # mode 0: sum
+            ).view(N, J)
+        return None, grad_rows, grad_weights, None, None
 
 
 class _RunsEmbeddingBag(torch.autograd.Function):
@@ -181,5 +282,5 @@ class _RunsEmbeddingBag(torch.autograd.Function):
         offsets = rows.shape[1] * torch.arange(runs, device=index.device)  # run k's rows start at k * R
         flat_index = (index + offsets.view(runs, 1, 1)).flatten(0, 1)  # (K*N, J)
         flat_weights = None if weights is None else stacked(weights, in_dims[2]).flatten(0, 1)
-        out = F.embedding_bag(flat_index, rows.flatten(0, 1), per_sample_weights=flat_weights, mode="sum")
+        out = _EmbeddingBag.apply(flat_index, rows.flatten(0, 1), flat_weights, None, None)
         return out.view(runs, -1, out.shape[-1]), 0
