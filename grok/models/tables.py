@@ -214,6 +214,8 @@ def embedding_bag(bags: Bags, rows: Tensor, weights: Optional[Tensor] = None) ->
     when None). Under torch.vmap, with a stack of runs' rows (grok/sweeps/batched.py), one call for all runs."""
     if torch._C._functorch.is_batchedtensor(rows):  # inside torch.vmap, over runs
         return _RunsEmbeddingBag.apply(bags.index, rows, weights)
+    if not torch.is_grad_enabled():  # evaluation: no backward, no Function's cost per call
+        return F.embedding_bag(bags.index, rows, per_sample_weights=weights, mode="sum")
     return _EmbeddingBag.apply(bags.index, rows, weights, bags.order, bags.starts)
 
 
@@ -239,7 +241,7 @@ class _EmbeddingBag(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             if order is None:
                 _, order, starts = Bags(index).by_row(len(rows))
-            by_row_weights = None if weights is None else weights.flatten()[order]
+            by_row_weights = None if weights is None else weights.flatten().index_select(0, order)
             grad_rows = F.embedding_bag(order // J, grad, starts, per_sample_weights=by_row_weights, mode="sum")
         if weights is not None and ctx.needs_input_grad[2]:  # weights[n, j]'s: grad[n] . rows[index[n, j]]
             bags = torch.arange(N, device=index.device)
