@@ -189,8 +189,8 @@ def per_batch_of_tokens(make: Callable, tokens: Tensor, *args):
 # ----------------------------------------------------------------------------- embedding_bag
 def gets_a_backward(tokens: Tensor) -> bool:
     """Whether the bags made from `tokens` go through _EmbeddingBag's backward, which reads them by row.
-    Under torch.vmap, where runs trained together have tokens of their own, _RunsEmbeddingBag sums
-    every run's bags in one call, whose entries are others."""
+    Runs trained together with tokens of their own (under torch.vmap) go through _RunsEmbeddingBag,
+    whose one call over every run's bags sorts its own entries."""
     return torch.is_grad_enabled() and not torch._C._functorch.is_batchedtensor(tokens)
 
 
@@ -222,8 +222,8 @@ def embedding_bag(bags: Bags, rows: Tensor, weights: Optional[Tensor] = None) ->
 class _EmbeddingBag(torch.autograd.Function):
     """F.embedding_bag, whose rows' gradient is a bag too: grad_rows[r] sums weights[n, j] * grad[n]
     over the entries (n, j) with index[n, j] = r, so with the entries sorted by row (Bags.by_row) it is
-    an embedding_bag over grad's rows. PyTorch's own backward sorts them the same way and then
-    scatters: the same sums in the same order, at half its speed on a CPU (docs/performance.md)."""
+    an embedding_bag over grad's rows. PyTorch's own backward sorts the entries too, then scatters
+    them: on a CPU at half the speed (docs/performance.md)."""
 
     @staticmethod
     def forward(index, rows, weights, order, starts) -> Tensor:
