@@ -30,7 +30,9 @@ PAUSE = 0.02
 
 # argv: the tree, threads (0: PyTorch's), device, overrides. One epoch per line read; its seconds written.
 WORKER = """
-import sys, time
+import os, sys, time
+replies = os.fdopen(os.dup(1), "w")
+os.dup2(2, 1)  # what the harness prints goes to stderr, not into the replies
 root, threads, device, overrides = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4].split()
 sys.path.insert(0, root)
 import torch
@@ -47,7 +49,7 @@ harness = setup(overrides, resolve_device(device))[0]
 for _ in sys.stdin:
     start = time.perf_counter()
     harness()  # reads its metrics back: on a GPU, it waits for the epoch's work
-    print(time.perf_counter() - start, flush=True)
+    print(time.perf_counter() - start, file=replies, flush=True)
 """
 
 
@@ -74,7 +76,7 @@ def export(revision: str, into: Path) -> None:
     """The tree of `revision` (git archive), into the directory `into`."""
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision], capture_output=True)
     if archive.returncode:
-        raise SystemExit(f"revision {revision!r}: {archive.stderr.decode().strip()}")
+        raise SystemExit(f"revision {revision!r}: {' '.join(archive.stderr.decode().split())}")
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
 
 
@@ -102,11 +104,17 @@ def compare(trees: Dict[str, Path], epochs: int, warm_up: int, threads: int, dev
     }
 
 
+def pairs(text: str) -> int:
+    if not text.isdigit() or int(text) < 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: at least 2 (quartiles need two ratios)")
+    return int(text)
+
+
 def main(argv: Optional[List[str]] = None) -> Dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("revision", help="a git revision of this repository (HEAD~1, a commit, a branch)")
     parser.add_argument("--experiment", default="", help='Hydra overrides, space separated (default: "")')
-    parser.add_argument("--epochs", type=int, default=300, help="epochs timed of each (default: 300)")
+    parser.add_argument("--epochs", type=pairs, default=300, help="epochs timed of each, >= 2 (default: 300)")
     parser.add_argument("--warm-up", type=int, default=5, help="epochs of each not timed first (default: 5)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: PyTorch's, all cores)")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | auto (default: cpu)")

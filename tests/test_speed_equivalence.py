@@ -169,6 +169,29 @@ def test_a_bags_sums_and_gradients_are_those_of_gathering_its_rows(weighted, by_
     assert (got[0][-2:] == 0).all(), "a row in no bag: no gradient"
 
 
+@pytest.mark.filterwarnings("ignore:There is a performance drop")  # vmap runs embedding_bag per batch
+@pytest.mark.filterwarnings("ignore:torch.searchsorted")  # and the backward's sort of each batch's entries
+@pytest.mark.parametrize("model_name", ["transformer", "mlp"])
+def test_under_torch_func_transforms_the_table_path_equals_the_plain_path(model_name):
+    """torch.func.grad (twice: the indices made within it are not kept) and torch.vmap over batches
+    of tokens through one model."""
+    cfg = make_config(["task.p=31", f"model={model_name}"])
+    data = make_dataset(cfg.task, 0.5, 0)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, data.n_vocab, data.n_classes, 3).double()
+    params = dict(model.named_parameters())
+    loss = lambda net, tokens: lambda p: torch.func.functional_call(net, p, (tokens,)).logsumexp(-1).sum()
+    plain = torch.func.grad(loss(model, data.inputs))(params)
+    for _ in range(2):
+        by_tables = torch.func.grad(loss(fast(model), data.inputs))({f"model.{k}": v for k, v in params.items()})
+        assert all(torch.allclose(by_tables[f"model.{k}"], g, rtol=1e-10, atol=1e-10) for k, g in plain.items())
+    batches = torch.stack([data.inputs, data.inputs.flip(0)])
+    out, expected = torch.vmap(fast(model))(batches), torch.stack([model(tokens) for tokens in batches])
+    assert by_embedding_bag(out) and torch.allclose(out, expected, rtol=0, atol=1e-12)
+    grads = [torch.autograd.grad(value.square().sum(), list(model.parameters())) for value in (out, expected)]
+    assert all(torch.allclose(a, b, rtol=1e-10, atol=1e-10) for a, b in zip(*grads))
+
+
 def test_the_indices_of_a_batch_of_tokens_are_made_once_and_again_when_the_tokens_change():
     """A split's tokens are the same every epoch: the table path makes their indices once
     (tables.per_batch_of_tokens), and again when they change in place or are other tokens."""

@@ -18,6 +18,7 @@ from typing import Callable, NamedTuple, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils._pytree import tree_leaves
 
 from grok.models.hooks import hooks_attached
 from grok.models.layers import gather_rows
@@ -168,22 +169,31 @@ _KEPT = 4  # the train split, the test split and a few more
 def per_batch_of_tokens(make: Callable, tokens: Tensor, *args):
     """make(tokens, *args), computed once per batch of tokens: a split's tokens, and so the indices
     made from them, are the same every epoch. The last few are kept, keyed by where the tokens lie,
-    their shape, strides and version (an in-place change bumps it) and `args`; an entry holds its
-    tokens, so that their memory is not reused while it is kept. While torch.compile traces, the
-    graph computes them."""
-    if (
-        torch.compiler.is_compiling()
-        or torch._C._functorch.is_functorch_wrapped_tensor(tokens)
-        or tokens.is_inference()
-    ):
-        return make(tokens, *args)  # (an inference tensor has no version)
+    their shape, strides and version (which an in-place change bumps; a write that autograd does not
+    see, through `.data`, the storage or a numpy array, is not seen here either) and `args`; an entry
+    holds its tokens, so that their memory is not reused while it is kept. Only plain tensors are
+    kept: while torch.compile traces, the graph computes them; within a torch.func transform or
+    inference mode, they are made afresh."""
+    if torch.compiler.is_compiling() or not _plain(tokens):
+        return make(tokens, *args)
     key = (make, tokens.device, tokens.data_ptr(), tokens.shape, tokens.stride(), tokens._version, args)
     if key not in _PER_TOKENS:
-        _PER_TOKENS[key] = (tokens, make(tokens, *args))
+        made = make(tokens, *args)
+        if not all(map(_plain, tree_leaves(made))):
+            return made
+        _PER_TOKENS[key] = (tokens, made)
         if len(_PER_TOKENS) > _KEPT:
             _PER_TOKENS.popitem(last=False)
     _PER_TOKENS.move_to_end(key)
     return _PER_TOKENS[key][1]
+
+
+def _plain(tensor) -> bool:
+    """Not a torch.func transform's wrapper nor an inference tensor (which has no version)."""
+    return not (
+        isinstance(tensor, Tensor)
+        and (torch._C._functorch.is_functorch_wrapped_tensor(tensor) or tensor.is_inference())
+    )
 
 
 # ----------------------------------------------------------------------------- embedding_bag
@@ -223,7 +233,10 @@ class _EmbeddingBag(torch.autograd.Function):
     """F.embedding_bag, whose rows' gradient is a bag too: grad_rows[r] sums weights[n, j] * grad[n]
     over the entries (n, j) with index[n, j] = r, so with the entries sorted by row (Bags.by_row) it is
     an embedding_bag over grad's rows. PyTorch's own backward sorts the entries too, then scatters
-    them: on a CPU at half the speed (docs/performance.md)."""
+    them: on a CPU at half the speed (docs/performance.md). Under torch.vmap with the rows unbatched
+    (one model, batches of tokens), vmap runs forward and backward per batch."""
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(index, rows, weights, order, starts) -> Tensor:
@@ -261,8 +274,8 @@ class _RunsEmbeddingBag(torch.autograd.Function):
     and stacks the results (7-13x slower than one call, for 8 runs of the default experiment's
     tables, forward and backward). Here the runs' rows are
     concatenated, each run's indices shifted into its own block, and one embedding_bag computes every
-    run's sums. vmap applies the rule to the unbatched tensors, so autograd records that native call
-    and its native backward; the Function's own forward and backward never run."""
+    run's sums. vmap applies the rule to the unbatched tensors, so autograd records that one call
+    (_EmbeddingBag's); this Function's own forward and backward never run."""
 
     @staticmethod
     def forward(index: Tensor, rows: Tensor, weights: Optional[Tensor]) -> Tensor:
