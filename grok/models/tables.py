@@ -162,7 +162,7 @@ def operand_bags(tokens: Tensor, V: int, backward: bool) -> "Bags":
 
 
 # ----------------------------------------------------------------------------- per batch of tokens
-_PER_TOKENS: "OrderedDict[tuple, tuple]" = OrderedDict()  # key: (tokens, result), the latest last
+_PER_TOKENS: "OrderedDict[tuple, tuple]" = OrderedDict()  # key -> (its tokens, the result), latest last
 _KEPT = 4  # the train split, the test split and a few more
 
 
