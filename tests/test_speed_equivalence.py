@@ -206,6 +206,7 @@ def test_the_indices_of_a_batch_of_tokens_are_made_once_and_again_when_the_token
 
     cfg = make_config(["task.p=31"])
     data = make_dataset(cfg.task, 0.5, 0)
+    torch.manual_seed(0)
     model = build_model(cfg.model, data.n_vocab, data.n_classes, 3)
     tokens = data.inputs.clone()
     fast(model)(tokens)
