@@ -192,7 +192,7 @@ def setup(overrides: List[str], device: torch.device):
             ref, ref_optimizer, ref_scheduler, (train.inputs, train.labels), (test.inputs, test.labels)
         )
 
-    uncompiled = harness_epoch(cfg, fast(model), train, test, optimizer, scheduler, generator)
+    uncompiled = harness_epoch(cfg, fast(model, shares_tables=True), train, test, optimizer, scheduler, generator)
     if not cfg.compile:
         return uncompiled, uncompiled, reference_epoch
     # what grok.training.loop.Alone trains with compile=true: the whole epoch as one compiled graph

@@ -46,10 +46,10 @@ def setup(overrides, dtype, device="cpu"):
 def harness_run(overrides, dtype, epochs, device="cpu"):
     cfg, model, _, train, test = setup(overrides, dtype, device)
     optimizer, scheduler = build_optimizer(cfg.optimizer, cfg.transforms, model.parameters())
-    rows = []
+    module, rows = fast(model, shares_tables=True), []  # as the training loop's
     for _ in range(epochs):
-        train_metrics = train_epoch(fast(model), train, optimizer, scheduler, None, None)
-        test_metrics = evaluate(fast(model), test)
+        train_metrics = train_epoch(module, train, optimizer, scheduler, None, None)
+        test_metrics = evaluate(module, test)
         metrics = [train_metrics["loss"], train_metrics["acc"], test_metrics["loss"], test_metrics["acc"]]
         rows.append([float(value) for value in metrics])
     return torch.tensor(rows, dtype=torch.float64)
@@ -203,6 +203,9 @@ def test_the_indices_of_a_batch_of_tokens_are_made_once_and_again_when_the_token
     tokens[0, 0] = 5
     assert tables.per_batch_of_tokens(total, tokens) == 71 and len(made) == 2, "changed in place"
     assert tables.per_batch_of_tokens(total, tokens.clone()) == 71 and len(made) == 3, "other tokens"
+    with torch.inference_mode():  # a test pass's: kept too, as plain tensors that outlive inference mode
+        first = tables.per_batch_of_tokens(torch.clone, tokens)
+        assert tables.per_batch_of_tokens(torch.clone, tokens) is first and not first.is_inference()
 
     cfg = make_config(["task.p=31"])
     data = make_dataset(cfg.task, 0.5, 0)
@@ -213,6 +216,52 @@ def test_the_indices_of_a_batch_of_tokens_are_made_once_and_again_when_the_token
     tokens[:, 0] = tokens[:, 0].flip(0)  # other operands, in the same memory
     assert by_embedding_bag(fast(model)(tokens))
     assert torch.allclose(fast(model)(tokens), model(tokens), rtol=1e-5, atol=1e-5)
+
+
+def test_the_training_loops_test_pass_makes_the_tables_that_its_next_step_backpropagates_through(monkeypatch):
+    """An epoch's test pass and the next epoch's training forward see the same weights: the loop's
+    module (fast(model, shares_tables=True)) makes the weights' tables once for both, and the step's
+    gradients are the plain path's. They serve the next forward alone, and only the weights they were
+    made of: after a step, a load, or a forward down the plain path, they are made again."""
+    made = []
+    make = tables.first_block_tables
+    monkeypatch.setattr(tables, "first_block_tables", lambda *args: made.append(1) or make(*args))
+    cfg = make_config(["task.p=31"])
+    data = make_dataset(cfg.task, 0.5, 0)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, data.n_vocab, data.n_classes, 3).double()
+    module = fast(model, shares_tables=True)
+
+    def gradients(forward, tokens=data.inputs):
+        model.zero_grad()
+        forward(tokens).logsumexp(-1).sum().backward()
+        return [param.grad.clone() for param in model.parameters()]
+
+    def equal(got, want):
+        return all(torch.allclose(a, b, rtol=1e-10, atol=1e-12) for a, b in zip(got, want))
+
+    def test_pass():
+        with torch.inference_mode():
+            assert torch.allclose(module(data.inputs), model(data.inputs), rtol=0, atol=1e-12)
+
+    test_pass()
+    test_pass()
+    assert len(made) == 1, "two test passes on the same weights"
+    assert equal(gradients(module), gradients(model)) and len(made) == 1, "the training forward took them"
+    assert equal(gradients(module), gradients(model)) and len(made) == 2, "consumed: made again"
+    optimizer, _ = build_optimizer(cfg.optimizer, cfg.transforms, model.parameters())  # fused AdamW
+    test_pass()
+    optimizer.step()
+    test_pass()
+    assert len(made) == 4, "a step"
+    gradients(module, data.inputs[:3])  # too few examples for the tables: the plain path
+    with torch.no_grad():
+        model.W_E.data.add_(0.01)  # a write that autograd does not see
+    test_pass()
+    assert len(made) == 5, "kept for the next forward alone, which took the plain path"
+    model.load_state_dict({name: value + 0.01 for name, value in model.state_dict().items()})
+    assert equal(gradients(module), gradients(model)) and len(made) == 6, "loaded weights"
+    assert fast(model) is not module and fast(model).shares_tables is False
 
 
 @pytest.mark.float_sensitive

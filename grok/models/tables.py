@@ -11,6 +11,7 @@ Shapes: B batch, T positions, Q query positions, D d_model, H heads, E d_head, M
 C classes, O operands.
 """
 
+import functools
 import math
 from collections import OrderedDict
 from typing import Callable, NamedTuple, Optional, Tuple
@@ -28,26 +29,58 @@ from grok.models.transformer import Transformer
 
 class TableForward(nn.Module):
     """`model` run by its tables where they pay and no hook is attached, else as itself. Its
-    parameters are the model's (named `model.<name>`)."""
+    parameters are the model's (named `model.<name>`).
 
-    def __init__(self, model: nn.Module):
+    With `shares_tables` (the training loop's module): an epoch's test pass and the next epoch's
+    training forward see the same weights, a step before and a step after. So a forward without
+    gradients makes the weights' tables with their autograd graph (though it records no gradients
+    itself) and keeps them for the next forward alone, whatever its path; the training forward takes
+    them, and its backward runs through that graph: the tables are made once an epoch. They serve only
+    the weights they were made of (each one's identity, memory and version: a load or a rollback
+    bumps it; a fused optimizer step does not, which is why they serve the next forward alone)."""
+
+    def __init__(self, model: nn.Module, shares_tables: bool = False):
         super().__init__()
         self.model = model
+        self.shares_tables = shares_tables
+        self.kept: Optional[Tuple[tuple, list, Tuple[Tensor, Tensor, Tensor]]] = None  # key, weights, tables
 
     def forward(self, tokens: Tensor, all_positions: bool = False) -> Tensor:
-        model = self.model
+        model, tables = self.model, first_block_tables
+        if self.shares_tables and not torch.compiler.is_compiling():
+            kept, self.kept = self.kept, None
+            tables = functools.partial(self.shared_tables, kept)
         if not hooks_attached(self):  # a hook on the model or any of its modules: the plain path
             if isinstance(model, Transformer) and transformer_tables_pay(model, tokens, all_positions):
-                return transformer_by_tables(model, tokens, all_positions)
+                return transformer_by_tables(model, tokens, all_positions, tables)
             if isinstance(model, OperandMLP) and len(tokens) >= model.W_E.shape[0]:
                 return operand_mlp_by_tables(model, tokens)
         return model(tokens, all_positions=all_positions)
 
+    def shared_tables(self, kept, model: Transformer, T: int, Q: int, readout: Optional[Tensor]):
+        """first_block_tables, or the `kept` ones of these weights; without gradients, kept for the next forward."""
+        attn, mlp = model.blocks[0].attn, model.blocks[0].mlp
+        weights = [model.W_E, model.W_pos, attn.W_Q, attn.W_K, attn.W_V, attn.W_O, *mlp.parameters(), readout]
+        if not all(map(_plain, weights)):  # under torch.func transforms
+            return first_block_tables(model, T, Q, readout)
+        key = (T, Q, tuple((id(w), w.data_ptr(), w._version) for w in weights if w is not None))
+        if kept is not None and kept[0] == key:
+            if torch.is_grad_enabled():
+                return kept[2]  # its graph is backpropagated once: not kept again
+            self.kept = kept
+            return tuple(t.detach() for t in kept[2])
+        if torch.is_grad_enabled():
+            return first_block_tables(model, T, Q, readout)
+        with torch.inference_mode(False), torch.enable_grad():
+            tables = first_block_tables(model, T, Q, readout)
+        self.kept = (key, weights, tables)  # holds the weights, so that their ids are not reused
+        return tuple(t.detach() for t in tables)
 
-def fast(model: nn.Module) -> nn.Module:
-    """The module to train and evaluate `model` through: TableForward(model) for the models that have
-    tables, the model itself for the others."""
-    return TableForward(model) if isinstance(model, (Transformer, OperandMLP)) else model
+
+def fast(model: nn.Module, shares_tables: bool = False) -> nn.Module:
+    """The module to train and evaluate `model` through: TableForward(model, shares_tables) for the
+    models that have tables, the model itself for the others."""
+    return TableForward(model, shares_tables) if isinstance(model, (Transformer, OperandMLP)) else model
 
 
 # ----------------------------------------------------------------------------- transformer
@@ -58,20 +91,22 @@ def transformer_tables_pay(model: Transformer, tokens: Tensor, all_positions: bo
     return isinstance(model.ln_final, nn.Identity) and len(tokens) * Q >= (T + Q) * V
 
 
-def transformer_by_tables(model: Transformer, tokens: Tensor, all_positions: bool) -> Tensor:
-    """Transformer.forward with its first block from tables."""
+def transformer_by_tables(model: Transformer, tokens: Tensor, all_positions: bool, tables: Callable) -> Tensor:
+    """Transformer.forward with its first block from tables (`tables`: first_block_tables, or TableForward's)."""
     n_queries = model.n_queries(tokens.shape[1], all_positions)
     if len(model.blocks) == 1:  # W_U alone reads the block's output: the tables fold it in
-        logits = first_block_by_tables(model, tokens, n_queries[0], readout=model.W_U)
+        logits = first_block_by_tables(model, tokens, n_queries[0], model.W_U, tables)
         return logits if all_positions else logits[:, -1]
-    x = first_block_by_tables(model, tokens, n_queries[0])
+    x = first_block_by_tables(model, tokens, n_queries[0], None, tables)
     for block, n in zip(model.blocks[1:], n_queries[1:]):
         x = block(x, n)
     logits = model.ln_final(x) @ model.W_U
     return logits if all_positions else logits[:, -1]
 
 
-def first_block_by_tables(model: Transformer, tokens: Tensor, Q: int, readout: Optional[Tensor] = None) -> Tensor:
+def first_block_by_tables(
+    model: Transformer, tokens: Tensor, Q: int, readout: Optional[Tensor], tables: Callable
+) -> Tensor:
     """Block 0 at the last Q positions, without hooks or LayerNorm: Block.forward's math, grouped
     by table rows. Its input W_E[token] + W_pos[position] is one of V x T rows, so q, k, v are
     computed once per row and the attention scores once per (query row, key row) pair. After the
@@ -81,37 +116,19 @@ def first_block_by_tables(model: Transformer, tokens: Tensor, Q: int, readout: O
     Returns the residual stream after the block (B, Q, D), or with `readout` (D, C) that stream
     times readout: what is linear in the stream (value rows, own rows, W_out) is multiplied by
     readout once per row instead of once per example, and (B, M) @ (M, D) @ (D, C) becomes
-    (B, M) @ (M, C)."""
-    attn, mlp = model.blocks[0].attn, model.blocks[0].mlp
-    (B, T), V, (H, _, E) = tokens.shape, model.W_E.shape[0], attn.W_Q.shape
-    pos = torch.arange(T, device=tokens.device)
-    resid = model.W_E[:, None] + model.W_pos[:T]  # (V, T, D): token v at position t
-    q = torch.einsum("vtd,hde->vthe", resid[:, T - Q :], attn.W_Q)  # (V, Q, H, E)
-    k = torch.einsum("vtd,hde->vthe", resid, attn.W_K)  # (V, T, H, E)
-    v = torch.einsum("vtd,hde->vthe", resid, attn.W_V)
-    # the scores of every (key row, query row) pair, looked up per example as a row of H heads, in
-    # (key position, example, query, head) order: the softmax over the T keys then runs along the
-    # first axis, vectorized across examples (along a last axis of length T it is ~20x slower)
-    pair_scores = torch.einsum("aqhe,bkhe->kbaqh", q, k).flatten(0, 3) / math.sqrt(E)  # (T*V*V*Q, H)
+    (B, M) @ (M, C). What depends on the weights alone comes from `tables(model, T, Q, readout)`:
+    first_block_tables, or TableForward's shared ones."""
+    (B, T), V, (H, _, _) = tokens.shape, model.W_E.shape[0], model.blocks[0].attn.W_Q.shape
+    pair_scores, rows, W_out = tables(model, T, Q, readout)
     pair, bags = per_batch_of_tokens(transformer_indices, tokens, V, H, Q, gets_a_backward(tokens))
+    pos = torch.arange(T, device=tokens.device)
     future = (pos[:, None] > pos[T - Q :])[:, None, :, None]  # (T, 1, Q, 1): the key comes after the query
     pattern = gather_rows(pair_scores, pair)  # (T, B, Q, H)
     pattern = pattern.masked_fill(future, float("-inf")).softmax(dim=0)
     weights = torch.cat([pattern.permute(1, 2, 3, 0).flatten(2), pattern.new_ones(B, Q, 1)], dim=-1)  # as bags
     weights = weights.flatten(0, 1)  # one bag of H*T + 1 rows per query
-
-    # table rows [the MLP's pre-activation (M) | the residual stream (D), or with readout the logits
-    # it adds (C) | zeros up to a multiple of 8 floats, on which embedding_bag's backward runs several
-    # times faster]. A value row has rank E: through W_O and W_in it costs E*M per row, not D*M.
-    read = (lambda x: x) if readout is None else (lambda x: x @ readout)
-    W_out = read(mlp.W_out)  # (M, D or C)
-    widths = [mlp.W_in.shape[1], W_out.shape[1], -(mlp.W_in.shape[1] + W_out.shape[1]) % 8]
-    zeros = lambda *shape: W_out.new_zeros(*shape, widths[2])
-    W_O_in = torch.einsum("hed,dm->hem", attn.W_O, mlp.W_in)
-    value_rows = torch.einsum("vthe,hef->hvtf", v, torch.cat([W_O_in, read(attn.W_O), zeros(H, E)], dim=-1))
-    own = resid[:, T - Q :].transpose(0, 1).flatten(0, 1)  # (Q*V, D)
-    own_rows = torch.cat([own @ mlp.W_in + mlp.b_in, read(own + mlp.b_out), zeros(Q * V)], dim=-1)
-    rows = torch.cat([value_rows.flatten(0, 2), own_rows])  # (H*V*T + Q*V, sum(widths))
+    mlp = model.blocks[0].mlp
+    widths = [mlp.W_in.shape[1], W_out.shape[1], rows.shape[1] - mlp.W_in.shape[1] - W_out.shape[1]]
 
     def rest_of_block(bags: Bags, weights: Tensor) -> Tensor:
         # -> (n, D or C): the stream after attention (+ b_out) + the MLP's output, through readout if given
@@ -124,6 +141,34 @@ def first_block_by_tables(model: Transformer, tokens: Tensor, Q: int, readout: O
     # flat (torch.cat runs ~10x slower on rows whose width is not a multiple of 8 floats, as C=97's)
     parts = [rest_of_block(Bags(index), w).flatten() for index, w in zip(bags.index.split(1024), weights.split(1024))]
     return torch.cat(parts).view(B, Q, -1)
+
+
+def first_block_tables(model: Transformer, T: int, Q: int, readout: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+    """What first_block_by_tables computes from the weights alone: the attention scores of every
+    (key row, query row) pair, (T*V*V*Q, H) in (key position, key token, query token, query) order
+    (the softmax over the T keys then runs along the first axis, vectorized across examples: along a
+    last axis of length T it is ~20x slower); the table rows [the MLP's pre-activation (M) | the
+    residual stream (D), or with readout the logits it adds (C) | zeros up to a multiple of 8 floats,
+    on which embedding_bag's backward runs several times faster], (H*V*T + Q*V, width); and W_out
+    through readout, (M, D or C). A value row has rank E: through W_O and W_in it costs E*M per row,
+    not D*M."""
+    attn, mlp = model.blocks[0].attn, model.blocks[0].mlp
+    H, E = attn.W_Q.shape[0], attn.W_Q.shape[2]
+    resid = model.W_E[:, None] + model.W_pos[:T]  # (V, T, D): token v at position t
+    q = torch.einsum("vtd,hde->vthe", resid[:, T - Q :], attn.W_Q)  # (V, Q, H, E)
+    k = torch.einsum("vtd,hde->vthe", resid, attn.W_K)  # (V, T, H, E)
+    v = torch.einsum("vtd,hde->vthe", resid, attn.W_V)
+    pair_scores = torch.einsum("aqhe,bkhe->kbaqh", q, k).flatten(0, 3) / math.sqrt(E)  # (T*V*V*Q, H)
+
+    read = (lambda x: x) if readout is None else (lambda x: x @ readout)
+    W_out = read(mlp.W_out)  # (M, D or C)
+    pad = -(mlp.W_in.shape[1] + W_out.shape[1]) % 8
+    zeros = lambda *shape: W_out.new_zeros(*shape, pad)
+    W_O_in = torch.einsum("hed,dm->hem", attn.W_O, mlp.W_in)
+    value_rows = torch.einsum("vthe,hef->hvtf", v, torch.cat([W_O_in, read(attn.W_O), zeros(H, E)], dim=-1))
+    own = resid[:, T - Q :].transpose(0, 1).flatten(0, 1)  # (Q*V, D)
+    own_rows = torch.cat([own @ mlp.W_in + mlp.b_in, read(own + mlp.b_out), zeros(len(own))], dim=-1)
+    return pair_scores, torch.cat([value_rows.flatten(0, 2), own_rows]), W_out
 
 
 def transformer_indices(tokens: Tensor, V: int, H: int, Q: int, backward: bool) -> Tuple[Tensor, "Bags"]:
@@ -178,7 +223,8 @@ def per_batch_of_tokens(make: Callable, tokens: Tensor, *args):
         return make(tokens, *args)
     key = (make, tokens.device, tokens.data_ptr(), tokens.shape, tokens.stride(), tokens._version, args)
     if key not in _PER_TOKENS:
-        made = make(tokens, *args)
+        with torch.inference_mode(False):  # a test pass's are kept too: plain tensors, not inference ones
+            made = make(tokens, *args)
         if not all(map(_plain, tree_leaves(made))):
             return made
         _PER_TOKENS[key] = (tokens, made)

@@ -81,12 +81,16 @@ def without_dynamo_import(optimizer_class: type) -> type:
     torch._dynamo on the first call: 1.4-1.7 s, 40% of a run's start-up (docs/performance.md), for a
     run that compiles nothing. Here they run without torch's wrappers. grok's compiled epoch never
     calls them (compile=true writes the update out, grok/training/captured.py), and it imports
-    torch._dynamo itself."""
+    torch._dynamo itself. A step also bumps the weights' autograd versions, as unfused kernels do."""
     raw_step = _without_torch_wrappers(optimizer_class.step)
 
     def step(self, closure=None):
         with torch.set_grad_enabled(self.defaults["differentiable"]):  # as torch.optim's wrapper does
-            return raw_step(self, closure)
+            loss = raw_step(self, closure)
+        # the fused kernels change the weights in place without telling autograd (their versions stay):
+        # this does, so that what is keyed by a weight's version (grok/models/tables.py) sees the step
+        torch.autograd.graph.increment_version([p for group in self.param_groups for p in group["params"]])
+        return loss
 
     methods = {name: _without_torch_wrappers(getattr(optimizer_class, name)) for name in _WRAPPED}
     name = optimizer_class.__name__
