@@ -22,7 +22,6 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves
 
 from grok.models.hooks import hooks_attached
-from grok.models.layers import gather_rows
 from grok.models.mlp import OperandMLP
 from grok.models.transformer import Transformer
 
@@ -122,10 +121,12 @@ def first_block_by_tables(
     pair_scores, rows, W_out = tables(model, T, Q, readout)
     pair, bags = per_batch_of_tokens(transformer_indices, tokens, V, H, Q, gets_a_backward(tokens))
     pos = torch.arange(T, device=tokens.device)
-    future = (pos[:, None] > pos[T - Q :])[:, None, :, None]  # (T, 1, Q, 1): the key comes after the query
-    pattern = gather_rows(pair_scores, pair)  # (T, B, Q, H)
-    pattern = pattern.masked_fill(future, float("-inf")).softmax(dim=0)
-    weights = torch.cat([pattern.permute(1, 2, 3, 0).flatten(2), pattern.new_ones(B, Q, 1)], dim=-1)  # as bags
+    future = (pos[:, None] > pos[T - Q :])[:, None]  # (T, 1, Q): the key comes after the query
+    # (H, T, B, Q), through index_select as layers.gather_rows; the softmax over the T keys then runs
+    # vectorized across examples (along a last axis of length T it is ~20x slower)
+    pattern = pair_scores.index_select(1, pair.flatten()).view(H, T, B, Q)
+    pattern = pattern.masked_fill(future, float("-inf")).softmax(dim=1)
+    weights = torch.cat([pattern.permute(2, 3, 0, 1).flatten(2), pattern.new_ones(B, Q, 1)], dim=-1)  # as bags
     weights = weights.flatten(0, 1)  # one bag of H*T + 1 rows per query
     mlp = model.blocks[0].mlp
     widths = [mlp.W_in.shape[1], W_out.shape[1], rows.shape[1] - mlp.W_in.shape[1] - W_out.shape[1]]
@@ -145,34 +146,33 @@ def first_block_by_tables(
 
 def first_block_tables(model: Transformer, T: int, Q: int, readout: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
     """What first_block_by_tables computes from the weights alone: the attention scores of every
-    (key row, query row) pair, (T*V*V*Q, H) in (key position, key token, query token, query) order
-    (the softmax over the T keys then runs along the first axis, vectorized across examples: along a
-    last axis of length T it is ~20x slower); the table rows [the MLP's pre-activation (M) | the
-    residual stream (D), or with readout the logits it adds (C) | zeros up to a multiple of 8 floats,
-    on which embedding_bag's backward runs several times faster], (H*V*T + Q*V, width); and W_out
-    through readout, (M, D or C). A value row has rank E: through W_O and W_in it costs E*M per row,
-    not D*M."""
+    (query row, key row) pair, (H, V*Q * V*T) for query row a*Q + q and key row v*T + t, as a matrix
+    product per head leaves them (neither it nor its backward copies them into another order); the
+    table rows [the MLP's pre-activation (M) | the residual stream (D), or with readout the logits it
+    adds (C) | zeros up to a multiple of 8 floats, on which embedding_bag's backward runs several
+    times faster], (H*V*T + Q*V, width); and W_out through readout, (M, D or C). A value row has
+    rank E: through W_O and W_in it costs E*M per row, not D*M."""
     attn, mlp = model.blocks[0].attn, model.blocks[0].mlp
     H, E = attn.W_Q.shape[0], attn.W_Q.shape[2]
     resid = model.W_E[:, None] + model.W_pos[:T]  # (V, T, D): token v at position t
-    q = torch.einsum("vtd,hde->vthe", resid[:, T - Q :], attn.W_Q)  # (V, Q, H, E)
-    k = torch.einsum("vtd,hde->vthe", resid, attn.W_K)  # (V, T, H, E)
-    v = torch.einsum("vtd,hde->vthe", resid, attn.W_V)
-    pair_scores = torch.einsum("aqhe,bkhe->kbaqh", q, k).flatten(0, 3) / math.sqrt(E)  # (T*V*V*Q, H)
+    q = torch.einsum("vtd,hde->hvte", resid[:, T - Q :], attn.W_Q).flatten(1, 2)  # (H, V*Q, E)
+    k = torch.einsum("vtd,hde->hvte", resid, attn.W_K).flatten(1, 2)  # (H, V*T, E)
+    v = torch.einsum("vtd,hde->hvte", resid, attn.W_V).flatten(1, 2)
+    pair_scores = (q @ k.transpose(1, 2)).flatten(1) / math.sqrt(E)  # (H, V*Q * V*T)
 
     read = (lambda x: x) if readout is None else (lambda x: x @ readout)
     W_out = read(mlp.W_out)  # (M, D or C)
     pad = -(mlp.W_in.shape[1] + W_out.shape[1]) % 8
     zeros = lambda *shape: W_out.new_zeros(*shape, pad)
     W_O_in = torch.einsum("hed,dm->hem", attn.W_O, mlp.W_in)
-    value_rows = torch.einsum("vthe,hef->hvtf", v, torch.cat([W_O_in, read(attn.W_O), zeros(H, E)], dim=-1))
+    value_rows = v @ torch.cat([W_O_in, read(attn.W_O), zeros(H, E)], dim=-1)  # (H, V*T, width)
     own = resid[:, T - Q :].transpose(0, 1).flatten(0, 1)  # (Q*V, D)
     own_rows = torch.cat([own @ mlp.W_in + mlp.b_in, read(own + mlp.b_out), zeros(len(own))], dim=-1)
-    return pair_scores, torch.cat([value_rows.flatten(0, 2), own_rows]), W_out
+    return pair_scores, torch.cat([value_rows.flatten(0, 1), own_rows]), W_out
 
 
 def transformer_indices(tokens: Tensor, V: int, H: int, Q: int, backward: bool) -> Tuple[Tensor, "Bags"]:
-    """What first_block_by_tables looks up for a batch of tokens (B, T): the pair_scores row of each
+    """What first_block_by_tables looks up for a batch of tokens (B, T): the pair_scores column of each
     (key position, example, query) (T, B, Q), and the bags (by row too where they get a `backward`).
     A bag per query holds the value rows of (head h, token v, key position t) at (h*V + v)*T + t,
     then the query's own residual row (position q, token v) at H*V*T + q*V + v, which carries the
@@ -180,7 +180,7 @@ def transformer_indices(tokens: Tensor, V: int, H: int, Q: int, backward: bool) 
     (B, T), device = tokens.shape, tokens.device
     pos, heads = torch.arange(T, device=device), torch.arange(H, device=device)
     query_tokens = tokens[:, T - Q :]  # (B, Q)
-    pair = ((pos[:, None, None] * V + tokens.T[:, :, None]) * V + query_tokens) * Q + pos[:Q]  # (T, B, Q)
+    pair = (query_tokens * Q + pos[:Q]) * (V * T) + (tokens.T * T + pos[:, None])[:, :, None]  # (T, B, Q)
     value_index = (heads[:, None] * V + tokens[:, None, :]) * T + pos  # (B, H, T)
     own_index = H * V * T + pos[:Q] * V + query_tokens  # (B, Q)
     index = torch.cat([value_index[:, None].expand(B, Q, H, T).flatten(2), own_index[..., None]], dim=-1)
