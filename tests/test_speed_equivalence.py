@@ -122,7 +122,7 @@ def autograd_ops(tensor):
 
 def by_embedding_bag(tensor) -> bool:
     """Whether an embedding_bag (the tables' sums of rows, grok/models/tables.py) computed `tensor`."""
-    return any("EmbeddingBagBackward" in name for name in autograd_ops(tensor))
+    return any("EmbeddingBag" in name for name in autograd_ops(tensor))
 
 
 # one layer: the tables fold W_U in; two: they return the residual stream; d_mlp=100 and 31 classes:
@@ -167,6 +167,29 @@ def test_a_bags_sums_and_gradients_are_those_of_gathering_its_rows(weighted, by_
     got, want = (torch.autograd.grad(value, inputs, grad) for value in (out, gathered))
     assert all(torch.allclose(a, b, rtol=0, atol=1e-12) for a, b in zip(got, want))
     assert (got[0][-2:] == 0).all(), "a row in no bag: no gradient"
+
+
+@pytest.mark.parametrize("act", ["relu", "gelu"])
+def test_the_rest_of_the_block_and_its_gradients_are_those_of_gathering_the_rows(act):
+    """tables.rest_of_block, stream + act(pre) @ W_out from the bags' sums [pre | stream | zeros]
+    (with a ReLU, one Function that writes the bags' output gradient in place), against rows[index]."""
+    torch.manual_seed(0)
+    M, C, pad = 6, 3, 7
+    rows = torch.randn(12, M + C + pad, dtype=torch.float64)
+    rows[:, M + C :] = 0
+    rows.requires_grad_()
+    index = torch.randint(0, 12, (40, 4))
+    weights = torch.rand(40, 4, dtype=torch.float64, requires_grad=True)
+    W_out = torch.randn(M, C, dtype=torch.float64, requires_grad=True)
+    activation = getattr(torch.nn.functional, act)
+    out = tables.rest_of_block(tables.Bags(index).by_row(12), rows, weights, [M, C, pad], activation, W_out)
+    sums = (rows[index] * weights[..., None]).sum(1)
+    expected = sums[:, M : M + C] + activation(sums[:, :M]) @ W_out
+    assert torch.allclose(out, expected, rtol=0, atol=1e-12)
+    assert any("ThroughReLU" in name for name in autograd_ops(out)) == (act == "relu")
+    grad = torch.randn_like(out)
+    got, want = (torch.autograd.grad(value, [rows, weights, W_out], grad) for value in (out, expected))
+    assert all(torch.allclose(a, b, rtol=0, atol=1e-12) for a, b in zip(got, want))
 
 
 @pytest.mark.filterwarnings("ignore:There is a performance drop")  # vmap runs embedding_bag per batch

@@ -14,7 +14,7 @@ C classes, O operands.
 import functools
 import math
 from collections import OrderedDict
-from typing import Callable, NamedTuple, Optional, Tuple
+from typing import Callable, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -131,17 +131,30 @@ def first_block_by_tables(
     mlp = model.blocks[0].mlp
     widths = [mlp.W_in.shape[1], W_out.shape[1], rows.shape[1] - mlp.W_in.shape[1] - W_out.shape[1]]
 
-    def rest_of_block(bags: Bags, weights: Tensor) -> Tensor:
-        # -> (n, D or C): the stream after attention (+ b_out) + the MLP's output, through readout if given
-        pre, stream, _ = embedding_bag(bags, rows, weights).split(widths, dim=1)
-        return torch.addmm(stream, mlp.act(pre), W_out)
-
     if torch.is_grad_enabled():
-        return rest_of_block(bags, weights).view(B, Q, -1)
+        return rest_of_block(bags, rows, weights, widths, mlp.act, W_out).view(B, Q, -1)
     # inference: in slices whose (slice, M) activations stay in cache from one step to the next, joined
     # flat (torch.cat runs ~10x slower on rows whose width is not a multiple of 8 floats, as C=97's)
-    parts = [rest_of_block(Bags(index), w).flatten() for index, w in zip(bags.index.split(1024), weights.split(1024))]
+    slices = zip(bags.index.split(1024), weights.split(1024))
+    parts = [rest_of_block(Bags(index), rows, w, widths, mlp.act, W_out).flatten() for index, w in slices]
     return torch.cat(parts).view(B, Q, -1)
+
+
+def rest_of_block(
+    bags: "Bags", rows: Tensor, weights: Tensor, widths: List[int], act: Callable, W_out: Tensor
+) -> Tensor:
+    """Block 0 after the softmax, (n, D or C): the stream after attention (+ b_out) plus the MLP's
+    output, through readout if given; from the bags' sums [pre-activation (M) | stream | zeros]. With
+    a ReLU, on plain tensors, as one Function (_EmbeddingBagThroughReLU)."""
+    if (
+        act is F.relu
+        and torch.is_grad_enabled()
+        and not torch.compiler.is_compiling()
+        and all(map(_plain, (rows, weights, bags.index)))
+    ):
+        return _EmbeddingBagThroughReLU.apply(bags.index, rows, weights, bags.order, bags.starts, W_out, widths)
+    pre, stream, _ = embedding_bag(bags, rows, weights).split(widths, dim=1)
+    return torch.addmm(stream, act(pre), W_out)
 
 
 def first_block_tables(model: Transformer, T: int, Q: int, readout: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
@@ -295,24 +308,56 @@ class _EmbeddingBag(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         index, rows, weights, order, starts = ctx.saved_tensors
-        (N, J), entries = index.shape, index.flatten()
-        grad_rows = grad_weights = None
-        if ctx.needs_input_grad[1]:
-            if order is None:
-                _, order, starts = Bags(index).by_row(len(rows))
-            by_row_weights = None if weights is None else weights.flatten().index_select(0, order)
-            grad_rows = F.embedding_bag(order // J, grad, starts, per_sample_weights=by_row_weights, mode="sum")
-        if weights is not None and ctx.needs_input_grad[2]:  # weights[n, j]'s: grad[n] . rows[index[n, j]]
-            bags = torch.arange(N, device=index.device)
-            grad_weights = torch.ops.aten._embedding_bag_per_sample_weights_backward(
-                grad,
-                rows,
-                entries,
-                bags * J,
-                bags.repeat_interleave(J),
-                0,  # mode 0: sum
-            ).view(N, J)
-        return None, grad_rows, grad_weights, None, None
+        return None, *_bag_gradients(ctx, grad, index, rows, weights, order, starts), None, None
+
+
+def _bag_gradients(ctx, grad: Tensor, index: Tensor, rows: Tensor, weights, order, starts):
+    """The gradients of embedding_bag(index, rows, weights) from its output's, `grad` (N, width): the
+    rows' (where ctx needs them: input 1) and the weights' (input 2)."""
+    (N, J), grad_rows, grad_weights = index.shape, None, None
+    if ctx.needs_input_grad[1]:
+        if order is None:
+            _, order, starts = Bags(index).by_row(len(rows))
+        by_row_weights = None if weights is None else weights.flatten().index_select(0, order)
+        grad_rows = F.embedding_bag(order // J, grad, starts, per_sample_weights=by_row_weights, mode="sum")
+    if weights is not None and ctx.needs_input_grad[2]:  # weights[n, j]'s: grad[n] . rows[index[n, j]]
+        bags = torch.arange(N, device=index.device)
+        grad_weights = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+            grad,
+            rows,
+            index.flatten(),
+            bags * J,
+            bags.repeat_interleave(J),
+            0,  # mode 0: sum
+        ).view(N, J)
+    return grad_rows, grad_weights
+
+
+class _EmbeddingBagThroughReLU(torch.autograd.Function):
+    """rest_of_block with a ReLU: [pre | stream | zeros] = embedding_bag(index, rows, weights), then
+    stream + relu(pre) @ W_out. Autograd's backward would compute the gradients of pre and of stream
+    apart and then concatenate them, with zeros, into the bags' output gradient; this one writes them
+    into it where they belong (the same numbers, one pass over (N, width) fewer)."""
+
+    @staticmethod
+    def forward(ctx, index, rows, weights, order, starts, W_out, widths) -> Tensor:
+        pre, stream, _ = F.embedding_bag(index, rows, per_sample_weights=weights, mode="sum").split(widths, dim=1)
+        hidden = pre.relu()
+        ctx.save_for_backward(index, rows, weights, order, starts, W_out, hidden)
+        return torch.addmm(stream, hidden, W_out)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        index, rows, weights, order, starts, W_out, hidden = ctx.saved_tensors
+        M, C = hidden.shape[1], grad.shape[1]
+        grad_out = grad.new_empty(len(grad), rows.shape[1])  # [pre's | stream's | zeros']
+        grad_hidden = grad_out[:, :M]
+        torch.mm(grad, W_out.T, out=grad_hidden)
+        torch.ops.aten.threshold_backward.grad_input(grad_hidden, hidden, 0, grad_input=grad_hidden)  # relu's
+        grad_out[:, M : M + C] = grad
+        grad_out[:, M + C :] = 0
+        grad_W_out = hidden.T @ grad if ctx.needs_input_grad[5] else None
+        return None, *_bag_gradients(ctx, grad_out, index, rows, weights, order, starts), None, None, grad_W_out, None
 
 
 class _RunsEmbeddingBag(torch.autograd.Function):
