@@ -306,7 +306,7 @@ def bench_batched(overrides: List[str], k: int, device: torch.device, rounds: in
         alone_run = experiment(0)
         alone = harness_epoch(
             cfg,
-            fast(alone_run.model),
+            fast(alone_run.model, shares_tables=True),  # as grok.training.loop.Alone trains a run alone
             alone_run.train,
             alone_run.test,
             alone_run.optimizer,
