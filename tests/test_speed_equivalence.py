@@ -229,6 +229,11 @@ def test_the_indices_of_a_batch_of_tokens_are_made_once_and_again_when_the_token
     with torch.inference_mode():  # a test pass's: kept too, as plain tensors that outlive inference mode
         first = tables.per_batch_of_tokens(torch.clone, tokens)
         assert tables.per_batch_of_tokens(torch.clone, tokens) is first and not first.is_inference()
+    train, test_split = tables.per_batch_of_tokens(torch.clone, tokens), torch.arange(300).view(100, 3)
+    with torch.inference_mode():  # a test split evaluated in many chunks
+        for chunk in test_split.split(4):
+            tables.per_batch_of_tokens(torch.clone, chunk)
+    assert tables.per_batch_of_tokens(torch.clone, tokens) is train, "training's are kept apart"
 
     cfg = make_config(["task.p=31"])
     data = make_dataset(cfg.task, 0.5, 0)
@@ -245,7 +250,8 @@ def test_the_training_loops_test_pass_makes_the_tables_that_its_next_step_backpr
     """An epoch's test pass and the next epoch's training forward see the same weights: the loop's
     module (fast(model, shares_tables=True)) makes the weights' tables once for both, and the step's
     gradients are the plain path's. They serve the next forward alone, and only the weights they were
-    made of: after a step, a load, or a forward down the plain path, they are made again."""
+    made of: after a step, a load, a weight's gradient switched on, or a forward down the plain path,
+    they are made again."""
     made = []
     make = tables.first_block_tables
     monkeypatch.setattr(tables, "first_block_tables", lambda *args: made.append(1) or make(*args))
@@ -284,6 +290,12 @@ def test_the_training_loops_test_pass_makes_the_tables_that_its_next_step_backpr
     assert len(made) == 5, "kept for the next forward alone, which took the plain path"
     model.load_state_dict({name: value + 0.01 for name, value in model.state_dict().items()})
     assert equal(gradients(module), gradients(model)) and len(made) == 6, "loaded weights"
+    model.W_E.requires_grad_(False)
+    test_pass()
+    model.W_E.requires_grad_(True)  # the kept tables have no graph back to it
+    assert equal(gradients(module), gradients(model)) and model.W_E.grad is not None and len(made) == 8
+    test_pass()
+    assert copy.deepcopy(module).kept is None and module.kept is not None, "a copy leaves the graph behind"
     assert fast(model) is not module and fast(model).shares_tables is False
 
 

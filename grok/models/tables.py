@@ -14,7 +14,7 @@ C classes, O operands.
 import functools
 import math
 from collections import OrderedDict
-from typing import Callable, List, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +46,9 @@ class TableForward(nn.Module):
         self.shares_tables = shares_tables
         self.kept: Optional[Tuple[tuple, list, Tuple[Tensor, Tensor, Tensor]]] = None  # key, weights, tables
 
+    def __getstate__(self):  # kept tables hold an autograd graph, which neither copies nor pickles
+        return {**super().__getstate__(), "kept": None}
+
     def forward(self, tokens: Tensor, all_positions: bool = False) -> Tensor:
         model, tables = self.model, first_block_tables
         if self.shares_tables and not torch.compiler.is_compiling():
@@ -64,7 +67,7 @@ class TableForward(nn.Module):
         weights = [model.W_E, model.W_pos, attn.W_Q, attn.W_K, attn.W_V, attn.W_O, *mlp.parameters(), readout]
         if not all(map(_plain, weights)):  # under torch.func transforms
             return first_block_tables(model, T, Q, readout)
-        key = (T, Q, tuple((id(w), w.data_ptr(), w._version) for w in weights if w is not None))
+        key = (T, Q, tuple((id(w), w.data_ptr(), w._version, w.requires_grad) for w in weights if w is not None))
         if kept is not None and kept[0] == key:
             if torch.is_grad_enabled():
                 return kept[2]  # its graph is backpropagated once: not kept again
@@ -152,7 +155,7 @@ def rest_of_block(
         act is F.relu
         and torch.is_grad_enabled()
         and not torch.compiler.is_compiling()
-        and all(map(_plain, (rows, weights, bags.index)))
+        and all(map(_plain, (rows, weights, bags.index, W_out)))
     ):
         return _EmbeddingBagThroughReLU.apply(bags.index, rows, weights, bags.order, bags.starts, W_out, widths)
     pre, stream, _ = embedding_bag(bags, rows, weights).split(widths, dim=1)
@@ -222,8 +225,10 @@ def operand_bags(tokens: Tensor, V: int, backward: bool) -> "Bags":
 
 
 # ----------------------------------------------------------------------------- per batch of tokens
-_PER_TOKENS: "OrderedDict[tuple, tuple]" = OrderedDict()  # key -> (its tokens, the result), latest last
-_KEPT = 4  # the train split, the test split and a few more
+# key -> (its tokens, the result), latest last; those of forwards that record gradients (training)
+# apart from the others', so that a test split evaluated in many chunks does not push the train split out
+_PER_TOKENS: "Dict[bool, OrderedDict[tuple, tuple]]" = {True: OrderedDict(), False: OrderedDict()}
+_KEPT = 8  # of each: a split, or a large split's chunks (grok.training.metrics.EVAL_TOKENS), and a few more
 
 
 def per_batch_of_tokens(make: Callable, tokens: Tensor, *args):
@@ -232,21 +237,22 @@ def per_batch_of_tokens(make: Callable, tokens: Tensor, *args):
     their shape, strides and version (which an in-place change bumps; a write that autograd does not
     see, through `.data`, the storage or a numpy array, is not seen here either) and `args`; an entry
     holds its tokens, so that their memory is not reused while it is kept. Only plain tensors are
-    kept: while torch.compile traces, the graph computes them; within a torch.func transform or
-    inference mode, they are made afresh."""
+    kept (those of a test pass in inference mode are made as plain ones): while torch.compile traces,
+    the graph computes them; within a torch.func transform, they are made afresh."""
     if torch.compiler.is_compiling() or not _plain(tokens):
         return make(tokens, *args)
     key = (make, tokens.device, tokens.data_ptr(), tokens.shape, tokens.stride(), tokens._version, args)
-    if key not in _PER_TOKENS:
-        with torch.inference_mode(False):  # a test pass's are kept too: plain tensors, not inference ones
+    kept = _PER_TOKENS[torch.is_grad_enabled()]
+    if key not in kept:
+        with torch.inference_mode(False):
             made = make(tokens, *args)
         if not all(map(_plain, tree_leaves(made))):
             return made
-        _PER_TOKENS[key] = (tokens, made)
-        if len(_PER_TOKENS) > _KEPT:
-            _PER_TOKENS.popitem(last=False)
-    _PER_TOKENS.move_to_end(key)
-    return _PER_TOKENS[key][1]
+        kept[key] = (tokens, made)
+        if len(kept) > _KEPT:
+            kept.popitem(last=False)
+    kept.move_to_end(key)
+    return kept[key][1]
 
 
 def _plain(tensor) -> bool:
@@ -349,6 +355,7 @@ class _EmbeddingBagThroughReLU(torch.autograd.Function):
         return torch.addmm(stream, hidden, W_out)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
         index, rows, weights, order, starts, W_out, hidden = ctx.saved_tensors
         M, C = hidden.shape[1], grad.shape[1]
