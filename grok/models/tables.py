@@ -35,10 +35,10 @@ class TableForward(nn.Module):
     gradients makes the weights' tables with their autograd graph (though it records no gradients
     itself) and keeps them for the next forward alone, whatever its path; the training forward takes
     them, and its backward runs through that graph: the tables are made once an epoch. They serve only
-    the weights they were made of (each one's identity, memory and autograd version, which a step of
-    grok's optimizers, a load or a rollback bumps; a write autograd does not see, through `.data` or
-    a kernel of one's own, does not: hence the next forward alone, which follows no such write in
-    the training loop)."""
+    the weights they were made of (each one's identity, memory, requires_grad and autograd version,
+    which a step of grok's optimizers, a load or a rollback bumps; a write autograd does not see,
+    through `.data` or a kernel of one's own, does not: hence the next forward alone, which follows
+    no such write in the training loop)."""
 
     def __init__(self, model: nn.Module, shares_tables: bool = False):
         super().__init__()
