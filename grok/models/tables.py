@@ -63,11 +63,10 @@ class TableForward(nn.Module):
 
     def shared_tables(self, kept, model: Transformer, T: int, Q: int, readout: Optional[Tensor]):
         """first_block_tables, or the `kept` ones of these weights; without gradients, kept for the next forward."""
-        attn, mlp = model.blocks[0].attn, model.blocks[0].mlp
-        weights = [model.W_E, model.W_pos, attn.W_Q, attn.W_K, attn.W_V, attn.W_O, *mlp.parameters(), readout]
+        weights = list(model.parameters())  # a superset of what the tables read: none is left out of the key
         if not all(map(_plain, weights)):  # under torch.func transforms
             return first_block_tables(model, T, Q, readout)
-        key = (T, Q, tuple((id(w), w.data_ptr(), w._version, w.requires_grad) for w in weights if w is not None))
+        key = (T, Q, tuple((id(w), w.data_ptr(), w._version, w.requires_grad) for w in weights))
         if kept is not None and kept[0] == key:
             if torch.is_grad_enabled():
                 return kept[2]  # its graph is backpropagated once: not kept again
