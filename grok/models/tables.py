@@ -135,13 +135,9 @@ def first_block_by_tables(
     mlp = model.blocks[0].mlp
     widths = [mlp.W_in.shape[1], W_out.shape[1], rows.shape[1] - mlp.W_in.shape[1] - W_out.shape[1]]
 
-    if torch.is_grad_enabled():
+    if torch.is_grad_enabled() or rows.device.type != "cpu":  # a GPU's caches gain nothing from blocks
         return rest_of_block(bags, rows, weights, widths, mlp.act, W_out).view(B, Q, -1)
-    # inference: in slices whose (slice, M) activations stay in cache from one step to the next, joined
-    # flat (torch.cat runs ~10x slower on rows whose width is not a multiple of 8 floats, as C=97's)
-    slices = zip(bags.index.split(1024), weights.split(1024))
-    parts = [rest_of_block(Bags(index), rows, w, widths, mlp.act, W_out).flatten() for index, w in slices]
-    return torch.cat(parts).view(B, Q, -1)
+    return rest_of_block_in_blocks(bags.index, rows, weights, widths, mlp.act, W_out).view(B, Q, -1)
 
 
 def rest_of_block(
@@ -159,6 +155,31 @@ def rest_of_block(
         return _EmbeddingBagThroughReLU.apply(bags.index, rows, weights, bags.order, bags.starts, W_out, widths)
     pre, stream, _ = embedding_bag(bags, rows, weights).split(widths, dim=1)
     return torch.addmm(stream, act(pre), W_out)
+
+
+# A CPU's evaluation sums the bags for SLICE examples and COLUMNS pre-activations at a time: that block
+# of the tables (R x 128 floats: 650 KB for the default experiment's 1274 rows, against 3 MB at their
+# whole width) and of the activations stays in a core's L2 cache from one bag to the next and on into
+# the product with W_out (the default experiment's test pass: 1.06x faster at 2 threads, 1.17x at 1)
+SLICE, COLUMNS = 1024, 128
+
+
+def rest_of_block_in_blocks(
+    index: Tensor, rows: Tensor, weights: Tensor, widths: List[int], act: Callable, W_out: Tensor
+) -> Tensor:
+    """rest_of_block without gradients, its pre-activations summed and multiplied by W_out in blocks of
+    COLUMNS, for SLICE examples at a time, into one (n, D or C) output."""
+    M, width = widths[0], widths[1]
+    blocks = [rows[:, start : min(start + COLUMNS, M)].contiguous() for start in range(0, M, COLUMNS)]
+    stream_rows = rows[:, M:].contiguous()  # [stream | zeros]
+    out = W_out.new_empty(len(index), width)
+    for start in range(0, len(index), SLICE):
+        part = slice(start, start + SLICE)
+        bag = functools.partial(F.embedding_bag, index[part], per_sample_weights=weights[part], mode="sum")
+        out[part] = bag(stream_rows)[:, :width]
+        for block, W_block in zip(blocks, W_out.split(COLUMNS)):
+            out[part].addmm_(act(bag(block)), W_block)
+    return out
 
 
 def first_block_tables(model: Transformer, T: int, Q: int, readout: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
