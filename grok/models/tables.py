@@ -135,7 +135,9 @@ def first_block_by_tables(
     mlp = model.blocks[0].mlp
     widths = [mlp.W_in.shape[1], W_out.shape[1], rows.shape[1] - mlp.W_in.shape[1] - W_out.shape[1]]
 
-    if torch.is_grad_enabled() or rows.device.type != "cpu":  # a GPU's caches gain nothing from blocks
+    # blocks: for a CPU's caches, not a GPU's; nor under torch.func's transforms (vmap has no rule for addmm_)
+    wrapped = any(map(torch._C._functorch.is_functorch_wrapped_tensor, (rows, weights, bags.index)))
+    if torch.is_grad_enabled() or rows.device.type != "cpu" or wrapped:
         return rest_of_block(bags, rows, weights, widths, mlp.act, W_out).view(B, Q, -1)
     return rest_of_block_in_blocks(bags.index, rows, weights, widths, mlp.act, W_out).view(B, Q, -1)
 
