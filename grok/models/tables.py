@@ -135,11 +135,9 @@ def first_block_by_tables(
     mlp = model.blocks[0].mlp
     widths = [mlp.W_in.shape[1], W_out.shape[1], rows.shape[1] - mlp.W_in.shape[1] - W_out.shape[1]]
 
-    # blocks: for a CPU's caches, not a GPU's; nor under torch.func's transforms (vmap has no rule for addmm_)
-    wrapped = any(map(torch._C._functorch.is_functorch_wrapped_tensor, (rows, weights, bags.index)))
-    if torch.is_grad_enabled() or rows.device.type != "cpu" or wrapped:
+    if torch.is_grad_enabled():
         return rest_of_block(bags, rows, weights, widths, mlp.act, W_out).view(B, Q, -1)
-    return rest_of_block_in_blocks(bags.index, rows, weights, widths, mlp.act, W_out).view(B, Q, -1)
+    return rest_of_block_in_slices(bags.index, rows, weights, widths, mlp.act, W_out).view(B, Q, -1)
 
 
 def rest_of_block(
@@ -159,18 +157,24 @@ def rest_of_block(
     return torch.addmm(stream, act(pre), W_out)
 
 
-# A CPU's evaluation sums the bags for SLICE examples and COLUMNS pre-activations at a time: that block
-# of the tables (R x 128 floats: 650 KB for the default experiment's 1274 rows, against 3 MB at their
-# whole width) and of the activations stays in a core's L2 cache from one bag to the next and on into
-# the product with W_out (the default experiment's test pass: 1.06x faster at 2 threads, 1.17x at 1)
+# Evaluation runs SLICE examples at a time, whose (SLICE, M) activations stay in cache from one step to
+# the next. A CPU's sums them COLUMNS pre-activations at a time too: that block of the tables (R x 128
+# floats: 650 KB for the default experiment's 1274 rows, against 3 MB at their whole width) and of
+# the activations stays in a core's L2 cache from one bag to the next and on into the product with
+# W_out (the default experiment's test pass: 1.06x faster at 2 threads, 1.17x at 1)
 SLICE, COLUMNS = 1024, 128
 
 
-def rest_of_block_in_blocks(
+def rest_of_block_in_slices(
     index: Tensor, rows: Tensor, weights: Tensor, widths: List[int], act: Callable, W_out: Tensor
 ) -> Tensor:
-    """rest_of_block without gradients, its pre-activations summed and multiplied by W_out in blocks of
-    COLUMNS, for SLICE examples at a time, into one (n, D or C) output."""
+    """rest_of_block without gradients, SLICE examples at a time, into one (n, D or C) output; on a CPU
+    outside torch.func's transforms (vmap has no rule for addmm_), in blocks of COLUMNS pre-activations."""
+    if rows.device.type != "cpu" or any(map(torch._C._functorch.is_functorch_wrapped_tensor, (rows, weights, index))):
+        # joined flat: torch.cat runs ~10x slower on rows whose width is not a multiple of 8 floats, as C=97's
+        slices = zip(index.split(SLICE), weights.split(SLICE))
+        parts = [rest_of_block(Bags(part), rows, w, widths, act, W_out).flatten() for part, w in slices]
+        return torch.cat(parts).view(len(index), -1)
     M, width = widths[0], widths[1]
     blocks = [rows[:, start : min(start + COLUMNS, M)].contiguous() for start in range(0, M, COLUMNS)]
     stream_rows = rows[:, M:].contiguous()  # [stream | zeros]
