@@ -196,14 +196,16 @@ def setup(overrides: List[str], device: torch.device):
             ref, ref_optimizer, ref_scheduler, (train.inputs, train.labels), (test.inputs, test.labels)
         )
 
-    uncompiled = harness_epoch(cfg, fast(model, shares_tables=True), train, test, optimizer, scheduler, generator)
+    module = fast(model, shares_tables=True, tables=cfg.tables)
+    uncompiled = harness_epoch(cfg, module, train, test, optimizer, scheduler, generator)
     if not cfg.compile:
         return uncompiled, uncompiled, reference_epoch
     # what grok.training.loop.Alone trains with compile=true: the whole epoch as one compiled graph
     why = unsupported(cfg, optimizer, model, len(train.labels))
     if why is not None:
         raise ConfigError(f"{' '.join(overrides)}: compile=true does not capture this epoch: {why}")
-    captured = CapturedEpoch(fast(model), optimizer, scheduler, train, test, plugin(cfg.loss, "loss"))
+    loss_fn = plugin(cfg.loss, "loss")
+    captured = CapturedEpoch(fast(model, tables=cfg.tables), optimizer, scheduler, train, test, loss_fn)
     return lambda: captured.epoch(True)[1].tolist(), uncompiled, reference_epoch
 
 
@@ -311,7 +313,7 @@ def bench_batched(overrides: List[str], k: int, device: torch.device, rounds: in
         alone_run = experiment(0)
         alone = harness_epoch(
             cfg,
-            fast(alone_run.model, shares_tables=True),  # as grok.training.loop.Alone trains a run alone
+            fast(alone_run.model, shares_tables=True, tables=cfg.tables),  # as grok.training.loop.Alone trains it
             alone_run.train,
             alone_run.test,
             alone_run.optimizer,
@@ -435,7 +437,7 @@ def harness_at(checkpoint: Optional[Path], device: torch.device) -> Callable[[],
         scheduler.load_state_dict(saved["scheduler"])
     return harness_epoch(
         cfg,
-        fast(model, shares_tables=True),
+        fast(model, shares_tables=True, tables=cfg.tables),
         split(data.train_idx),
         split(data.test_idx),
         optimizer,

@@ -7,6 +7,7 @@ import copy
 import functools
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -14,9 +15,11 @@ import torch
 from benchmarks import reference
 from grok.data import make_dataset
 from grok.models import build_model, fast, run_with_cache, tables
+from grok.run import start
 from grok.training.experiment import Split
-from grok.training.loop import evaluate, train_epoch
+from grok.training.loop import Alone, evaluate, train_epoch
 from grok.training.optimizers import LinearWarmup, build_optimizer, without_dynamo_import
+from grok.training.stacked import Stack
 from tests.conftest import EARLY_EPOCHS, FLOAT32_ROUNDINGS, ROOT, assert_optimizer_states_equal, make_config
 
 # p=31 on half the pairs: both the train (480) and test (481) batches take the table paths; a narrower
@@ -147,6 +150,24 @@ def test_the_table_path_equals_the_plain_path_in_values_and_gradients(overrides)
             assert torch.allclose(fast(model)(tokens, all_positions=all_positions), plain, rtol=0, atol=1e-12)
         grads = [torch.autograd.grad(out.square().sum(), list(model.parameters())) for out in (tables, plain)]
         assert all(torch.allclose(f, p, rtol=1e-10, atol=1e-10) for f, p in zip(*grads))
+
+
+def test_tables_false_trains_through_the_models_own_forward_to_the_same_numbers(tmp_path):
+    """`tables=false` (the config's): a run alone, and a stack of runs, go through the model itself,
+    where every hook point sees its activation, and train to the table path's numbers (float64)."""
+    rows, runs = {}, {}
+    for tables_on in (True, False):
+        cfg = make_config([*SMALL, "analysis=none", "logger=none", f"tables={str(tables_on).lower()}"])
+        out = tmp_path / f"tables_{tables_on}"
+        out.mkdir()
+        run = runs[tables_on] = start(cfg, out, out.name, time.perf_counter())
+        run.model.double()
+        engine = Alone(run)
+        assert by_embedding_bag(engine.module(run.train.inputs)) == tables_on
+        rows[tables_on] = torch.cat([engine.epoch(True)[1] for _ in range(5)])
+    assert torch.allclose(rows[True], rows[False], rtol=1e-9, atol=1e-12)
+    for tables_on, run in runs.items():
+        assert by_embedding_bag(Stack([run]).module(run.train.inputs)) == tables_on
 
 
 @pytest.mark.parametrize("weighted", [True, False], ids=["weighted", "unweighted"])

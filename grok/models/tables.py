@@ -80,10 +80,11 @@ class TableForward(nn.Module):
         return tuple(t.detach() for t in tables)
 
 
-def fast(model: nn.Module, shares_tables: bool = False) -> nn.Module:
+def fast(model: nn.Module, shares_tables: bool = False, tables: bool = True) -> nn.Module:
     """The module to train and evaluate `model` through: TableForward(model, shares_tables) for the
-    models that have tables, the model itself for the others."""
-    return TableForward(model, shares_tables) if isinstance(model, (Transformer, OperandMLP)) else model
+    models that have tables, the model itself for the others and without `tables` (the config's)."""
+    has_tables = isinstance(model, (Transformer, OperandMLP))
+    return TableForward(model, shares_tables) if tables and has_tables else model
 
 
 # ----------------------------------------------------------------------------- transformer
@@ -170,7 +171,8 @@ def rest_of_block_in_slices(
 ) -> Tensor:
     """rest_of_block without gradients, SLICE examples at a time, into one (n, D or C) output; on a CPU
     outside torch.func's transforms (vmap has no rule for addmm_), in blocks of COLUMNS pre-activations."""
-    if rows.device.type != "cpu" or any(map(torch._C._functorch.is_functorch_wrapped_tensor, (rows, weights, index))):
+    transformed = not torch.compiler.is_compiling() and not all(map(_unwrapped, (rows, weights, index)))
+    if rows.device.type != "cpu" or transformed:
         # joined flat: torch.cat runs ~10x slower on rows whose width is not a multiple of 8 floats, as C=97's
         slices = zip(index.split(SLICE), weights.split(SLICE))
         parts = [rest_of_block(Bags(part), rows, w, widths, act, W_out).flatten() for part, w in slices]
@@ -281,12 +283,14 @@ def per_batch_of_tokens(make: Callable, tokens: Tensor, *args):
     return kept[key][1]
 
 
+def _unwrapped(tensor: Tensor) -> bool:
+    """Not a torch.func transform's wrapper (which torch.compile cannot ask about)."""
+    return not torch._C._functorch.is_functorch_wrapped_tensor(tensor)
+
+
 def _plain(tensor) -> bool:
     """Not a torch.func transform's wrapper nor an inference tensor (which has no version)."""
-    return not (
-        isinstance(tensor, Tensor)
-        and (torch._C._functorch.is_functorch_wrapped_tensor(tensor) or tensor.is_inference())
-    )
+    return not isinstance(tensor, Tensor) or (_unwrapped(tensor) and not tensor.is_inference())
 
 
 # ----------------------------------------------------------------------------- embedding_bag

@@ -127,7 +127,8 @@ class Alone:
     def __init__(self, experiment: Experiment):
         self.experiment = experiment
         self.batch_size = experiment.cfg.batch_size  # read once: the epoch needs it, a config lookup costs ~10 µs
-        self.module = fast(experiment.model, shares_tables=True)  # the test pass's tables serve the next step
+        # the test pass's tables serve the next step
+        self.module = fast(experiment.model, shares_tables=True, tables=experiment.cfg.tables)
         self.captured = captured_epoch(experiment, self.module) if experiment.cfg.compile else None
 
     def epoch(self, evaluated: bool) -> Optional[Tuple[List[str], Tensor]]:

@@ -38,7 +38,8 @@ class Stack:
 
     def __init__(self, experiments: List["Experiment"]):
         self.experiments = experiments
-        self.module = fast(experiments[0].model)  # any run's: torch.func.functional_call swaps in the stack
+        # any run's: torch.func.functional_call swaps in the stack
+        self.module = fast(experiments[0].model, tables=experiments[0].cfg.tables)
         self.names = [name for name, _ in self.module.named_parameters()]  # in each run's parameters' order
         own = [list(e.model.parameters()) for e in experiments]
         self.params = {name: torch.stack([params[i].detach() for params in own]) for i, name in enumerate(self.names)}
