@@ -15,12 +15,20 @@ import torch
 from benchmarks import reference
 from grok.data import make_dataset
 from grok.models import build_model, fast, run_with_cache, tables
+from grok.recording.files import read_metrics
 from grok.run import start
 from grok.training.experiment import Split
-from grok.training.loop import Alone, evaluate, train_epoch
+from grok.training.loop import evaluate, train_epoch
 from grok.training.optimizers import LinearWarmup, build_optimizer, without_dynamo_import
 from grok.training.stacked import Stack
-from tests.conftest import EARLY_EPOCHS, FLOAT32_ROUNDINGS, ROOT, assert_optimizer_states_equal, make_config
+from tests.conftest import (
+    EARLY_EPOCHS,
+    FLOAT32_ROUNDINGS,
+    ROOT,
+    assert_optimizer_states_equal,
+    make_config,
+    run_here,
+)
 
 # p=31 on half the pairs: both the train (480) and test (481) batches take the table paths; a narrower
 # model keeps 2 x 100 epochs short (test_the_default_experiment_takes_the_reference_steps has the default)
@@ -152,22 +160,28 @@ def test_the_table_path_equals_the_plain_path_in_values_and_gradients(overrides)
         assert all(torch.allclose(f, p, rtol=1e-10, atol=1e-10) for f, p in zip(*grads))
 
 
-def test_tables_false_trains_through_the_models_own_forward_to_the_same_numbers(tmp_path):
-    """`tables=false` (the config's): a run alone, and a stack of runs, go through the model itself,
-    where every hook point sees its activation, and train to the table path's numbers (float64)."""
-    rows, runs = {}, {}
+def test_tables_false_runs_through_the_models_own_forward_to_the_same_numbers(tmp_path, monkeypatch):
+    """`tables=false` (the config's): a run's steps, test passes and progress measures all go through
+    the model itself, where every hook point sees its activation, to the table path's numbers (to
+    float32 rounding); a stack of runs goes through it too."""
+    by_tables = []
+    spied = tables.transformer_by_tables
+    monkeypatch.setattr(tables, "transformer_by_tables", lambda *args: by_tables.append(1) or spied(*args))
+    rows = {}
     for tables_on in (True, False):
-        cfg = make_config([*SMALL, "analysis=none", "logger=none", f"tables={str(tables_on).lower()}"])
-        out = tmp_path / f"tables_{tables_on}"
-        out.mkdir()
-        run = runs[tables_on] = start(cfg, out, out.name, time.perf_counter())
-        run.model.double()
-        engine = Alone(run)
-        assert by_embedding_bag(engine.module(run.train.inputs)) == tables_on
-        rows[tables_on] = torch.cat([engine.epoch(True)[1] for _ in range(5)])
-    assert torch.allclose(rows[True], rows[False], rtol=1e-9, atol=1e-12)
-    for tables_on, run in runs.items():
-        assert by_embedding_bag(Stack([run]).module(run.train.inputs)) == tables_on
+        by_tables.clear()
+        overrides = [*SMALL, "epochs=4", "analysis.every=2", "logger=none", f"tables={str(tables_on).lower()}"]
+        run_dir = run_here(overrides, tmp_path / f"tables_{tables_on}")
+        assert bool(by_tables) == tables_on
+        rows[tables_on] = [read_metrics(run_dir / name) for name in ("metrics.csv", "analysis.csv")]
+        stack = Stack([start(make_config(overrides), tmp_path / f"stack_{tables_on}", "stack", time.perf_counter())])
+        assert by_embedding_bag(stack.module(stack.experiments[0].train.inputs)) == tables_on
+    for with_tables, without in zip(*rows.values()):
+        assert len(with_tables) == len(without) > 0
+        for a, b in zip(with_tables, without):
+            assert a.keys() == b.keys()
+            near = lambda value: pytest.approx(value, rel=1e-4, abs=1e-6) if isinstance(value, float) else value
+            assert all(b[key] == near(value) for key, value in a.items()), (a, b)
 
 
 @pytest.mark.parametrize("weighted", [True, False], ids=["weighted", "unweighted"])

@@ -162,7 +162,8 @@ def rest_of_block(
 # the next. A CPU's sums them COLUMNS pre-activations at a time too: that block of the tables (R x 128
 # floats: 650 KB for the default experiment's 1274 rows, against 3 MB at their whole width) and of
 # the activations stays in a core's L2 cache from one bag to the next and on into the product with
-# W_out (the default experiment's test pass: 1.06x faster at 2 threads, 1.17x at 1)
+# W_out (the default experiment's test pass: 1.06x faster at 2 threads, 1.17x at 1), for a copy of
+# the tables in blocks each pass
 SLICE, COLUMNS = 1024, 128
 
 
@@ -171,7 +172,7 @@ def rest_of_block_in_slices(
 ) -> Tensor:
     """rest_of_block without gradients, SLICE examples at a time, into one (n, D or C) output; on a CPU
     outside torch.func's transforms (vmap has no rule for addmm_), in blocks of COLUMNS pre-activations."""
-    transformed = not torch.compiler.is_compiling() and not all(map(_unwrapped, (rows, weights, index)))
+    transformed = not torch.compiler.is_compiling() and not all(map(_unwrapped, (rows, weights, index, W_out)))
     if rows.device.type != "cpu" or transformed:
         # joined flat: torch.cat runs ~10x slower on rows whose width is not a multiple of 8 floats, as C=97's
         slices = zip(index.split(SLICE), weights.split(SLICE))

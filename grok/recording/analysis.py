@@ -91,14 +91,20 @@ def softmax_collapse(logits: Tensor, labels: Tensor) -> Dict[str, float]:
 
 @torch.no_grad()
 def progress_measures(
-    model: torch.nn.Module, p: Optional[int], fourier_sign: Optional[int], inputs: Tensor, labels: Tensor, n_key: int
+    model: torch.nn.Module,
+    p: Optional[int],
+    fourier_sign: Optional[int],
+    inputs: Tensor,
+    labels: Tensor,
+    n_key: int,
+    tables: bool = True,
 ) -> Dict[str, float]:
     """All measures for the model on the train split (inputs (N, 3) tokens [a, b, =], labels (N,)).
     `fourier_sign`: the task's labels are (a + sign*b) mod p, where the restricted and excluded
-    losses apply (the task's own attribute; None elsewhere)."""
+    losses apply (the task's own attribute; None elsewhere). `tables`: the run's config's."""
     was_training = model.training
     model.eval()
-    logits = fast(model)(inputs)  # (N, C), as training computes them
+    logits = fast(model, tables=tables)(inputs)  # (N, C), as training computes them
     model.train(was_training)
     measures = {f"weight_norm/{name}": param.norm().item() for name, param in model.named_parameters()}
     measures.update(softmax_collapse(logits, labels))

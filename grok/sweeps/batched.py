@@ -60,6 +60,7 @@ def group_key(cfg: DictConfig) -> Tuple[str, int]:
         "clean_labels": data.clean_labels is not None,  # the same metrics: noisy tasks add acc_clean
         "device": str(resolve_device(cfg.device)),
         "threads": cfg.threads,
+        "tables": cfg.tables,  # a stack runs every member through the first's path
     }
     return json.dumps(shapes, sort_keys=True), max(len(data.train_idx), len(data.test_idx))
 

@@ -121,8 +121,8 @@ def weight_norm(model: nn.Module) -> Tensor:
 
 
 class Alone:
-    """K = 1: one run's epoch on its own model, through the table path; with `compile`, as one
-    compiled graph (grok/training/captured.py) where it can be."""
+    """K = 1: one run's epoch on its own model, through the table path (unless the config's `tables`
+    is false); with `compile`, as one compiled graph (grok/training/captured.py) where it can be."""
 
     def __init__(self, experiment: Experiment):
         self.experiment = experiment
@@ -196,6 +196,7 @@ def close_epoch(
                 experiment.train.inputs,
                 experiment.train.labels,
                 experiment.cfg.analysis.n_key_freqs,
+                experiment.cfg.tables,
             )
         experiment.loggers.log_epoch(row, measures)
         check_finite(row)
