@@ -162,8 +162,8 @@ def rest_of_block(
 # the next. A CPU's sums them COLUMNS pre-activations at a time too: that block of the tables (R x 128
 # floats: 650 KB for the default experiment's 1274 rows, against 3 MB at their whole width) and of
 # the activations stays in a core's L2 cache from one bag to the next and on into the product with
-# W_out (the default experiment's test pass: 1.06x faster at 2 threads, 1.17x at 1), for a copy of
-# the tables in blocks each pass
+# W_out (the default experiment's test pass: 1.06x faster at 2 threads, 1.17x at 1); the price, a copy
+# of the tables in blocks each pass
 SLICE, COLUMNS = 1024, 128
 
 
