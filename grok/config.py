@@ -70,7 +70,7 @@ class Config:
     data_seed: int = 0  # the train/test split, random tables and label noise
     device: str = "auto"  # auto (the GPU when there is one) | cpu | cuda | cuda:N
     compile: bool = False  # the whole epoch as one compiled graph; CUDA graphs on a GPU (grok/training/captured.py)
-    tables: bool = True  # the first layer from tables where they pay (grok/models/tables.py); false: never
+    tables: Optional[bool] = None  # the first layer from tables (grok/models/tables.py): None: on a CPU only
     batch_size: Optional[int] = None  # None: full batch
     eval_every: int = 1
     save_every: int = 5000

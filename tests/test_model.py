@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from grok.errors import ConfigError
-from grok.models import HookPoint, build_model, fast, run_with_cache, tables
+from grok.models import HookPoint, build_model, fast, layers, run_with_cache, tables
 from grok.models.gpt import GPT
 from grok.models.mlp import OperandMLP
 from grok.models.tables import TableForward
@@ -177,12 +177,45 @@ def test_fast_wraps_the_models_that_have_tables_and_shares_their_weights():
     mlp, _ = model_and_tokens("model=mlp")
     gpt = build_model(make_config(["model=gpt"]).model, n_vocab=P + 1, n_classes=P, n_ctx=3)
     for model in (transformer, mlp):
-        wrapped = fast(model)
+        wrapped = fast(model, tables=True)
         assert isinstance(wrapped, TableForward) and wrapped.model is model
         names = [name for name, _ in model.named_parameters()]
         assert [name for name, _ in wrapped.named_parameters()] == [f"model.{name}" for name in names]
         assert all(a is b for a, b in zip(wrapped.parameters(), model.parameters()))
     assert fast(gpt) is gpt, "no tables: the model itself"
+
+
+def test_fast_takes_the_tables_on_a_cpu_and_the_models_own_forward_on_a_gpu(device):
+    """`tables` unset (the config's null): the table path on a CPU, where it pays; on a GPU the model
+    itself (docs/performance.md, "On a GPU"). true and false choose on every device."""
+    model, _ = model_and_tokens(device=device)
+    assert isinstance(fast(model), TableForward) == (device == "cpu")
+    assert isinstance(fast(model, tables=True), TableForward)
+    assert fast(model, tables=False) is model
+
+
+@pytest.mark.parametrize("as_on_a_gpu", [True, False], ids=["one-hot-product", "index_select"])
+def test_gather_rows_gives_the_rows_and_sums_their_gradient_in_a_fixed_order(as_on_a_gpu, device, monkeypatch):
+    """grok.models.layers.gather_rows, the embeddings' gather: table[index], and as its gradient each
+    row's sum of the gradients of the places that read it, the same in every call. A GPU's one-hot
+    product runs here on a CPU too, compiled and under torch.vmap (runs trained together)."""
+    monkeypatch.setattr(layers, "_by_one_hot", lambda table: as_on_a_gpu)
+    torch.manual_seed(0)
+    table = torch.randn(7, 2, 3, device=device)
+    index = torch.randint(0, 7, (5, 4), device=device)
+    grad = torch.randn(5, 4, 2, 3, device=device)
+    expected_grad = torch.zeros(7, 2, 3, dtype=torch.float64, device=device)
+    for place, row in enumerate(index.flatten().tolist()):
+        expected_grad[row] += grad.flatten(0, 1)[place].double()
+
+    assert torch.equal(layers.gather_rows(table, index), table[index])
+    gradient = torch.func.grad(lambda t: (layers.gather_rows(t, index) * grad).sum())
+    assert torch.allclose(gradient(table).double(), expected_grad, rtol=1e-6, atol=1e-6)
+    assert torch.equal(gradient(table), gradient(table)), "the same order every call"
+    compiled = torch.compile(gradient, fullgraph=True, backend="aot_eager")  # the captured epoch's grad
+    assert torch.allclose(compiled(table).double(), expected_grad, rtol=1e-6, atol=1e-6)
+    runs = torch.stack([table, 2 * table])
+    assert torch.equal(torch.vmap(layers.gather_rows, in_dims=(0, None))(runs, index), runs[:, index])
 
 
 # one hook of each kind PyTorch has, on the MLP's hook point, or on every module (global) reacting to it
@@ -215,13 +248,13 @@ def test_a_hook_of_any_kind_sends_the_table_path_back_through_the_hook_points(ki
     by_tables = []
     spied = tables.transformer_by_tables
     monkeypatch.setattr(tables, "transformer_by_tables", lambda *args: by_tables.append(1) or spied(*args))
-    fast(model)(tokens).sum().backward()
+    fast(model, tables=True)(tokens).sum().backward()
     assert by_tables == [1], "no hook attached: the tables"
 
     seen = []
     handle = HOOKS[kind](point, seen)
     try:
-        fast(model)(tokens).sum().backward()
+        fast(model, tables=True)(tokens).sum().backward()
     finally:
         handle.remove()
     assert seen, "the hook ran"

@@ -1,7 +1,7 @@
 """The fast harness does the reference's math (issue 5): from the same initial weights, its training
-steps and test passes (grok.training.loop, through fast(model) as training runs it) give the losses and
+steps and test passes (grok.training.loop, through fast(model, tables=True) as training runs it) give the losses and
 accuracies of benchmarks/reference.py, the straightforward implementation; and the models' table paths
-(fast(model), grok/models/tables.py) equal their plain paths (model itself)."""
+(fast(model, tables=True), grok/models/tables.py) equal their plain paths (model itself)."""
 
 import copy
 import functools
@@ -57,7 +57,7 @@ def setup(overrides, dtype, device="cpu"):
 def harness_run(overrides, dtype, epochs, device="cpu"):
     cfg, model, _, train, test = setup(overrides, dtype, device)
     optimizer, scheduler = build_optimizer(cfg.optimizer, cfg.transforms, model.parameters())
-    module, rows = fast(model, shares_tables=True), []  # as the training loop's
+    module, rows = fast(model, shares_tables=True, tables=True), []  # as the training loop's
     for _ in range(epochs):
         train_metrics = train_epoch(module, train, optimizer, scheduler, None, None)
         test_metrics = evaluate(module, test)
@@ -149,13 +149,15 @@ def test_the_table_path_equals_the_plain_path_in_values_and_gradients(overrides)
     model = build_model(cfg.model, data.n_vocab, data.n_classes, 3).double()
     tokens = data.inputs  # all 961 pairs
     for all_positions in [False, True] if cfg.model.name == "transformer" else [False]:
-        tables = fast(model)(tokens, all_positions=all_positions)
-        assert by_embedding_bag(tables), "fast(model) on a large batch: the table path"
+        tables = fast(model, tables=True)(tokens, all_positions=all_positions)
+        assert by_embedding_bag(tables), "fast(model, tables=True) on a large batch: the table path"
         plain = model(tokens, all_positions=all_positions)
         assert not by_embedding_bag(plain), "the model itself: the plain path"
         assert torch.allclose(tables, plain, rtol=0, atol=1e-12)
         with torch.inference_mode():  # evaluation goes through the tables in slices (2883 rows: three)
-            assert torch.allclose(fast(model)(tokens, all_positions=all_positions), plain, rtol=0, atol=1e-12)
+            assert torch.allclose(
+                fast(model, tables=True)(tokens, all_positions=all_positions), plain, rtol=0, atol=1e-12
+            )
         grads = [torch.autograd.grad(out.square().sum(), list(model.parameters())) for out in (tables, plain)]
         assert all(torch.allclose(f, p, rtol=1e-10, atol=1e-10) for f, p in zip(*grads))
 
@@ -241,13 +243,15 @@ def test_under_torch_func_transforms_the_table_path_equals_the_plain_path(model_
     loss = lambda net, tokens: lambda p: torch.func.functional_call(net, p, (tokens,)).logsumexp(-1).sum()
     plain = torch.func.grad(loss(model, data.inputs))(params)
     for _ in range(2):
-        by_tables = torch.func.grad(loss(fast(model), data.inputs))({f"model.{k}": v for k, v in params.items()})
+        by_tables = torch.func.grad(loss(fast(model, tables=True), data.inputs))(
+            {f"model.{k}": v for k, v in params.items()}
+        )
         assert all(torch.allclose(by_tables[f"model.{k}"], g, rtol=1e-10, atol=1e-10) for k, g in plain.items())
     batches = torch.stack([data.inputs, data.inputs.flip(0)])
-    out, expected = torch.vmap(fast(model))(batches), torch.stack([model(tokens) for tokens in batches])
+    out, expected = torch.vmap(fast(model, tables=True))(batches), torch.stack([model(tokens) for tokens in batches])
     assert by_embedding_bag(out) and torch.allclose(out, expected, rtol=0, atol=1e-12)
     with torch.inference_mode():  # evaluation's path, which on a CPU otherwise sums the bags in blocks
-        assert torch.allclose(torch.vmap(fast(model))(batches), expected, rtol=0, atol=1e-12)
+        assert torch.allclose(torch.vmap(fast(model, tables=True))(batches), expected, rtol=0, atol=1e-12)
     grads = [torch.autograd.grad(value.square().sum(), list(model.parameters())) for value in (out, expected)]
     assert all(torch.allclose(a, b, rtol=1e-10, atol=1e-10) for a, b in zip(*grads))
 
@@ -277,15 +281,15 @@ def test_the_indices_of_a_batch_of_tokens_are_made_once_and_again_when_the_token
     torch.manual_seed(0)
     model = build_model(cfg.model, data.n_vocab, data.n_classes, 3)
     tokens = data.inputs.clone()
-    fast(model)(tokens)
+    fast(model, tables=True)(tokens)
     tokens[:, 0] = tokens[:, 0].flip(0)  # other operands, in the same memory
-    assert by_embedding_bag(fast(model)(tokens))
-    assert torch.allclose(fast(model)(tokens), model(tokens), rtol=1e-5, atol=1e-5)
+    assert by_embedding_bag(fast(model, tables=True)(tokens))
+    assert torch.allclose(fast(model, tables=True)(tokens), model(tokens), rtol=1e-5, atol=1e-5)
 
 
 def test_the_training_loops_test_pass_makes_the_tables_that_its_next_step_backpropagates_through(monkeypatch):
     """An epoch's test pass and the next epoch's training forward see the same weights: the loop's
-    module (fast(model, shares_tables=True)) makes the weights' tables once for both, and the step's
+    module (fast(model, shares_tables=True, tables=True)) makes the weights' tables once for both, and the step's
     gradients are the plain path's. They serve the next forward alone, and only the weights they were
     made of: after a step, a load, a weight's gradient switched on, or a forward down the plain path,
     they are made again."""
@@ -296,7 +300,7 @@ def test_the_training_loops_test_pass_makes_the_tables_that_its_next_step_backpr
     data = make_dataset(cfg.task, 0.5, 0)
     torch.manual_seed(0)
     model = build_model(cfg.model, data.n_vocab, data.n_classes, 3).double()
-    module = fast(model, shares_tables=True)
+    module = fast(model, shares_tables=True, tables=True)
 
     def gradients(forward, tokens=data.inputs):
         model.zero_grad()
@@ -333,7 +337,7 @@ def test_the_training_loops_test_pass_makes_the_tables_that_its_next_step_backpr
     assert equal(gradients(module), gradients(model)) and model.W_E.grad is not None and len(made) == 8
     test_pass()
     assert copy.deepcopy(module).kept is None and module.kept is not None, "a copy leaves the graph behind"
-    assert fast(model) is not module and fast(model).shares_tables is False
+    assert fast(model, tables=True) is not module and fast(model, tables=True).shares_tables is False
 
 
 @pytest.mark.float_sensitive
@@ -342,7 +346,7 @@ def test_a_hook_attached_sends_even_a_large_batch_down_the_plain_path(on):
     cfg = make_config(["task.p=31"])
     data = make_dataset(cfg.task, 0.5, 0)
     model = build_model(cfg.model, data.n_vocab, data.n_classes, 3).double()  # the paths sum in other orders
-    logits, cache = run_with_cache(fast(model), data.inputs)  # a hook on every hook point: all computed
+    logits, cache = run_with_cache(fast(model, tables=True), data.inputs)  # a hook on every hook point: all computed
     assert cache["model.blocks.0.mlp.hook_post"].shape == (len(data.inputs), 3, cfg.model.d_mlp)
     if on:  # the MLP's output zeroed: the stream after attention, plus b_out, unembedded
         expected = ((cache["model.blocks.0.hook_resid_mid"] + model.blocks[0].mlp.b_out) @ model.W_U)[:, -1]
@@ -350,11 +354,11 @@ def test_a_hook_attached_sends_even_a_large_batch_down_the_plain_path(on):
     else:  # the logits doubled
         expected = 2 * logits[:, -1]
         handle = model.register_forward_hook(lambda m, i, output: 2 * output)
-    edited = fast(model)(data.inputs)
+    edited = fast(model, tables=True)(data.inputs)
     handle.remove()
     assert not by_embedding_bag(edited)
     assert torch.allclose(edited, expected, rtol=0, atol=1e-12), "the hook edited the large batch"
-    assert torch.allclose(logits[:, -1], fast(model)(data.inputs), rtol=0, atol=1e-12)
+    assert torch.allclose(logits[:, -1], fast(model, tables=True)(data.inputs), rtol=0, atol=1e-12)
 
 
 PAGE_FAULTS_OF_A_SECOND_TENSOR = """

@@ -27,12 +27,31 @@ class LayerNorm(nn.Module):
         return F.layer_norm(x, x.shape[-1:], self.w, self.b)
 
 
+# On a GPU, tables of at most this many rows are gathered by a one-hot product (gather_rows): every
+# task's vocabulary up to p = 509; its cost grows with the rows, index_select's does not
+ONE_HOT_ROWS = 512
+
+
 def gather_rows(table: Tensor, index: Tensor) -> Tensor:
-    """table[index] (index of any shape, table (N, ...)) through index_select: its backward
+    """table[index] (index of any shape, table (N, ...)). On a CPU through index_select: its backward
     (index_add_) sums into each row in the same order in every process, where advanced indexing's
     took another order from run to run on two threads, so that one command gave other numbers
-    (docs/runs.md)."""
-    return table.index_select(0, index.flatten()).view(*index.shape, *table.shape[1:])
+    (docs/runs.md). On a GPU as a product with the index's one-hot matrix, (n, N) @ (N, ...): exact
+    (each sum has one term that is not 0 * row), and its backward, one_hot.T @ grad, sums in a fixed
+    order as fast as a small product runs, where index_select's deterministic CUDA backward sorts the
+    index and then adds each row's entries one after another (1.3 ms of the default experiment's
+    2.1 ms captured epoch on an H200; docs/performance.md)."""
+    flat = index.flatten()
+    if _by_one_hot(table):
+        one_hot = (flat[:, None] == torch.arange(table.shape[0], device=table.device)).to(table.dtype)
+        rows = one_hot @ table.flatten(1)  # (n, N) @ (N, ...)
+    else:
+        rows = table.index_select(0, flat)
+    return rows.view(*index.shape, *table.shape[1:])
+
+
+def _by_one_hot(table: Tensor) -> bool:
+    return table.is_cuda and table.shape[0] <= ONE_HOT_ROWS
 
 
 def require(ok: bool, message: str) -> None:

@@ -80,9 +80,13 @@ class TableForward(nn.Module):
         return tuple(t.detach() for t in tables)
 
 
-def fast(model: nn.Module, shares_tables: bool = False, tables: bool = True) -> nn.Module:
+def fast(model: nn.Module, shares_tables: bool = False, tables: Optional[bool] = None) -> nn.Module:
     """The module to train and evaluate `model` through: TableForward(model, shares_tables) for the
-    models that have tables, the model itself for the others and without `tables` (the config's)."""
+    models that have tables, the model itself for the others and without `tables` (the config's).
+    None: tables on a CPU only. On a GPU their gathers and sums, built for a CPU's kernels, take longer
+    than the products they save (docs/performance.md, "On a GPU")."""
+    if tables is None:
+        tables = all(p.device.type == "cpu" for p in model.parameters())
     has_tables = isinstance(model, (Transformer, OperandMLP))
     return TableForward(model, shares_tables) if tables and has_tables else model
 

@@ -97,7 +97,7 @@ def progress_measures(
     inputs: Tensor,
     labels: Tensor,
     n_key: int,
-    tables: bool = True,
+    tables: Optional[bool] = None,
 ) -> Dict[str, float]:
     """All measures for the model on the train split (inputs (N, 3) tokens [a, b, =], labels (N,)).
     `fourier_sign`: the task's labels are (a + sign*b) mod p, where the restricted and excluded
