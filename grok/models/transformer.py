@@ -9,8 +9,9 @@ Only the last position's logits enter the loss of a binary operation, so the las
 queries, its MLP and the unembedding for the last position alone (Q = 1); keys and values still see
 every position. `all_positions=True` computes every position (sequence tasks, `run_with_cache`).
 
-This is the plain path: every activation passes its hook point. For large batches, grok/models/tables.py
-computes the first block of the same model, without LayerNorm, from tables of its V x T distinct inputs.
+This is the plain path: every activation passes its hook point. For large batches on a CPU,
+grok/models/tables.py computes the first block of the same model, without LayerNorm, from tables of
+its V x T distinct inputs.
 """
 
 import math
@@ -54,13 +55,23 @@ class Attention(nn.Module):
         q = self.hook_q(torch.einsum("btd,hde->bhte", x[:, T - n_queries :], self.W_Q))  # (B, H, Q, E)
         k = self.hook_k(torch.einsum("btd,hde->bhte", x, self.W_K))  # (B, H, T, E)
         v = self.hook_v(torch.einsum("btd,hde->bhte", x, self.W_V))  # (B, H, T, E)
-        scores = torch.einsum("bhqe,bhke->bhqk", q, k) / math.sqrt(q.shape[-1])  # (B, H, Q, T)
+        # One query: the two batched products would be matrix-vector products, one per (example, head),
+        # slow on a GPU (cuBLAS's gemv: 35 us each on an H200); multiplied and summed, they fuse with
+        # their neighbours (the captured epoch 1.3x faster; docs/performance.md)
+        one_query = n_queries == 1
+        if one_query:
+            scores = (q[:, :, :, None] * k[:, :, None]).sum(-1)  # (B, H, 1, T, E) -> (B, H, 1, T)
+        else:
+            scores = torch.einsum("bhqe,bhke->bhqk", q, k)  # (B, H, Q, T)
         query_pos = torch.arange(T - n_queries, T, device=x.device)
         future = torch.arange(T, device=x.device)[None, :] > query_pos[:, None]  # (Q, T)
-        scores = self.hook_attn_scores(scores.masked_fill(future, float("-inf")))
+        scores = self.hook_attn_scores((scores / math.sqrt(q.shape[-1])).masked_fill(future, float("-inf")))
         pattern = self.hook_pattern(scores.softmax(dim=-1))  # (B, H, Q, T)
-        z = self.hook_z(torch.einsum("bhqk,bhke->bhqe", pattern, v))  # (B, H, Q, E)
-        return torch.einsum("bhqe,hed->bqd", z, self.W_O)
+        if one_query:
+            z = (pattern[..., None] * v[:, :, None]).sum(-2)  # (B, H, 1, T, E) -> (B, H, 1, E)
+        else:
+            z = torch.einsum("bhqk,bhke->bhqe", pattern, v)  # (B, H, Q, E)
+        return torch.einsum("bhqe,hed->bqd", self.hook_z(z), self.W_O)
 
 
 class MLP(nn.Module):
