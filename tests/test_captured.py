@@ -114,6 +114,24 @@ def test_a_restored_snapshot_trains_again_to_the_same_numbers(tmp_path, device):
     assert all(torch.equal(a, b) for a, b in zip(first, again))
 
 
+def test_a_warmed_up_graph_whose_guards_no_longer_hold_compiles_again_and_trains_on(tmp_path, device):
+    """Warmed up, a graph is looked up by a few of Dynamo's guards (captured.py); where one of the
+    others no longer holds, here the grad mode, Dynamo refuses to compile under that stance, and the
+    epoch is looked up with every guard again instead of failing the run."""
+    run = experiment(tmp_path, "run", [P11], device)
+    epoch = captured(run, backend="aot_eager").epoch
+    for _ in range(3):
+        epoch(True)
+    snapshot = run.snapshot()
+    first = [epoch(True)[1] for _ in range(4)]
+    run.restore(snapshot)
+    again = [epoch(True)[1]]
+    with torch.no_grad():
+        again.append(epoch(True)[1])
+    again += [epoch(True)[1] for _ in range(2)]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+
 def test_runs_one_after_another_in_a_process_each_compile_their_epoch(tmp_path):
     with torch._dynamo.config.patch(recompile_limit=1):  # Dynamo's limit (8) reached at the second shape
         for p in (11, 13):

@@ -166,12 +166,19 @@ class CapturedEpoch:
         args = (self.params, self._state(), self.lr, self.train, self.test)
         if self.calls[evaluated] >= WARM_UP_CALLS:
             # Warmed up, the graph is called with the same tensors (or, restored, ones of the same
-            # shapes, dtypes and devices) every epoch: Dynamo need check only the guards that tell
-            # its two graphs apart, evaluated or not, and the tensors', not all of them (0.04 ms an
-            # epoch; docs/performance.md). A graph not yet warmed up is looked up with every guard.
-            with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
-                measured = self.compiled[evaluated](*args)
-        else:
+            # shapes, dtypes and devices) every epoch: Dynamo need check only the guards that tell its
+            # two graphs apart, evaluated or not, and the tensors', not all of them (0.04 ms an epoch;
+            # docs/performance.md). Where what a graph guards on has changed since (the grad mode, say),
+            # Dynamo refuses to compile again under that stance, before the graph runs: then the graph
+            # is warmed up again, looked up with every guard.
+            try:
+                with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+                    measured = self.compiled[evaluated](*args)
+            except RuntimeError as error:
+                if "Recompilation triggered with skip_guard_eval_unsafe" not in str(error):
+                    raise
+                self.calls[evaluated] = 0
+        if self.calls[evaluated] < WARM_UP_CALLS:
             try:
                 measured = self.compiled[evaluated](*args)
             except torch.cuda.OutOfMemoryError:
