@@ -3,8 +3,10 @@
 For each experiment (the default one and `model=mlp`; others with --experiment) the harness's task,
 model and optimizer are built by its own code (Hydra compose, grok.data, grok.models,
 grok.training.optimizers) and an epoch is what train.py runs: grok.training.loop.train_epoch (one
-full-batch step) + evaluate (the test pass), metrics read back to Python. benchmarks/reference.py
-trains from the same initial weights.
+full-batch step) + evaluate (the test pass), its metrics read back to Python at the end of a timed
+block, as the loop reads back a block's (on a GPU the host queues the next epochs meanwhile); with
+compile=true, the captured epoch (grok/training/captured.py). benchmarks/reference.py, which reads
+back every epoch, trains from the same initial weights.
 The two alternate in rounds, so that both see the same load on a shared machine; the ratio is the
 median of the per-round ratios. FLOPs per epoch are those of the matrix products, counted with
 torch's FLOP formulas; "peak fraction" divides the FLOP rate by a large matmul's, measured here.
@@ -17,7 +19,7 @@ with the plateau figure: epochs/s from that run's last checkpoint before it grok
 weights, alternated (float32 denormals are flushed to zero as train.py does; --keep-denormals not).
 
 The batched figure (docs/sweeps.md): run-epochs/s of K runs trained together as one stacked
-model, grok.training.stacked.Stack (its epoch: backward, step, evaluate, metrics read back, as train_together
+model, grok.training.stacked.Stack (its epoch: backward, step, evaluate, metrics, as train_together
 runs it without the logging), for K = 1, 8, 64 (--batched-k) against K runs one after another, whose
 run-epochs/s is the harness epoch's above, on a run of its own built by grok.run.start as train.py builds it.
 The K members differ as a sweep's do (seed, data_seed) with the same shapes: the default experiment's
@@ -52,6 +54,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional
 
 import torch
+from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
@@ -129,22 +132,32 @@ class MatmulFlops(TorchDispatchMode):
         return out
 
 
-def count_flops(epoch: Callable[[], None]) -> int:
+def count_flops(epoch: Callable[[], object]) -> int:
     with MatmulFlops() as counter:
         epoch()
     return counter.total
 
 
-def timed_block(epoch: Callable[[], None], seconds: float, device: torch.device, min_epochs: int = 1) -> float:
-    """Epochs per second over a block of epochs lasting about `seconds`, and at least `min_epochs`."""
-    n, start = 0, time.perf_counter()
+def timed_block(
+    epoch: Callable[[], Optional[Tensor]], seconds: float, device: torch.device, min_epochs: int = 1
+) -> float:
+    """Epochs per second over a block of epochs lasting about `seconds`, and at least `min_epochs`.
+    What an epoch returns, its metrics, stays on the device until the block ends and then comes to
+    the host in one transfer, as the training loop's blocks do: on a GPU the host queues the next
+    epochs while the device computes (reading back every epoch, a captured epoch ran 1,063 epochs/s
+    on an H200 where the loop's way gave 1,255; docs/performance.md)."""
+    n, kept, start = 0, [], time.perf_counter()
     while True:
-        epoch()
+        measured = epoch()
+        if measured is not None:
+            kept.append(measured.flatten())
         n += 1
-        sync(device)
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds and n >= min_epochs:
-            return n / elapsed
+        if time.perf_counter() - start >= seconds and n >= min_epochs:
+            break
+    if kept:
+        torch.cat(kept).tolist()
+    sync(device)
+    return n / (time.perf_counter() - start)
 
 
 def compose_for_reference(overrides: List[str]):
@@ -206,26 +219,30 @@ def setup(overrides: List[str], device: torch.device):
         raise ConfigError(f"{' '.join(overrides)}: compile=true does not capture this epoch: {why}")
     loss_fn = plugin(cfg.loss, "loss")
     captured = CapturedEpoch(fast(model, tables=cfg.tables), optimizer, scheduler, train, test, loss_fn)
-    return lambda: captured.epoch(True)[1].tolist(), uncompiled, reference_epoch
+    return lambda: captured.epoch(True)[1], uncompiled, reference_epoch
 
 
 def harness_epoch(
     cfg, module: torch.nn.Module, train: Split, test: Split, optimizer, scheduler, generator
-) -> Callable[[], None]:
-    """An epoch as grok.training.loop.Alone runs it: the step, the test pass, the metrics read back."""
+) -> Callable[[], Tensor]:
+    """An epoch as grok.training.loop.Alone runs it: the step, the test pass, the metrics (which the
+    loop reads back at a block's end: timed_block)."""
     loss_fn = plugin(cfg.loss, "loss")
 
-    def epoch() -> None:
+    def epoch() -> Tensor:
         train_metrics = train_epoch(module, train, optimizer, scheduler, cfg.batch_size, generator, loss_fn)
         test_metrics = evaluate(module, test, loss_fn)
-        for value in [*train_metrics.values(), *test_metrics.values()]:  # the loop reads them all back
-            value.item()
+        return torch.stack([value.double() for value in [*train_metrics.values(), *test_metrics.values()]])
 
     return epoch
 
 
 def alternate(
-    epochs: Dict[str, Callable[[], None]], rounds: int, seconds: float, device: torch.device, min_epochs: int = 1
+    epochs: Dict[str, Callable[[], Optional[Tensor]]],
+    rounds: int,
+    seconds: float,
+    device: torch.device,
+    min_epochs: int = 1,
 ) -> Dict[str, List[float]]:
     """Epochs/s of each epoch function over `rounds` timed blocks, the order reversed every round, so
     that all of them see the same load on a shared machine."""
@@ -323,11 +340,10 @@ def bench_batched(overrides: List[str], k: int, device: torch.device, rounds: in
         batch = Stack([experiment(i) for i in range(k)])
         stack.callback(batch.release)
 
-        def batched_epoch() -> None:
+        def batched_epoch() -> Tensor:
             train_metrics = batch.train_epoch()
             test_metrics = batch.evaluate()
-            metrics = [value.double() for member in train_metrics + test_metrics for value in member.values()]
-            torch.stack(metrics).tolist()  # read back, in one transfer, as train_together reads them
+            return torch.stack([value.double() for member in train_metrics + test_metrics for value in member.values()])
 
         for _ in range(2):  # warm-up: first-call allocations, thread pools
             batched_epoch()
@@ -379,16 +395,17 @@ def bench_load(busy: List[int], device: torch.device, rounds: int, seconds: floa
     default = torch.get_num_threads()
     governor = AdaptiveThreads(None)
 
-    def at(threads: int) -> None:
+    def at(threads: int) -> Tensor:
         if torch.get_num_threads() != threads:  # the ways alternate in one process
             torch.set_num_threads(threads)
-        harness()
+        return harness()
 
-    def governed(used: Counter) -> Callable[[], None]:
-        def epoch() -> None:
+    def governed(used: Counter) -> Callable[[], Tensor]:
+        def epoch() -> Tensor:
             used[governor.threads] += 1
-            at(governor.threads)
+            measured = at(governor.threads)
             governor.update()
+            return measured
 
         return epoch
 
@@ -421,7 +438,7 @@ def plateau_checkpoint(run_dir: Path) -> Optional[Path]:
     return next((path for epoch, path in reversed(found) if 0 < epoch < grokked), None)
 
 
-def harness_at(checkpoint: Optional[Path], device: torch.device) -> Callable[[], None]:
+def harness_at(checkpoint: Optional[Path], device: torch.device) -> Callable[[], Tensor]:
     """The default experiment's harness epoch, from fresh weights or from `checkpoint`'s weights and
     optimizer state."""
     cfg = compose([])
