@@ -145,7 +145,7 @@ def timed_block(
     What an epoch returns, its metrics, stays on the device until the block ends and then comes to
     the host in one transfer, as the training loop's blocks do: on a GPU the host queues the next
     epochs while the device computes (reading back every epoch, a captured epoch ran 1,063 epochs/s
-    on an H200 where the loop's way gave 1,255; docs/performance.md)."""
+    on an H200 where the loop's way gave 1,254; docs/performance.md)."""
     n, kept, start = 0, [], time.perf_counter()
     while True:
         measured = epoch()

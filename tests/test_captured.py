@@ -81,10 +81,11 @@ def assert_same_training(runs, rows, rel=1e-9):
         [P11, "optimizer=adam", "eval_every=3"],  # weight decay in the gradient; epochs trained unevaluated
         ["optimizer=sgd", "task=noisy_label", "task.p=11", "task.noise=2"],  # momentum; clean labels
         [P11, "model=mlp"],
-        [P11, "tables=false"],  # through the model's own forward
+        [P11, "tables=true"],  # through the tables (a CPU's default)
+        [P11, "tables=false"],  # through the model's own forward (a GPU's default)
         ["task=digit_add", "task.digits=1", "model=gpt", "model.n_layers=1", "model.n_heads=2"],  # sequences
     ],
-    ids=["adamw", "adam-unevaluated-epochs", "sgd-noisy-labels", "mlp", "no-tables", "sequences"],
+    ids=["adamw", "adam-unevaluated-epochs", "sgd-noisy-labels", "mlp", "tables", "no-tables", "sequences"],
 )
 def test_the_captured_epoch_trains_as_the_plain_one(tmp_path, overrides, device):
     assert_same_training(*train_both_ways(tmp_path, overrides, device))

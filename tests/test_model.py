@@ -16,6 +16,7 @@ from grok.models.gpt import GPT
 from grok.models.mlp import OperandMLP
 from grok.models.tables import TableForward
 from grok.models.transformer import Transformer
+from grok.run import resolve_device
 from grok.training.losses import cross_entropy
 from tests.conftest import make_config
 
@@ -200,6 +201,7 @@ def test_gather_rows_gives_the_rows_and_sums_their_gradient_in_a_fixed_order(as_
     row's sum of the gradients of the places that read it, the same in every call. A GPU's one-hot
     product runs here on a CPU too, compiled and under torch.vmap (runs trained together)."""
     monkeypatch.setattr(layers, "_by_one_hot", lambda table: as_on_a_gpu)
+    resolve_device(device)  # as a run does: on a GPU, the deterministic kernels
     torch.manual_seed(0)
     table = torch.randn(7, 2, 3, device=device)
     index = torch.randint(0, 7, (5, 4), device=device)

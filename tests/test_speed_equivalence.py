@@ -57,7 +57,7 @@ def setup(overrides, dtype, device="cpu"):
 def harness_run(overrides, dtype, epochs, device="cpu"):
     cfg, model, _, train, test = setup(overrides, dtype, device)
     optimizer, scheduler = build_optimizer(cfg.optimizer, cfg.transforms, model.parameters())
-    module, rows = fast(model, shares_tables=True, tables=True), []  # as the training loop's
+    module, rows = fast(model, shares_tables=True), []  # as the training loop's: on a GPU the model's own forward
     for _ in range(epochs):
         train_metrics = train_epoch(module, train, optimizer, scheduler, None, None)
         test_metrics = evaluate(module, test)

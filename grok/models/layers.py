@@ -33,14 +33,15 @@ ONE_HOT_ROWS = 512
 
 
 def gather_rows(table: Tensor, index: Tensor) -> Tensor:
-    """table[index] (index of any shape, table (N, ...)). On a CPU through index_select: its backward
-    (index_add_) sums into each row in the same order in every process, where advanced indexing's
-    took another order from run to run on two threads, so that one command gave other numbers
-    (docs/runs.md). On a GPU as a product with the index's one-hot matrix, (n, N) @ (N, ...): exact
-    (each sum has one term that is not 0 * row), and its backward, one_hot.T @ grad, sums in a fixed
-    order as fast as a small product runs, where index_select's deterministic CUDA backward sorts the
-    index and then adds each row's entries one after another (1.3 ms of the default experiment's
-    2.1 ms captured epoch on an H200; docs/performance.md)."""
+    """table[index] (index of any shape, table (N, ...)). Through index_select on a CPU (and for tables
+    of more than ONE_HOT_ROWS rows): its backward (index_add_) sums into each row in the same order in
+    every process, where advanced indexing's took another order from run to run on two threads, so
+    that one command gave other numbers (docs/runs.md). On a GPU as a product with the index's
+    one-hot matrix, (n, N) @ (N, ...): exact with float32 products (PyTorch's default; TF32 would
+    round the rows), each sum having one term that is not 0 * row; its backward, one_hot.T @ grad,
+    sums in a fixed order as fast as a small product runs, where index_select's deterministic CUDA
+    backward sorts the index and then adds each row's entries one after another (1.3 ms of the
+    default experiment's 2.1 ms captured epoch on an H200; docs/performance.md)."""
     flat = index.flatten()
     if _by_one_hot(table):
         one_hot = (flat[:, None] == torch.arange(table.shape[0], device=table.device)).to(table.dtype)

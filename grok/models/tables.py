@@ -1,6 +1,7 @@
 """The table path: the same math as the plain models, grouped so that a large batch costs less
-(docs/performance.md). Training runs the model through `fast(model)`; `model(...)` itself always takes
-the plain path, where every hook point sees its activation.
+(docs/performance.md). Training runs the model through `fast(model)`: by default the table path on a
+CPU, the model itself on a GPU; `model(...)` itself always takes the plain path, where every hook
+point sees its activation.
 
 The first layer only ever sees V x T distinct inputs (a token at a position). So for a large batch,
 `Transformer` (without LayerNorm) computes its first block from tables of those rows, and `OperandMLP`
@@ -131,7 +132,7 @@ def first_block_by_tables(
     pair, bags = per_batch_of_tokens(transformer_indices, tokens, V, H, Q, gets_a_backward(tokens))
     pos = torch.arange(T, device=tokens.device)
     future = (pos[:, None] > pos[T - Q :])[:, None]  # (T, 1, Q): the key comes after the query
-    # (H, T, B, Q), through index_select as layers.gather_rows; the softmax over the T keys then runs
+    # (H, T, B, Q), through index_select as layers.gather_rows on a CPU; the softmax over the T keys then runs
     # vectorized across examples (along a last axis of length T it is ~20x slower)
     pattern = pair_scores.index_select(1, pair.flatten()).view(H, T, B, Q)
     pattern = pattern.masked_fill(future, float("-inf")).softmax(dim=1)

@@ -57,7 +57,7 @@ class Attention(nn.Module):
         v = self.hook_v(torch.einsum("btd,hde->bhte", x, self.W_V))  # (B, H, T, E)
         # One query: the two batched products would be matrix-vector products, one per (example, head),
         # slow on a GPU (cuBLAS's gemv: 35 us each on an H200); multiplied and summed, they fuse with
-        # their neighbours (the captured epoch 1.3x faster; docs/performance.md)
+        # their neighbours (the captured epoch 1.4x faster; docs/performance.md)
         one_query = n_queries == 1
         if one_query:
             scores = (q[:, :, :, None] * k[:, :, None]).sum(-1)  # (B, H, 1, T, E) -> (B, H, 1, T)

@@ -4,9 +4,9 @@ one CUDA graph (mode "reduce-overhead"), so the host queues an epoch without wai
 between its kernels.
 
 The step is written as a function of the parameters: torch.func.grad differentiates the loss of the
-table path (grok/models/tables.py), and the optimizer's update is computed in the graph, in place,
-on the optimizer's own state tensors (Adam's and AdamW's `step`, `exp_avg`, `exp_avg_sq`; SGD's
-`momentum_buffer`). Checkpoints, snapshots and a run resumed without `compile` therefore see the
+run's module (fast(model, tables), grok/models/tables.py), and the optimizer's update is computed in
+the graph, in place, on the optimizer's own state tensors (Adam's and AdamW's `step`, `exp_avg`,
+`exp_avg_sq`; SGD's `momentum_buffer`). Checkpoints, snapshots and a run resumed without `compile` therefore see the
 torch.optim optimizer as its own step would have left it. The update is torch.optim's math, written
 out (tests/test_captured.py trains both ways from the same weights); the compiled kernels sum in
 their own order, so the two agree to float32 rounding, not bit for bit.
@@ -258,7 +258,7 @@ class CapturedEpoch:
 
 
 def captured_epoch(experiment, module: nn.Module, **options) -> Optional[CapturedEpoch]:
-    """The run's captured epoch through `module` (its table path), or None with a warning that says
+    """The run's captured epoch through `module` (fast(model, tables)), or None with a warning that says
     why its epoch cannot be captured."""
     why = unsupported(experiment.cfg, experiment.optimizer, experiment.model, len(experiment.train.labels))
     if why is not None:

@@ -121,8 +121,9 @@ def weight_norm(model: nn.Module) -> Tensor:
 
 
 class Alone:
-    """K = 1: one run's epoch on its own model, through the table path (unless the config's `tables`
-    is false); with `compile`, as one compiled graph (grok/training/captured.py) where it can be."""
+    """K = 1: one run's epoch on its own model, through fast(model, tables) (grok/models/tables.py: on
+    a CPU the table path); with `compile`, as one compiled graph (grok/training/captured.py) where it
+    can be."""
 
     def __init__(self, experiment: Experiment):
         self.experiment = experiment

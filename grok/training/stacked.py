@@ -2,7 +2,7 @@
 
 Runs whose models have the same shapes (architecture, vocabulary, classes, input length) and the
 same loss can share a stack: each parameter is one tensor with a leading run dimension, and
-torch.vmap runs the model (through its table path, grok/models/tables.py) over it: one forward and
+torch.vmap runs the model (through fast(model, tables), grok/models/tables.py) over it: one forward and
 one backward for the K runs. Each run's own parameters are views into the stack, so its own
 optimizer updates them in place and its checkpoint is an ordinary one.
 
