@@ -1,7 +1,8 @@
 """The fast harness does the reference's math (issue 5): from the same initial weights, its training
-steps and test passes (grok.training.loop, through fast(model, tables=True) as training runs it) give the losses and
-accuracies of benchmarks/reference.py, the straightforward implementation; and the models' table paths
-(fast(model, tables=True), grok/models/tables.py) equal their plain paths (model itself)."""
+steps and test passes (grok.training.loop, through fast(model) as training runs it: on a CPU the
+tables, on a GPU the model itself) give the losses and accuracies of benchmarks/reference.py, the
+straightforward implementation; and the models' table paths (fast(model, tables=True),
+grok/models/tables.py) equal their plain paths (model itself)."""
 
 import copy
 import functools
