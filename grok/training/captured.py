@@ -7,9 +7,9 @@ The step is written as a function of the parameters: torch.func.grad differentia
 run's module (fast(model, tables), grok/models/tables.py), and the optimizer's update is computed in
 the graph, in place, on the optimizer's own state tensors (Adam's and AdamW's `step`, `exp_avg`,
 `exp_avg_sq`; SGD's `momentum_buffer`). Checkpoints, snapshots and a run resumed without `compile`
-therefore see the torch.optim optimizer as its own step would have left it. The update is torch.optim's math, written
-out (tests/test_captured.py trains both ways from the same weights); the compiled kernels sum in
-their own order, so the two agree to float32 rounding, not bit for bit.
+therefore see the torch.optim optimizer as its own step would have left it. The update is
+torch.optim's math, written out (tests/test_captured.py trains both ways from the same weights); the
+compiled kernels sum in their own order, so the two agree to float32 rounding, not bit for bit.
 
 Where an epoch cannot be captured (`unsupported` says why: minibatches, gradient transforms or other
 hooks on the optimizer's step, another optimizer or an option of these three not written out here),
