@@ -193,7 +193,8 @@ def test_jobs_are_grouped_by_shape_and_unbatchable_ones_run_alone(tmp_path, batc
         ["batch_size=64"],
         ["train_frac=1.5"],
         ["task=subtract"],
-        ["tables=false"],  # the shapes of p=31's group, another path through them
+        ["tables=false"],  # p=31's shapes; on a CPU another path through them: alone
+        ["tables=true"],  # on a CPU the path that tables=null takes there: in p=31's group (on a GPU, alone)
     ]
     jobs = [
         Job(make_config(PLAIN + ["epochs=5", *overrides]), tmp_path / str(i), str(i))
@@ -202,10 +203,10 @@ def test_jobs_are_grouped_by_shape_and_unbatchable_ones_run_alone(tmp_path, batc
     for job in jobs:
         job.out_dir.mkdir()
     results = run_batched(jobs)
-    assert sorted(batch_sizes) == [2, 3], "p=31 (add twice, subtract: one shape), p=37; the others alone"
+    assert sorted(batch_sizes) == [2, 4], "p=31 (add twice, subtract, a tables= choosing the same path), p=37"
     assert "train_frac" in str(results[5]), "a bad config fails its own job, with its one-line reason"
     assert json.loads((tmp_path / "5" / "summary.json").read_text())["status"] == "failed"
-    assert all(results[i]["status"] == "completed" for i in (0, 1, 2, 3, 4, 6, 7))
+    assert all(results[i]["status"] == "completed" for i in (0, 1, 2, 3, 4, 6, 7, 8))
 
 
 def test_a_group_too_big_for_memory_is_split_into_batches_that_fit(tmp_path, monkeypatch, batch_sizes):

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from grok.config import validate
 from grok.data import make_dataset
+from grok.models.tables import takes_tables
 from grok.run import end, record_failure, resolve_device, run, start
 from grok.system.signals import Interrupted, stop_on_signals
 from grok.system.speed import flush_denormals
@@ -50,6 +51,7 @@ def group_key(cfg: DictConfig) -> Tuple[str, int]:
     run's larger split's size (what its memory scales with)."""
     check_data(cfg.task)
     data = make_dataset(cfg.task, cfg.train_frac, cfg.data_seed)
+    device = resolve_device(cfg.device)
     shapes = {
         "model": OmegaConf.to_container(cfg.model),
         "n_ctx": data.inputs.shape[1],
@@ -58,9 +60,9 @@ def group_key(cfg: DictConfig) -> Tuple[str, int]:
         "sequences": data.labels.dim() == 2,
         "loss": cfg.loss.name,
         "clean_labels": data.clean_labels is not None,  # the same metrics: noisy tasks add acc_clean
-        "device": str(resolve_device(cfg.device)),
+        "device": str(device),
         "threads": cfg.threads,
-        "tables": cfg.tables,  # a stack runs every member through the first's path
+        "tables": takes_tables(device, cfg.tables),  # a stack runs every member through the first's path
     }
     return json.dumps(shapes, sort_keys=True), max(len(data.train_idx), len(data.test_idx))
 
