@@ -343,7 +343,7 @@ def bench_batched(overrides: List[str], k: int, device: torch.device, rounds: in
         def batched_epoch() -> Tensor:
             train_metrics = batch.train_epoch()
             test_metrics = batch.evaluate()
-            return torch.stack([value.double() for member in train_metrics + test_metrics for value in member.values()])
+            return torch.stack([value.double() for value in [*train_metrics.values(), *test_metrics.values()]])
 
         for _ in range(2):  # warm-up: first-call allocations, thread pools
             batched_epoch()

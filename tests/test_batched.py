@@ -11,14 +11,16 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from grok.config import validate
 from grok.data import IGNORE, make_dataset
 from grok.recording.files import read_metrics
 from grok.run import end, start
 from grok.sweeps import batched
 from grok.sweeps.batched import Job, run_batched
 from grok.system.signals import Preempted, StopRequest, preemption_signal
-from grok.training import memory
+from grok.training import memory, optimizers
 from grok.training.loop import train_runs
+from grok.training.optimizers import build_optimizer, step_together
 from grok.training.stacked import Stack
 from tests.conftest import EARLY_EPOCHS, FLOAT32_ROUNDINGS, make_config, run_cli, wandb_records
 from tests.test_speed_equivalence import autograd_ops, by_embedding_bag
@@ -341,6 +343,59 @@ def test_a_requeued_batch_goes_on_from_its_members_checkpoints(tmp_path, monkeyp
     )
     # a batch of three, then of two, sums in other orders than one of two all along: float32, 10 epochs
     assert uninterrupted[0]["test_loss"] == pytest.approx(results[1]["test_loss"], rel=FLOAT32_ROUNDINGS)
+
+
+# The members' optimizers: two alike, and each of the others differing in one way
+OPTIMIZERS = [
+    ["optimizer=adamw"],
+    ["optimizer=adamw"],
+    ["optimizer=adamw", "optimizer.lr=3e-3"],
+    ["optimizer=adamw", "optimizer.weight_decay=0.1"],
+    ["optimizer=adam"],  # weight decay as an L2 term
+    ["optimizer=adamw", "transforms=[orthograd]"],  # a hook before each step
+    ["optimizer=sgd"],
+]
+
+
+def test_a_stack_steps_the_optimizers_that_agree_in_one_call_and_each_takes_its_own_steps(device, monkeypatch):
+    """step_together against each optimizer's own step(): the same weights and optimizer states, bit
+    for bit, through the warmup; after the first step (which creates each state, as torch does) one
+    call steps the two alike, one each of the other Adam ones, and the last two step alone."""
+    torch.manual_seed(0)
+    shapes = [(5, 3), (3,), (4, 5)]
+    starts = [[torch.randn(shape, device=device) for shape in shapes] for _ in OPTIMIZERS]
+    gradients = [[[torch.randn(shape, device=device) for shape in shapes] for _ in OPTIMIZERS] for _ in range(12)]
+
+    def trained(together: bool):
+        runs = []
+        for overrides, start_weights in zip(OPTIMIZERS, starts):
+            cfg = validate(make_config(overrides))
+            params = [torch.nn.Parameter(weight.clone()) for weight in start_weights]
+            runs.append((params, *build_optimizer(cfg.optimizer, cfg.transforms, params)))
+        for step_gradients in gradients:
+            for (params, _, _), grads in zip(runs, step_gradients):
+                for param, grad in zip(params, grads):
+                    param.grad = grad.clone()
+            if together:
+                step_together([optimizer for _, optimizer, _ in runs])
+            else:
+                for _, optimizer, _ in runs:
+                    optimizer.step()
+            for _, _, scheduler in runs:
+                scheduler.step()
+        return runs
+
+    joint_calls = []
+    real_update = optimizers.adam_update
+    counted = lambda params, *args, **kwargs: joint_calls.append(len(params)) or real_update(params, *args, **kwargs)
+    monkeypatch.setattr(optimizers, "adam_update", counted)
+    for (params, optimizer, _), (own_params, own_optimizer, _) in zip(trained(True), trained(False)):
+        assert all(torch.equal(a, b) for a, b in zip(params, own_params))
+        state, own_state = optimizer.state_dict()["state"], own_optimizer.state_dict()["state"]
+        assert state.keys() == own_state.keys()
+        for key in state:
+            assert all(torch.equal(state[key][name], own_state[key][name]) for name in own_state[key])
+    assert joint_calls == [6, 3, 3, 3] * 11, "from the second step: the two alike, then one each of the others"
 
 
 @pytest.mark.float_sensitive

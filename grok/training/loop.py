@@ -144,15 +144,15 @@ class Alone:
         train_metrics = self.train_epoch()
         return measured(train_metrics, self.evaluate(), self.weight_norms()) if evaluated else None
 
-    def train_epoch(self) -> List[Dict[str, Tensor]]:
+    def train_epoch(self) -> Dict[str, Tensor]:
         e = self.experiment
-        return [train_epoch(self.module, e.train, e.optimizer, e.scheduler, self.batch_size, e.generator, e.loss_fn)]
+        return train_epoch(self.module, e.train, e.optimizer, e.scheduler, self.batch_size, e.generator, e.loss_fn)
 
-    def evaluate(self) -> List[Dict[str, Tensor]]:
-        return [evaluate(self.module, self.experiment.test, self.experiment.loss_fn)]
+    def evaluate(self) -> Dict[str, Tensor]:
+        return evaluate(self.module, self.experiment.test, self.experiment.loss_fn)
 
     def weight_norms(self) -> Tensor:
-        return weight_norm(self.experiment.model)[None]
+        return weight_norm(self.experiment.model)
 
     def release(self) -> None:
         pass

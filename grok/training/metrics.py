@@ -67,15 +67,11 @@ def row_names(train_metrics: Dict[str, Tensor], test_metrics: Dict[str, Tensor])
 
 
 def measured(
-    train_metrics: List[Dict[str, Tensor]], test_metrics: List[Dict[str, Tensor]], weight_norms: Tensor
+    train_metrics: Dict[str, Tensor], test_metrics: Dict[str, Tensor], weight_norms: Tensor
 ) -> Tuple[List[str], Tensor]:
-    """One evaluated epoch of K runs: its row names and its metrics as one (K, M) float64 tensor, on
-    the device, in their order. The tensor comes to the host with the block's other epochs, in one
-    transfer (on a GPU each transfer waits for the work queued before it)."""
-    values = torch.stack(
-        [
-            torch.stack([value.double() for value in [*train.values(), *test.values()]])
-            for train, test in zip(train_metrics, test_metrics)
-        ]
-    )
-    return row_names(train_metrics[0], test_metrics[0]), torch.cat([values, weight_norms.double()[:, None]], dim=1)
+    """One evaluated epoch of K runs (each value (K,); a number for a run alone): its row names and
+    its metrics as one (K, M) float64 tensor, on the device, in their order. The tensor comes to the
+    host with the block's other epochs, in one transfer (on a GPU each transfer waits for the work
+    queued before it)."""
+    values = [*train_metrics.values(), *test_metrics.values(), weight_norms]
+    return row_names(train_metrics, test_metrics), torch.stack([v.double() for v in values], -1).view(-1, len(values))

@@ -6,11 +6,13 @@ grok/training/transforms.py. Each optimizer is one plug-in entry, named by
 import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from omegaconf import MISSING
+from torch.optim.adam import adam as adam_update  # the functional form of Adam's and AdamW's step
 from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 from grok.errors import ConfigError
 from grok.plugins import plugin
@@ -114,6 +116,66 @@ sgd = TorchOptimizer(
     lambda params, cfg: SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay),
     SGDConfig,
 )
+
+
+def _joint_step_key(optimizer: torch.optim.Optimizer) -> Optional[Tuple]:
+    """What an optimizer's step must share with others' to run in one fused call with them; None
+    where it takes its own: not grok's fused Adam or AdamW, more than one parameter group, an option
+    the joint call does not pass on, a hook around its steps (gradient transforms), or a state that
+    its first step has yet to create (as torch creates it)."""
+    if type(optimizer) not in (AdamW, Adam) or len(optimizer.param_groups) != 1:
+        return None
+    group = optimizer.param_groups[0]
+    options = group["fused"] and not (
+        group["amsgrad"] or group["maximize"] or group["capturable"] or group["differentiable"]
+    )
+    hooks = (
+        optimizer._optimizer_step_pre_hooks
+        or optimizer._optimizer_step_post_hooks
+        or _global_optimizer_pre_hooks
+        or _global_optimizer_post_hooks
+    )
+    params = group["params"]
+    started = len(optimizer.state) == len(params) and all(param.grad is not None for param in params)
+    if not (options and isinstance(group["lr"], float) and not hooks and started):
+        return None
+    return group["lr"], tuple(group["betas"]), group["weight_decay"], group["eps"], group["decoupled_weight_decay"]
+
+
+def step_together(optimizers: Sequence[torch.optim.Optimizer]) -> None:
+    """Each optimizer's step. Those of grok's fused Adam and AdamW whose hyperparameters agree step in
+    one fused call (its kernel is elementwise: the same numbers as their own steps), not in one
+    Python step each: for 64 runs of a stack those steps held a GPU idle (docs/performance.md). The
+    others (_joint_step_key) take their own step."""
+    together: Dict[Tuple, List[torch.optim.Optimizer]] = {}
+    for optimizer in optimizers:
+        key = _joint_step_key(optimizer)
+        if key is None:
+            optimizer.step()
+        else:
+            together.setdefault(key, []).append(optimizer)
+    for (lr, (beta1, beta2), weight_decay, eps, decoupled), members in together.items():
+        params = [param for optimizer in members for param in optimizer.param_groups[0]["params"]]
+        states = [optimizer.state[param] for optimizer in members for param in optimizer.param_groups[0]["params"]]
+        with torch.no_grad():  # as torch.optim's step: in place on the weights, not recorded
+            adam_update(
+                params,
+                [param.grad for param in params],
+                [state["exp_avg"] for state in states],
+                [state["exp_avg_sq"] for state in states],
+                [],
+                [state["step"] for state in states],
+                fused=True,
+                decoupled_weight_decay=decoupled,
+                amsgrad=False,
+                beta1=beta1,
+                beta2=beta2,
+                lr=lr,
+                weight_decay=weight_decay,
+                eps=eps,
+                maximize=False,
+            )
+        torch.autograd.graph.increment_version(params)  # as grok's own step does
 
 
 class LinearWarmup:

@@ -18,6 +18,7 @@ from torch import Tensor
 from grok.data import IGNORE
 from grok.models import fast
 from grok.training.metrics import measured, split_metrics
+from grok.training.optimizers import step_together
 
 if TYPE_CHECKING:  # the loop builds stacks of its experiments
     from grok.training.experiment import Experiment
@@ -41,7 +42,7 @@ class Stack:
         # any run's: torch.func.functional_call swaps in the stack
         self.module = fast(experiments[0].model, tables=experiments[0].cfg.tables)
         self.names = [name for name, _ in self.module.named_parameters()]  # in each run's parameters' order
-        own = [list(e.model.parameters()) for e in experiments]
+        self.own = own = [list(e.model.parameters()) for e in experiments]
         self.params = {name: torch.stack([params[i].detach() for params in own]) for i, name in enumerate(self.names)}
         for stacked in self.params.values():
             stacked.requires_grad_()
@@ -72,12 +73,11 @@ class Stack:
         call = lambda p, x: torch.func.functional_call(self.module, p, (x,), {"all_positions": self.sequences})
         return torch.vmap(call)(params, inputs)
 
-    def _metrics(self, losses: Tensor, logits: Tensor, examples: Dict[str, Tensor]) -> List[Dict[str, Tensor]]:
-        """Per run, what grok/training/loop.py's train_epoch and evaluate return for a run alone."""
-        stacked = split_metrics(
+    def _metrics(self, losses: Tensor, logits: Tensor, examples: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """What grok/training/loop.py's train_epoch and evaluate return for a run alone, each (K,)."""
+        return split_metrics(
             losses, logits, examples["labels"], examples.get("clean_labels"), self.sequences, examples["real"]
         )
-        return [{key: value[k] for key, value in stacked.items()} for k in range(len(losses))]
 
     def epoch(self, evaluated: bool) -> Optional[Tuple[List[str], Tensor]]:
         """Train one epoch of every run; where `evaluated`, test too and return
@@ -92,24 +92,27 @@ class Stack:
             raise RuntimeError(f"a test pass of one run ran out of GPU memory: {error}") from error
         return measured(train_metrics, test_metrics, self.weight_norms())
 
-    def train_epoch(self) -> List[Dict[str, Tensor]]:
+    def train_epoch(self) -> Dict[str, Tensor]:
         """Every run's full-batch step: one forward and backward for all, each run's gradient that of
-        its own loss alone, then each run's optimizer and schedule on its own slice of the gradients.
+        its own loss alone, then each run's optimizer and schedule on its own slice of the gradients
+        (grok.training.optimizers.step_together: runs whose optimizers agree step in one call).
         Returns their train metrics."""
         for stacked in self.params.values():
             stacked.grad = None
         logits = self._logits(self.params, self.train["inputs"])
         losses = torch.vmap(self.loss_fn)(logits, self.train["labels"])  # (K,)
         losses.sum().backward()
-        for k, experiment in enumerate(self.experiments):
-            for name, param in zip(self.names, experiment.model.parameters()):
-                param.grad = self.params[name].grad[k]
-            experiment.optimizer.step()
+        per_run = zip(*(self.params[name].grad.unbind() for name in self.names))  # run k's gradients
+        for params, grads in zip(self.own, per_run):
+            for param, grad in zip(params, grads):
+                param.grad = grad
+        step_together([experiment.optimizer for experiment in self.experiments])
+        for experiment in self.experiments:
             experiment.scheduler.step()
         return self._metrics(losses.detach(), logits.detach(), self.train)
 
     @torch.inference_mode()
-    def evaluate(self, first: int = 0, end: Optional[int] = None) -> List[Dict[str, Tensor]]:
+    def evaluate(self, first: int = 0, end: Optional[int] = None) -> Dict[str, Tensor]:
         """Test metrics of runs first..end-1; halves the range when the GPU runs out of memory."""
         end = len(self.experiments) if end is None else end
         try:
@@ -122,7 +125,8 @@ class Stack:
                 raise
             torch.cuda.empty_cache()
             middle = (first + end) // 2
-            return self.evaluate(first, middle) + self.evaluate(middle, end)
+            halves = self.evaluate(first, middle), self.evaluate(middle, end)
+            return {key: torch.cat([half[key] for half in halves]) for key in halves[0]}
 
     def weight_norms(self) -> Tensor:
         """(K,): each run's grok.training.loop.weight_norm, from the stack."""
