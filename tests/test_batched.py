@@ -351,7 +351,7 @@ OPTIMIZERS = [
     ["optimizer=adamw"],
     ["optimizer=adamw", "optimizer.lr=3e-3"],
     ["optimizer=adamw", "optimizer.weight_decay=0.1"],
-    ["optimizer=adam"],  # weight decay as an L2 term
+    ["optimizer=adam", "optimizer.weight_decay=1.0"],  # weight decay as an L2 term, AdamW's default decay
     ["optimizer=adamw", "transforms=[orthograd]"],  # a hook before each step
     ["optimizer=sgd"],
 ]

@@ -86,9 +86,9 @@ def fast(model: nn.Module, shares_tables: bool = False, tables: Optional[bool] =
     models that have tables, the model itself for the others and without `tables` (the config's).
     None: tables on a CPU only. On a GPU their gathers and sums, built for a CPU's kernels, take longer
     than the products they save (docs/performance.md, "On a GPU")."""
-    device = next(model.parameters()).device
-    has_tables = isinstance(model, (Transformer, OperandMLP))
-    return TableForward(model, shares_tables) if takes_tables(device, tables) and has_tables else model
+    if not isinstance(model, (Transformer, OperandMLP)):
+        return model
+    return TableForward(model, shares_tables) if takes_tables(model.W_E.device, tables) else model
 
 
 def takes_tables(device: torch.device, tables: Optional[bool]) -> bool:

@@ -121,13 +121,16 @@ sgd = TorchOptimizer(
 def _joint_step_key(optimizer: torch.optim.Optimizer) -> Optional[Tuple]:
     """What an optimizer's step must share with others' to run in one fused call with them; None
     where it takes its own: not grok's fused Adam or AdamW, more than one parameter group, an option
-    the joint call does not pass on, a hook around its steps (gradient transforms), or a state that
-    its first step has yet to create (as torch creates it)."""
+    the joint call does not pass on (or a torch without it), a hook around its steps (gradient
+    transforms), or a state that its first step has yet to create (as torch creates it)."""
     if type(optimizer) not in (AdamW, Adam) or len(optimizer.param_groups) != 1:
         return None
     group = optimizer.param_groups[0]
-    options = group["fused"] and not (
-        group["amsgrad"] or group["maximize"] or group["capturable"] or group["differentiable"]
+    # torch before 2.7 has no decoupled_weight_decay (AdamW a class apart): there each steps alone
+    options = (
+        group["fused"]
+        and "decoupled_weight_decay" in group
+        and not (group["amsgrad"] or group["maximize"] or group["capturable"] or group["differentiable"])
     )
     hooks = (
         optimizer._optimizer_step_pre_hooks

@@ -42,11 +42,13 @@ class Stack:
         # any run's: torch.func.functional_call swaps in the stack
         self.module = fast(experiments[0].model, tables=experiments[0].cfg.tables)
         self.names = [name for name, _ in self.module.named_parameters()]  # in each run's parameters' order
-        self.own = own = [list(e.model.parameters()) for e in experiments]
-        self.params = {name: torch.stack([params[i].detach() for params in own]) for i, name in enumerate(self.names)}
+        self.run_params = [list(e.model.parameters()) for e in experiments]
+        self.params = {
+            name: torch.stack([params[i].detach() for params in self.run_params]) for i, name in enumerate(self.names)
+        }
         for stacked in self.params.values():
             stacked.requires_grad_()
-        for k, params in enumerate(own):
+        for k, params in enumerate(self.run_params):
             for name, param in zip(self.names, params):
                 param.data = self.params[name].data[k]  # the run's optimizer updates the stack in place
         self.loss_fn = experiments[0].loss_fn
@@ -103,7 +105,7 @@ class Stack:
         losses = torch.vmap(self.loss_fn)(logits, self.train["labels"])  # (K,)
         losses.sum().backward()
         per_run = zip(*(self.params[name].grad.unbind() for name in self.names))  # run k's gradients
-        for params, grads in zip(self.own, per_run):
+        for params, grads in zip(self.run_params, per_run):
             for param, grad in zip(params, grads):
                 param.grad = grad
         step_together([experiment.optimizer for experiment in self.experiments])
