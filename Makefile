@@ -86,9 +86,10 @@ bench: $(STAMP)  ## speed against the reference implementation, in one run; writ
 # On a machine with a GPU: the CUDA cases of the tests that run on every device (marker gpu, tests/conftest.py),
 # then make bench's figures on the GPU: the default experiment, p=113, compile=true (CUDA graphs) through the
 # model's own forward (a GPU's default) and through the tables (tables=true), runs trained together (K = 1, 8,
-# 64) against one after another, with peak memory. Without CUDA: says so, and passes.
+# 64) against one after another, with peak memory; and a whole compile=true run of the default experiment to
+# grokking, its time to grok. Without CUDA: says so, and passes.
 GPU_BENCH := --device cuda --experiment "" --experiment "task.p=113" --experiment "compile=true" \
-	--experiment "compile=true tables=true" --skip-load
+	--experiment "compile=true tables=true" --skip-load --grok --grok-with "compile=true"
 
 gpu-check: $(STAMP) $(INTERP)  ## on a GPU machine: the tests on CUDA, then the GPU's make bench figures
 	@if $(PY) -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \

@@ -14,7 +14,8 @@ The tiny model's figure: what the harness costs per epoch besides the math, from
 tiny model (W&B on and off) against its bare epochs, and with compile=true (the captured epoch) its
 cost per epoch once compiled and the compile's seconds. Also: the start-up of one job (`python train.py`
 to its first epoch, from its summary.json; median of several, W&B on and off)
-and the default experiment's time to grok (from a finished run, --grok-run, or a new one, --grok),
+and the default experiment's time to grok (from a finished run, --grok-run, or a new one, --grok,
+with --grok-with's overrides),
 with the plateau figure: epochs/s from that run's last checkpoint before it grokked against fresh
 weights, alternated (float32 denormals are flushed to zero as train.py does; --keep-denormals not).
 
@@ -657,6 +658,9 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     parser.add_argument("--out", type=Path, help="output directory (default: outputs/bench/<date>/<time>)")
     parser.add_argument("--grok-run", type=Path, help="a finished default run's directory: report its time to grok")
     parser.add_argument("--grok", action="store_true", help="run the default experiment to grokking first (long)")
+    parser.add_argument(
+        "--grok-with", default="", metavar="OVERRIDES", help='Hydra overrides of the --grok run (a GPU: "compile=true")'
+    )
     parser.add_argument("--skip-startup", action="store_true", help="do not measure the per-job start-up overhead")
     parser.add_argument("--startup-rounds", type=int, default=5, help="start-ups measured each way (default: 5)")
     parser.add_argument("--skip-tiny", action="store_true", help="do not measure the tiny model's whole runs")
@@ -800,6 +804,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
                 "logger=none",
                 "progress=false",
                 "stop.test_acc=0.99",
+                f"device={device.type}",
+                *args.grok_with.split(),
                 f"hydra.run.dir={grok_run}",
             ],
             cwd=tempfile.gettempdir(),
