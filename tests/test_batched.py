@@ -249,6 +249,23 @@ def test_a_batch_out_of_gpu_memory_goes_on_as_two_halves(tmp_path, monkeypatch, 
         assert all(row_w == pytest.approx(row_s, rel=1e-9) for row_w, row_s in zip(whole, split)), i
 
 
+def test_a_test_pass_out_of_gpu_memory_is_taken_in_halves_with_the_same_metrics(tmp_path, monkeypatch):
+    stack = Stack(experiments(tmp_path, "s", torch.float64))
+    whole = stack.evaluate()
+    real_logits = Stack._logits
+
+    def logits(self, params, inputs):  # the GPU's error for more than two runs' test passes at once
+        if len(inputs) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_logits(self, params, inputs)
+
+    monkeypatch.setattr(Stack, "_logits", logits)
+    halves = stack.evaluate()  # 5 runs: 0-1, then 2, 3-4
+    assert halves.keys() == whole.keys() == {"loss", "acc", "acc_clean"}
+    for key in whole:
+        torch.testing.assert_close(halves[key], whole[key], rtol=1e-12, atol=0)
+
+
 # 10 epochs (EARLY_EPOCHS): the jobs train in float32 and are compared epoch by epoch
 GRID = [
     "+sweep=phase_diagram_small",
