@@ -22,7 +22,6 @@ import warnings
 from typing import Callable, List, Optional, Tuple
 
 import torch
-import torch.optim.optimizer as torch_optimizer
 from torch import Tensor, nn
 
 from grok.training import optimizers
@@ -41,11 +40,9 @@ def unsupported(cfg, optimizer: torch.optim.Optimizer, model: nn.Module, n_train
         return "batch_size is set (minibatches draw a new order every epoch)"
     if cfg.transforms:
         return "transforms edit the gradients between backward and step"
-    # hooks on an optimizer's step would run with no step to run around
-    if optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks:
-        return "hooks are attached to the optimizer's step"
-    if torch_optimizer._global_optimizer_pre_hooks or torch_optimizer._global_optimizer_post_hooks:
-        return "hooks are attached to every optimizer's step"
+    hooks = optimizers.step_hooks(optimizer)
+    if hooks is not None:
+        return hooks
     if len(optimizer.param_groups) != 1:
         return "the optimizer has more than one parameter group"
     group = optimizer.param_groups[0]

@@ -118,6 +118,16 @@ sgd = TorchOptimizer(
 )
 
 
+def step_hooks(optimizer: torch.optim.Optimizer) -> Optional[str]:
+    """What hooks run around the optimizer's steps (a step grok writes out or joins with others' would
+    run them at the wrong time, or not at all), or None."""
+    if optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks:
+        return "hooks are attached to the optimizer's step"
+    if _global_optimizer_pre_hooks or _global_optimizer_post_hooks:
+        return "hooks are attached to every optimizer's step"
+    return None
+
+
 def _joint_step_key(optimizer: torch.optim.Optimizer) -> Optional[Tuple]:
     """What an optimizer's step must share with others' to run in one fused call with them; None
     where it takes its own: not grok's fused Adam or AdamW, more than one parameter group, an option
@@ -132,15 +142,9 @@ def _joint_step_key(optimizer: torch.optim.Optimizer) -> Optional[Tuple]:
         and "decoupled_weight_decay" in group
         and not (group["amsgrad"] or group["maximize"] or group["capturable"] or group["differentiable"])
     )
-    hooks = (
-        optimizer._optimizer_step_pre_hooks
-        or optimizer._optimizer_step_post_hooks
-        or _global_optimizer_pre_hooks
-        or _global_optimizer_post_hooks
-    )
     params = group["params"]
     started = len(optimizer.state) == len(params) and all(param.grad is not None for param in params)
-    if not (options and isinstance(group["lr"], float) and not hooks and started):
+    if not (options and isinstance(group["lr"], float) and step_hooks(optimizer) is None and started):
         return None
     return group["lr"], tuple(group["betas"]), group["weight_decay"], group["eps"], group["decoupled_weight_decay"]
 

@@ -137,6 +137,6 @@ class Stack:
 
     def release(self) -> None:
         """Give each run's parameters storage of their own again."""
-        for experiment in self.experiments:
-            for param in experiment.model.parameters():
+        for params in self.run_params:
+            for param in params:
                 param.data = param.data.clone()
