@@ -198,8 +198,8 @@ def test_fast_takes_the_tables_on_a_cpu_and_the_models_own_forward_on_a_gpu(devi
 @pytest.mark.parametrize("as_on_a_gpu", [True, False], ids=["one-hot-product", "index_select"])
 def test_gather_rows_gives_the_rows_and_sums_their_gradient_in_a_fixed_order(as_on_a_gpu, device, monkeypatch):
     """grok.models.layers.gather_rows, the embeddings' gather: table[index], and as its gradient each
-    row's sum of the gradients of the places that read it, the same in every call. A GPU's one-hot
-    product runs here on a CPU too, compiled and under torch.vmap (runs trained together)."""
+    row's sum of the gradients of the places that read it, the same in every call. A GPU's gradient by
+    a one-hot product runs here on a CPU too, compiled and under torch.vmap (runs trained together)."""
     monkeypatch.setattr(layers, "_by_one_hot", lambda table: as_on_a_gpu)
     resolve_device(device)  # as a run does: on a GPU, the deterministic kernels
     torch.manual_seed(0)
@@ -217,7 +217,10 @@ def test_gather_rows_gives_the_rows_and_sums_their_gradient_in_a_fixed_order(as_
     compiled = torch.compile(gradient, fullgraph=True, backend="aot_eager")  # the captured epoch's grad
     assert torch.allclose(compiled(table).double(), expected_grad, rtol=1e-6, atol=1e-6)
     runs = torch.stack([table, 2 * table])
-    assert torch.equal(torch.vmap(layers.gather_rows, in_dims=(0, None))(runs, index), runs[:, index])
+    gather_per_run = torch.vmap(layers.gather_rows, in_dims=(0, None))
+    assert torch.equal(gather_per_run(runs, index), runs[:, index])
+    run_gradients = torch.func.grad(lambda r: (gather_per_run(r, index) * grad).sum())(runs)
+    assert torch.allclose(run_gradients.double(), expected_grad.expand(2, -1, -1, -1), rtol=1e-6, atol=1e-6)
 
 
 # one hook of each kind PyTorch has, on the MLP's hook point, or on every module (global) reacting to it

@@ -27,25 +27,23 @@ class LayerNorm(nn.Module):
         return F.layer_norm(x, x.shape[-1:], self.w, self.b)
 
 
-# On a GPU, tables of at most this many rows are gathered by a one-hot product (gather_rows): every
-# task's vocabulary up to p = 509; its cost grows with the rows, index_select's does not
+# On a GPU, the gradients of tables of at most this many rows are summed by a one-hot product
+# (gather_rows): every task's vocabulary up to p = 509; its cost grows with the rows, index_add_'s does not
 ONE_HOT_ROWS = 512
 
 
 def gather_rows(table: Tensor, index: Tensor) -> Tensor:
-    """table[index] (index of any shape, table (N, ...)). Through index_select on a CPU (and for tables
-    of more than ONE_HOT_ROWS rows): its backward (index_add_) sums into each row in the same order in
-    every process, where advanced indexing's took another order from run to run on two threads, so
-    that one command gave other numbers (docs/runs.md). On a GPU as a product with the index's
-    one-hot matrix, (n, N) @ (N, ...): exact with float32 products (PyTorch's default; TF32 would
-    round the rows), each sum having one term that is not 0 * row; its backward, one_hot.T @ grad,
-    sums in a fixed order as fast as a small product runs, where index_select's deterministic CUDA
-    backward sorts the index and then adds each row's entries one after another (1.3 ms of the
-    default experiment's 2.1 ms captured epoch on an H200; docs/performance.md)."""
+    """table[index] (index of any shape, table (N, ...)), through index_select. Its gradient sums into
+    each row in the same order in every call: on a CPU index_select's backward (index_add_) does, where
+    advanced indexing's took another order from run to run on two threads, so that one command gave
+    other numbers (docs/runs.md). On a GPU (tables of at most ONE_HOT_ROWS rows) the gradient is a
+    product with the index's one-hot matrix, one_hot.T @ grad (N, n) @ (n, ...): it sums in a fixed
+    order as fast as a small product runs, where index_select's deterministic CUDA backward sorts the
+    index and then adds each row's entries one after another (1.3 ms of the default experiment's 2.1 ms
+    captured epoch on an H200; docs/performance.md)."""
     flat = index.flatten()
     if _by_one_hot(table):
-        one_hot = (flat[:, None] == torch.arange(table.shape[0], device=table.device)).to(table.dtype)
-        rows = one_hot @ table.flatten(1)  # (n, N) @ (N, ...)
+        rows = _RowsSummedByOneHot.apply(table.flatten(1), flat)
     else:
         rows = table.index_select(0, flat)
     return rows.view(*index.shape, *table.shape[1:])
@@ -53,6 +51,30 @@ def gather_rows(table: Tensor, index: Tensor) -> Tensor:
 
 def _by_one_hot(table: Tensor) -> bool:
     return table.is_cuda and table.shape[0] <= ONE_HOT_ROWS
+
+
+class _RowsSummedByOneHot(torch.autograd.Function):
+    """table.index_select(0, flat), (N, W) -> (n, W); the table's gradient one_hot(flat).T @ grad. The
+    forward is not a product with the one-hot matrix too: that product is exact but costs a product's
+    time, index_select a copy's (the captured epoch 5% faster on an H200; docs/performance.md)."""
+
+    generate_vmap_rule = True  # runs trained together: torch.vmap over the table (and the gradient)
+
+    @staticmethod
+    def forward(table: Tensor, flat: Tensor) -> Tensor:
+        return table.index_select(0, flat)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        table, flat = inputs
+        ctx.save_for_backward(flat)
+        ctx.n_rows = table.shape[0]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (flat,) = ctx.saved_tensors
+        one_hot = (flat[:, None] == torch.arange(ctx.n_rows, device=flat.device)).to(grad.dtype)  # (n, N)
+        return one_hot.T @ grad, None
 
 
 def require(ok: bool, message: str) -> None:
