@@ -195,32 +195,59 @@ def test_fast_takes_the_tables_on_a_cpu_and_the_models_own_forward_on_a_gpu(devi
     assert fast(model, tables=False) is model
 
 
-@pytest.mark.parametrize("as_on_a_gpu", [True, False], ids=["one-hot-product", "index_select"])
+@pytest.mark.parametrize("as_on_a_gpu", [True, False], ids=["one-hot-backward", "index_select"])
 def test_gather_rows_gives_the_rows_and_sums_their_gradient_in_a_fixed_order(as_on_a_gpu, device, monkeypatch):
     """grok.models.layers.gather_rows, the embeddings' gather: table[index], and as its gradient each
     row's sum of the gradients of the places that read it, the same in every call. A GPU's gradient by
-    a one-hot product runs here on a CPU too, compiled and under torch.vmap (runs trained together)."""
+    a one-hot product runs here on a CPU too: compiled, and under torch.vmap (runs trained together,
+    each with its own tokens)."""
     monkeypatch.setattr(layers, "_by_one_hot", lambda table: as_on_a_gpu)
     resolve_device(device)  # as a run does: on a GPU, the deterministic kernels
     torch.manual_seed(0)
     table = torch.randn(7, 2, 3, device=device)
     index = torch.randint(0, 7, (5, 4), device=device)
     grad = torch.randn(5, 4, 2, 3, device=device)
-    expected_grad = torch.zeros(7, 2, 3, dtype=torch.float64, device=device)
-    for place, row in enumerate(index.flatten().tolist()):
-        expected_grad[row] += grad.flatten(0, 1)[place].double()
+
+    def expected_grad(index):  # float64 sums, place by place
+        sums = torch.zeros(7, 2, 3, dtype=torch.float64, device=device)
+        for place, row in enumerate(index.flatten().tolist()):
+            sums[row] += grad.flatten(0, 1)[place].double()
+        return sums
 
     assert torch.equal(layers.gather_rows(table, index), table[index])
     gradient = torch.func.grad(lambda t: (layers.gather_rows(t, index) * grad).sum())
-    assert torch.allclose(gradient(table).double(), expected_grad, rtol=1e-6, atol=1e-6)
+    assert torch.allclose(gradient(table).double(), expected_grad(index), rtol=1e-6, atol=1e-6)
     assert torch.equal(gradient(table), gradient(table)), "the same order every call"
     compiled = torch.compile(gradient, fullgraph=True, backend="aot_eager")  # the captured epoch's grad
-    assert torch.allclose(compiled(table).double(), expected_grad, rtol=1e-6, atol=1e-6)
-    runs = torch.stack([table, 2 * table])
-    gather_per_run = torch.vmap(layers.gather_rows, in_dims=(0, None))
-    assert torch.equal(gather_per_run(runs, index), runs[:, index])
-    run_gradients = torch.func.grad(lambda r: (gather_per_run(r, index) * grad).sum())(runs)
-    assert torch.allclose(run_gradients.double(), expected_grad.expand(2, -1, -1, -1), rtol=1e-6, atol=1e-6)
+    assert torch.allclose(compiled(table).double(), expected_grad(index), rtol=1e-6, atol=1e-6)
+
+    runs, indices = torch.stack([table, 2 * table]), torch.stack([index, index.flip(0)])
+    assert torch.equal(
+        torch.vmap(layers.gather_rows)(runs, indices), torch.stack([table[index], 2 * table[index.flip(0)]])
+    )
+    run_gradients = torch.func.grad(lambda r: (torch.vmap(layers.gather_rows)(r, indices) * grad).sum())(runs)
+    expected = torch.stack([expected_grad(index), expected_grad(index.flip(0))])
+    assert torch.allclose(run_gradients.double(), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_the_captured_epoch_sums_a_gpus_gather_gradient_by_its_own_backward(monkeypatch):
+    """On a GPU the embeddings' gradient is a one-hot product (grok.models.layers.gather_rows), where
+    index_select's deterministic CUDA backward is 2-3x slower per epoch: torch.compile of torch.func.grad
+    (the captured epoch's) must take the Function's own backward, not differentiate its index_select.
+    Here a backward scaled on purpose must show in the compiled gradient."""
+    monkeypatch.setattr(layers, "_by_one_hot", lambda table: True)
+    own_backward = layers._RowsSummedByOneHot.backward
+    monkeypatch.setattr(
+        layers._RowsSummedByOneHot, "backward", staticmethod(lambda ctx, g: (3 * own_backward(ctx, g)[0], None))
+    )
+    torch.manual_seed(0)
+    table, index = torch.randn(7, 3), torch.randint(0, 7, (5, 4))
+    weights = torch.randn(5, 4, 3)
+    gradient = torch.func.grad(lambda t: (layers.gather_rows(t, index) * weights).sum())
+    true_gradient = torch.func.grad(lambda t: (t[index] * weights).sum())(table)
+    for backend in ("aot_eager", "inductor"):
+        compiled = torch.compile(gradient, fullgraph=True, backend=backend)(table)
+        assert torch.allclose(compiled, 3 * true_gradient, rtol=1e-5, atol=1e-6), backend
 
 
 # one hook of each kind PyTorch has, on the MLP's hook point, or on every module (global) reacting to it

@@ -54,11 +54,16 @@ def _by_one_hot(table: Tensor) -> bool:
 
 
 class _RowsSummedByOneHot(torch.autograd.Function):
-    """table.index_select(0, flat), (N, W) -> (n, W); the table's gradient one_hot(flat).T @ grad. The
-    forward is not a product with the one-hot matrix too: that product is exact but costs a product's
-    time, index_select a copy's (the captured epoch 5% faster on an H200; docs/performance.md)."""
+    """table.index_select(0, flat), (N, W) -> (n, W); the table's gradient one_hot(flat).T @ grad,
+    exact with float32 products (PyTorch's default; TF32 would round the gradient's rows), each sum's
+    terms in a fixed order. The forward is not a product with the one-hot matrix too: that product
+    costs a product's time, index_select a copy's (the captured epoch 5% faster on an H200;
+    docs/performance.md). torch.compile takes this backward where it differentiates the Function
+    itself (the captured epoch); around torch.vmap (runs trained together, never compiled) it
+    differentiates index_select instead. No forward mode (torch.func.jvp): Dynamo does not trace a
+    Function that defines its own jvp."""
 
-    generate_vmap_rule = True  # runs trained together: torch.vmap over the table (and the gradient)
+    generate_vmap_rule = True  # runs trained together: torch.vmap over the table and the index
 
     @staticmethod
     def forward(table: Tensor, flat: Tensor) -> Tensor:
