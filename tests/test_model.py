@@ -234,7 +234,8 @@ def test_the_captured_epoch_sums_a_gpus_gather_gradient_by_its_own_backward(monk
     """On a GPU the embeddings' gradient is a one-hot product (grok.models.layers.gather_rows), where
     index_select's deterministic CUDA backward is 2-3x slower per epoch: torch.compile of torch.func.grad
     (the captured epoch's) must take the Function's own backward, not differentiate its index_select.
-    Here a backward scaled on purpose must show in the compiled gradient."""
+    Here a backward scaled on purpose must show in the compiled gradient. AOTAutograd chooses the
+    backward (aot_eager's stage too; Inductor then compiles the graph it traced)."""
     monkeypatch.setattr(layers, "_by_one_hot", lambda table: True)
     own_backward = layers._RowsSummedByOneHot.backward
     monkeypatch.setattr(
@@ -245,9 +246,8 @@ def test_the_captured_epoch_sums_a_gpus_gather_gradient_by_its_own_backward(monk
     weights = torch.randn(5, 4, 3)
     gradient = torch.func.grad(lambda t: (layers.gather_rows(t, index) * weights).sum())
     true_gradient = torch.func.grad(lambda t: (t[index] * weights).sum())(table)
-    for backend in ("aot_eager", "inductor"):
-        compiled = torch.compile(gradient, fullgraph=True, backend=backend)(table)
-        assert torch.allclose(compiled, 3 * true_gradient, rtol=1e-5, atol=1e-6), backend
+    compiled = torch.compile(gradient, fullgraph=True, backend="aot_eager")(table)
+    assert torch.allclose(compiled, 3 * true_gradient, rtol=1e-5, atol=1e-6)
 
 
 # one hook of each kind PyTorch has, on the MLP's hook point, or on every module (global) reacting to it
