@@ -223,6 +223,12 @@ def setup(overrides: List[str], device: torch.device):
     return lambda: captured.epoch(True)[1], uncompiled, reference_epoch
 
 
+def kept_on_device(train_metrics: Dict[str, Tensor], test_metrics: Dict[str, Tensor]) -> Tensor:
+    """An epoch's train and test metrics as one float64 tensor on the device, as the loop keeps them
+    until its block ends (timed_block reads them back then)."""
+    return torch.stack([value.double() for value in [*train_metrics.values(), *test_metrics.values()]])
+
+
 def harness_epoch(
     cfg, module: torch.nn.Module, train: Split, test: Split, optimizer, scheduler, generator
 ) -> Callable[[], Tensor]:
@@ -233,7 +239,7 @@ def harness_epoch(
     def epoch() -> Tensor:
         train_metrics = train_epoch(module, train, optimizer, scheduler, cfg.batch_size, generator, loss_fn)
         test_metrics = evaluate(module, test, loss_fn)
-        return torch.stack([value.double() for value in [*train_metrics.values(), *test_metrics.values()]])
+        return kept_on_device(train_metrics, test_metrics)
 
     return epoch
 
@@ -344,7 +350,7 @@ def bench_batched(overrides: List[str], k: int, device: torch.device, rounds: in
         def batched_epoch() -> Tensor:
             train_metrics = batch.train_epoch()
             test_metrics = batch.evaluate()
-            return torch.stack([value.double() for value in [*train_metrics.values(), *test_metrics.values()]])
+            return kept_on_device(train_metrics, test_metrics)
 
         for _ in range(2):  # warm-up: first-call allocations, thread pools
             batched_epoch()
