@@ -67,7 +67,7 @@ from grok.app import compose as compose_config  # noqa: E402
 from grok.config import validate  # noqa: E402
 from grok.data import make_dataset  # noqa: E402
 from grok.errors import ConfigError  # noqa: E402
-from grok.models import build_model, fast  # noqa: E402
+from grok.models import build_model  # noqa: E402
 from grok.plugins import plugin  # noqa: E402
 from grok.run import resolve_device, start  # noqa: E402
 from grok.sweeps.batched import batchable  # noqa: E402
@@ -75,7 +75,7 @@ from grok.system.speed import flush_denormals, keep_freed_memory  # noqa: E402
 from grok.system.threads import WINDOW, AdaptiveThreads  # noqa: E402
 from grok.training.captured import CapturedEpoch, unsupported  # noqa: E402
 from grok.training.experiment import Experiment, Split  # noqa: E402
-from grok.training.loop import Alone, evaluate, train_epoch  # noqa: E402
+from grok.training.loop import Alone, evaluate, train_epoch, trained_through  # noqa: E402
 from grok.training.optimizers import build_optimizer  # noqa: E402
 from grok.training.stacked import Stack  # noqa: E402
 
@@ -210,7 +210,7 @@ def setup(overrides: List[str], device: torch.device):
             ref, ref_optimizer, ref_scheduler, (train.inputs, train.labels), (test.inputs, test.labels)
         )
 
-    module = fast(model, shares_tables=True, tables=cfg.tables)
+    module = trained_through(model, cfg.tables, train, test)
     uncompiled = harness_epoch(cfg, module, train, test, optimizer, scheduler, generator)
     if not cfg.compile:
         return uncompiled, uncompiled, reference_epoch
@@ -219,7 +219,7 @@ def setup(overrides: List[str], device: torch.device):
     if why is not None:
         raise ConfigError(f"{' '.join(overrides)}: compile=true does not capture this epoch: {why}")
     loss_fn = plugin(cfg.loss, "loss")
-    captured = CapturedEpoch(fast(model, tables=cfg.tables), optimizer, scheduler, train, test, loss_fn)
+    captured = CapturedEpoch(module, optimizer, scheduler, train, test, loss_fn)  # as Alone captures it
     return lambda: captured.epoch(True)[1], uncompiled, reference_epoch
 
 
@@ -337,7 +337,7 @@ def bench_batched(overrides: List[str], k: int, device: torch.device, rounds: in
         alone_run = experiment(0)
         alone = harness_epoch(
             cfg,
-            fast(alone_run.model, shares_tables=True, tables=cfg.tables),  # as grok.training.loop.Alone trains it
+            trained_through(alone_run.model, cfg.tables, alone_run.train, alone_run.test),
             alone_run.train,
             alone_run.test,
             alone_run.optimizer,
@@ -459,11 +459,12 @@ def harness_at(checkpoint: Optional[Path], device: torch.device) -> Callable[[],
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
+    train, test = split(data.train_idx), split(data.test_idx)
     return harness_epoch(
         cfg,
-        fast(model, shares_tables=True, tables=cfg.tables),
-        split(data.train_idx),
-        split(data.test_idx),
+        trained_through(model, cfg.tables, train, test),
+        train,
+        test,
         optimizer,
         scheduler,
         torch.Generator().manual_seed(cfg.seed),

@@ -187,6 +187,46 @@ def test_tables_false_runs_through_the_models_own_forward_to_the_same_numbers(tm
             assert all(b[key] == near(value) for key, value in a.items()), (a, b)
 
 
+def test_the_tables_hold_rows_for_the_token_position_pairs_of_the_runs_splits_alone(tmp_path, monkeypatch):
+    """A binary task's inputs are [a, b, =]: `=` is the only token at the last position (the queries'),
+    and never at the others. A run's tables hold rows for the (token, position) pairs its two splits
+    show (for p = 31: 63 of the 32 x 3), to the plain path's values and gradients; a batch with a pair
+    they lack gets tables of every pair, to the same numbers. The rows: H per pair (one value row per
+    head), and one more per pair at the query position (its own residual row)."""
+    rows_made, make = [], tables.first_block_tables
+
+    def first_block_tables(*args):
+        made = make(*args)
+        rows_made.append(len(made[1]))
+        return made
+
+    monkeypatch.setattr(tables, "first_block_tables", first_block_tables)
+    H, V = 4, 32
+    shown = lambda inputs: {(int(token), position) for row in inputs for position, token in enumerate(row)}
+    run_here([*SMALL, "epochs=2", "logger=none", "analysis=none"], tmp_path / "run")
+    data = make_dataset(make_config(SMALL).task, 0.5, 0)
+    assert len(shown(data.inputs)) == 63, "31 operands at each of two positions, and `=`"
+    assert set(rows_made) == {H * 63 + 1}, "the run's step and test passes"
+
+    torch.manual_seed(0)
+    model = build_model(make_config(SMALL).model, data.n_vocab, data.n_classes, 3).double()
+    module = fast(model, tables=True, inputs=data.inputs[data.train_idx])
+    foreign = data.inputs.clone()
+    foreign[0, 2] = 5  # an operand at the query position: a pair the train split does not show
+    for tokens, pairs in [(data.inputs[data.train_idx], shown(data.inputs[data.train_idx])), (foreign, None)]:
+        rows_made.clear()
+        tables_path = module(tokens)
+        assert by_embedding_bag(tables_path)
+        with torch.inference_mode():
+            assert torch.allclose(module(tokens), model(tokens), rtol=0, atol=1e-12)
+        n_pairs, queries = (V * 3, V) if pairs is None else (len(pairs), 1)
+        assert rows_made == [H * n_pairs + queries] * 2
+        plain = model(tokens)
+        assert torch.allclose(tables_path, plain, rtol=0, atol=1e-12)
+        grads = [torch.autograd.grad(out.square().sum(), list(model.parameters())) for out in (tables_path, plain)]
+        assert all(torch.allclose(f, p, rtol=1e-10, atol=1e-10) for f, p in zip(*grads))
+
+
 @pytest.mark.parametrize("weighted", [True, False], ids=["weighted", "unweighted"])
 @pytest.mark.parametrize("by_row", [True, False], ids=["sorted-by-row-ahead", "sorted-in-the-backward"])
 def test_a_bags_sums_and_gradients_are_those_of_gathering_its_rows(weighted, by_row):

@@ -79,7 +79,8 @@ def test_recorded_metrics_are_those_of_the_final_weights(tmp_path):
     checkpoint = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     model.load_state_dict(checkpoint["model"])
     with torch.no_grad():
-        logits = fast(model)(data.inputs[data.test_idx]).double()  # the forward the loop evaluates with
+        # the forward the loop evaluates with: its tables hold the (token, position) pairs of both splits
+        logits = fast(model, inputs=data.inputs)(data.inputs[data.test_idx]).double()
     noisy, clean = data.labels[data.test_idx], data.clean_labels[data.test_idx]
     log_probs = logits - logits.logsumexp(-1, keepdim=True)
     last = read_rows(out)[-1]

@@ -15,6 +15,7 @@ C classes, O operands.
 import functools
 import math
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
@@ -23,6 +24,7 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves
 
 from grok.models.hooks import hooks_attached
+from grok.models.layers import gather_rows
 from grok.models.mlp import OperandMLP
 from grok.models.transformer import Transformer
 
@@ -39,12 +41,18 @@ class TableForward(nn.Module):
     the weights they were made of (each one's identity, memory, requires_grad and autograd version,
     which a step of grok's optimizers, a load or a rollback bumps; a write autograd does not see,
     through `.data` or a kernel of one's own, does not: hence the next forward alone, which follows
-    no such write in the training loop)."""
+    no such write in the training loop).
 
-    def __init__(self, model: nn.Module, shares_tables: bool = False):
+    With `inputs` (every batch the module will see comes from them: the run's splits), a
+    transformer's tables hold rows for the (token, position) pairs those inputs show alone (a
+    binary task's `=` at its last position, its operands at the others: 195 of the 294 pairs for
+    p = 97); a batch with another pair takes tables of every pair."""
+
+    def __init__(self, model: nn.Module, shares_tables: bool = False, inputs: Optional[Tensor] = None):
         super().__init__()
         self.model = model
         self.shares_tables = shares_tables
+        self.pairs = None if inputs is None else Pairs.of(inputs, model.W_E.shape[0])
         self.kept: Optional[Tuple[tuple, list, Tuple[Tensor, Tensor, Tensor]]] = None  # key, weights, tables
 
     def __getstate__(self):  # kept tables hold an autograd graph, which neither copies nor pickles
@@ -57,38 +65,46 @@ class TableForward(nn.Module):
             tables = functools.partial(self.shared_tables, kept)
         if not hooks_attached(self):  # a hook on the model or any of its modules: the plain path
             if isinstance(model, Transformer) and transformer_tables_pay(model, tokens, all_positions):
-                return transformer_by_tables(model, tokens, all_positions, tables)
+                return transformer_by_tables(model, tokens, all_positions, tables, self.pairs_of(tokens))
             if isinstance(model, OperandMLP) and len(tokens) >= model.W_E.shape[0]:
                 return operand_mlp_by_tables(model, tokens)
         return model(tokens, all_positions=all_positions)
 
-    def shared_tables(self, kept, model: Transformer, T: int, Q: int, readout: Optional[Tensor]):
+    def pairs_of(self, tokens: Tensor) -> "Pairs":
+        """The pairs of the module's inputs, where they have as many positions as `tokens` (B, T); else every pair."""
+        if self.pairs is None or self.pairs.place.shape[1] != tokens.shape[1]:
+            return Pairs.every(self.model.W_E.shape[0], tokens.shape[1], tokens.device)
+        return self.pairs
+
+    def shared_tables(self, kept, model: Transformer, pairs: "Pairs", Q: int, readout: Optional[Tensor]):
         """first_block_tables, or the `kept` ones of these weights; without gradients, kept for the next forward."""
         weights = list(model.parameters())  # a superset of what the tables read: none is left out of the key
         if not all(map(_plain, weights)):  # under torch.func transforms
-            return first_block_tables(model, T, Q, readout)
-        key = (T, Q, tuple((id(w), w.data_ptr(), w._version, w.requires_grad) for w in weights))
+            return first_block_tables(model, pairs, Q, readout)
+        key = (pairs, Q, tuple((id(w), w.data_ptr(), w._version, w.requires_grad) for w in weights))
         if kept is not None and kept[0] == key:
             if torch.is_grad_enabled():
                 return kept[2]  # its graph is backpropagated once: not kept again
             self.kept = kept
             return tuple(t.detach() for t in kept[2])
         if torch.is_grad_enabled():
-            return first_block_tables(model, T, Q, readout)
+            return first_block_tables(model, pairs, Q, readout)
         with torch.inference_mode(False), torch.enable_grad():
-            tables = first_block_tables(model, T, Q, readout)
+            tables = first_block_tables(model, pairs, Q, readout)
         self.kept = (key, weights, tables)  # holds the weights, so that their ids are not reused
         return tuple(t.detach() for t in tables)
 
 
-def fast(model: nn.Module, shares_tables: bool = False, tables: Optional[bool] = None) -> nn.Module:
-    """The module to train and evaluate `model` through: TableForward(model, shares_tables) for the
-    models that have tables, the model itself for the others and without `tables` (the config's).
+def fast(
+    model: nn.Module, shares_tables: bool = False, tables: Optional[bool] = None, inputs: Optional[Tensor] = None
+) -> nn.Module:
+    """The module to train and evaluate `model` through: TableForward(model, shares_tables, inputs) for
+    the models that have tables, the model itself for the others and without `tables` (the config's).
     None: tables on a CPU only. On a GPU their gathers and sums, built for a CPU's kernels, take longer
     than the products they save (docs/performance.md, "On a GPU")."""
     if not isinstance(model, (Transformer, OperandMLP)):
         return model
-    return TableForward(model, shares_tables) if takes_tables(model.W_E.device, tables) else model
+    return TableForward(model, shares_tables, inputs) if takes_tables(model.W_E.device, tables) else model
 
 
 def takes_tables(device: torch.device, tables: Optional[bool]) -> bool:
@@ -104,13 +120,16 @@ def transformer_tables_pay(model: Transformer, tokens: Tensor, all_positions: bo
     return isinstance(model.ln_final, nn.Identity) and len(tokens) * Q >= (T + Q) * V
 
 
-def transformer_by_tables(model: Transformer, tokens: Tensor, all_positions: bool, tables: Callable) -> Tensor:
-    """Transformer.forward with its first block from tables (`tables`: first_block_tables, or TableForward's)."""
+def transformer_by_tables(
+    model: Transformer, tokens: Tensor, all_positions: bool, tables: Callable, pairs: "Pairs"
+) -> Tensor:
+    """Transformer.forward with its first block from tables (`tables`: first_block_tables, or
+    TableForward's) of `pairs`' rows."""
     n_queries = model.n_queries(tokens.shape[1], all_positions)
     if len(model.blocks) == 1:  # W_U alone reads the block's output: the tables fold it in
-        logits = first_block_by_tables(model, tokens, n_queries[0], model.W_U, tables)
+        logits = first_block_by_tables(model, tokens, n_queries[0], model.W_U, tables, pairs)
         return logits if all_positions else logits[:, -1]
-    x = first_block_by_tables(model, tokens, n_queries[0], None, tables)
+    x = first_block_by_tables(model, tokens, n_queries[0], None, tables, pairs)
     for block, n in zip(model.blocks[1:], n_queries[1:]):
         x = block(x, n)
     logits = model.ln_final(x) @ model.W_U
@@ -118,10 +137,11 @@ def transformer_by_tables(model: Transformer, tokens: Tensor, all_positions: boo
 
 
 def first_block_by_tables(
-    model: Transformer, tokens: Tensor, Q: int, readout: Optional[Tensor], tables: Callable
+    model: Transformer, tokens: Tensor, Q: int, readout: Optional[Tensor], tables: Callable, pairs: "Pairs"
 ) -> Tensor:
     """Block 0 at the last Q positions, without hooks or LayerNorm: Block.forward's math, grouped
-    by table rows. Its input W_E[token] + W_pos[position] is one of V x T rows, so q, k, v are
+    by table rows. Its input W_E[token] + W_pos[position] is one of V x T rows (`pairs`' rows, which
+    hold every (token, position) pair of `tokens`), so q, k, v are
     computed once per row and the attention scores once per (query row, key row) pair. After the
     softmax, all up to the MLP's activation is linear: the residual stream and the pre-activations
     are pattern-weighted sums of value rows (through W_O), plus the query's own row. embedding_bag
@@ -129,11 +149,15 @@ def first_block_by_tables(
     Returns the residual stream after the block (B, Q, D), or with `readout` (D, C) that stream
     times readout: what is linear in the stream (value rows, own rows, W_out) is multiplied by
     readout once per row instead of once per example, and (B, M) @ (M, D) @ (D, C) becomes
-    (B, M) @ (M, C). What depends on the weights alone comes from `tables(model, T, Q, readout)`:
+    (B, M) @ (M, C). What depends on the weights alone comes from `tables(model, pairs, Q, readout)`:
     first_block_tables, or TableForward's shared ones."""
-    (B, T), V, (H, _, _) = tokens.shape, model.W_E.shape[0], model.blocks[0].attn.W_Q.shape
-    pair_scores, rows, W_out = tables(model, T, Q, readout)
-    pair, bags = per_batch_of_tokens(transformer_indices, tokens, V, H, Q, gets_a_backward(tokens))
+    (B, T), (H, _, _) = tokens.shape, model.blocks[0].attn.W_Q.shape
+    indices = per_batch_of_tokens(transformer_indices, tokens, pairs, H, Q, gets_a_backward(tokens))
+    if indices is None:  # a pair of `tokens` that `pairs` does not hold
+        pairs = Pairs.every(model.W_E.shape[0], T, tokens.device)
+        indices = per_batch_of_tokens(transformer_indices, tokens, pairs, H, Q, gets_a_backward(tokens))
+    pair, bags = indices
+    pair_scores, rows, W_out = tables(model, pairs, Q, readout)
     pos = torch.arange(T, device=tokens.device)
     future = (pos[:, None] > pos[T - Q :])[:, None]  # (T, 1, Q): the key comes after the query
     # (H, T, B, Q), through index_select as layers.gather_rows on a CPU; the softmax over the T keys then runs
@@ -168,8 +192,8 @@ def rest_of_block(
 
 
 # Evaluation runs SLICE examples at a time, whose (SLICE, M) activations stay in cache from one step to
-# the next. A CPU's sums them COLUMNS pre-activations at a time too: that block of the tables (R x 128
-# floats: 650 KB for the default experiment's 1274 rows, against 3 MB at their whole width) and of
+# the next. A CPU's sums them COLUMNS pre-activations at a time too: that block of the tables (rows x 128
+# floats: 400 KB for the default experiment's 781 rows, against 1.9 MB at their whole width) and of
 # the activations stays in a core's L2 cache from one bag to the next and on into the product with
 # W_out (the default experiment's test pass: 1.06x faster at 2 threads, 1.17x at 1); the price, a copy
 # of the tables in blocks each pass
@@ -200,48 +224,94 @@ def rest_of_block_in_slices(
     return out
 
 
-def first_block_tables(model: Transformer, T: int, Q: int, readout: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
-    """What first_block_by_tables computes from the weights alone: the attention scores of every
-    (query row, key row) pair, (H, V*Q * V*T) for query row a*Q + q and key row v*T + t, as a matrix
+def first_block_tables(
+    model: Transformer, pairs: "Pairs", Q: int, readout: Optional[Tensor]
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """What first_block_by_tables computes from the weights alone, for the rows of `pairs` (R of
+    them, the last R_Q at the last Q positions: the query rows): the attention scores of every
+    (query row, key row) pair, (H, R_Q * R) for query row a and key row r at a*R + r, as a matrix
     product per head leaves them (neither it nor its backward copies them into another order); the
     table rows [the MLP's pre-activation (M) | the residual stream (D), or with readout the logits it
     adds (C) | zeros up to a multiple of 8 floats, on which embedding_bag's backward runs several
-    times faster], (H*V*T + Q*V, width); and W_out through readout, (M, D or C). A value row has
+    times faster], (H*R + R_Q, width); and W_out through readout, (M, D or C). A value row has
     rank E: through W_O and W_in it costs E*M per row, not D*M."""
     attn, mlp = model.blocks[0].attn, model.blocks[0].mlp
     H, E = attn.W_Q.shape[0], attn.W_Q.shape[2]
-    resid = model.W_E[:, None] + model.W_pos[:T]  # (V, T, D): token v at position t
-    q = torch.einsum("vtd,hde->hvte", resid[:, T - Q :], attn.W_Q).flatten(1, 2)  # (H, V*Q, E)
-    k = torch.einsum("vtd,hde->hvte", resid, attn.W_K).flatten(1, 2)  # (H, V*T, E)
-    v = torch.einsum("vtd,hde->hvte", resid, attn.W_V).flatten(1, 2)
-    pair_scores = (q @ k.transpose(1, 2)).flatten(1) / math.sqrt(E)  # (H, V*Q * V*T)
+    resid = gather_rows(model.W_E, pairs.tokens) + gather_rows(model.W_pos, pairs.positions)  # (R, D)
+    own = resid[len(resid) - pairs.queries(Q) :]  # (R_Q, D): the query rows
+    q = torch.einsum("rd,hde->hre", own, attn.W_Q)  # (H, R_Q, E)
+    k = torch.einsum("rd,hde->hre", resid, attn.W_K)  # (H, R, E)
+    v = torch.einsum("rd,hde->hre", resid, attn.W_V)
+    pair_scores = (q @ k.transpose(1, 2)).flatten(1) / math.sqrt(E)  # (H, R_Q * R)
 
     read = (lambda x: x) if readout is None else (lambda x: x @ readout)
     W_out = read(mlp.W_out)  # (M, D or C)
     pad = -(mlp.W_in.shape[1] + W_out.shape[1]) % 8
     zeros = lambda *shape: W_out.new_zeros(*shape, pad)
     W_O_in = torch.einsum("hed,dm->hem", attn.W_O, mlp.W_in)
-    value_rows = v @ torch.cat([W_O_in, read(attn.W_O), zeros(H, E)], dim=-1)  # (H, V*T, width)
-    own = resid[:, T - Q :].transpose(0, 1).flatten(0, 1)  # (Q*V, D)
+    value_rows = v @ torch.cat([W_O_in, read(attn.W_O), zeros(H, E)], dim=-1)  # (H, R, width)
     own_rows = torch.cat([own @ mlp.W_in + mlp.b_in, read(own + mlp.b_out), zeros(len(own))], dim=-1)
     return pair_scores, torch.cat([value_rows.flatten(0, 1), own_rows]), W_out
 
 
-def transformer_indices(tokens: Tensor, V: int, H: int, Q: int, backward: bool) -> Tuple[Tensor, "Bags"]:
+def transformer_indices(
+    tokens: Tensor, pairs: "Pairs", H: int, Q: int, backward: bool
+) -> Optional[Tuple[Tensor, "Bags"]]:
     """What first_block_by_tables looks up for a batch of tokens (B, T): the pair_scores column of each
     (key position, example, query) (T, B, Q), and the bags (by row too where they get a `backward`).
-    A bag per query holds the value rows of (head h, token v, key position t) at (h*V + v)*T + t,
-    then the query's own residual row (position q, token v) at H*V*T + q*V + v, which carries the
-    biases."""
-    (B, T), device = tokens.shape, tokens.device
-    pos, heads = torch.arange(T, device=device), torch.arange(H, device=device)
-    query_tokens = tokens[:, T - Q :]  # (B, Q)
-    pair = (query_tokens * Q + pos[:Q]) * (V * T) + (tokens.T * T + pos[:, None])[:, :, None]  # (T, B, Q)
-    value_index = (heads[:, None] * V + tokens[:, None, :]) * T + pos  # (B, H, T)
-    own_index = H * V * T + pos[:Q] * V + query_tokens  # (B, Q)
+    With r the row of a token's pair among `pairs`' R (R_Q of them query rows, which come last), a bag
+    per query holds the value rows of (head h, row r) at h*R + r, then the query's own residual row
+    at H*R + (r - (R - R_Q)), which carries the biases. None where `pairs` lacks a pair of `tokens`
+    (checked where it can be: not under torch.compile nor torch.func's transforms, where the tokens
+    are a run's own, of the pairs its module was made for)."""
+    (B, T), R, R_Q = tokens.shape, len(pairs.tokens), pairs.queries(Q)
+    pos, heads = torch.arange(T, device=tokens.device), torch.arange(H, device=tokens.device)
+    row = pairs.place[tokens, pos]  # (B, T)
+    if not torch.compiler.is_compiling() and _unwrapped(tokens) and bool((row < 0).any()):
+        return None
+    query_row = row[:, T - Q :] - (R - R_Q)  # (B, Q)
+    pair = query_row * R + row.T[:, :, None]  # (T, B, Q)
+    value_index = heads[:, None] * R + row[:, None, :]  # (B, H, T)
+    own_index = H * R + query_row  # (B, Q)
     index = torch.cat([value_index[:, None].expand(B, Q, H, T).flatten(2), own_index[..., None]], dim=-1)
     bags = Bags(index.flatten(0, 1))
-    return pair, bags.by_row(H * V * T + Q * V) if backward else bags
+    return pair, bags.by_row(H * R + R_Q) if backward else bags
+
+
+@dataclass(eq=False)  # compared and hashed by identity: a key of the kept tables and of per_batch_of_tokens
+class Pairs:
+    """The (token, position) pairs a transformer's first-block tables hold rows for, R of them,
+    ordered by position, then token: those at the last positions, whose rows are the query rows,
+    come last."""
+
+    tokens: Tensor  # (R,)
+    positions: Tensor  # (R,)
+    place: Tensor  # (V, T): the row of pair (v, t) among them; -1 where they do not hold it
+    per_position: Tuple[int, ...]  # (T,): how many of them each position has
+
+    @staticmethod
+    def of(inputs: Tensor, n_vocab: int) -> "Pairs":
+        """The pairs that `inputs` (N, T) show."""
+        shown = inputs.new_zeros(n_vocab, inputs.shape[1], dtype=torch.bool)
+        shown[inputs, torch.arange(inputs.shape[1], device=inputs.device)] = True
+        positions, tokens = shown.T.nonzero(as_tuple=True)  # by position, then token
+        place = torch.full(shown.shape, -1, dtype=torch.long, device=inputs.device)
+        place[tokens, positions] = torch.arange(len(tokens), device=inputs.device)
+        return Pairs(tokens, positions, place, tuple(shown.sum(0).tolist()))
+
+    @staticmethod
+    @functools.lru_cache(maxsize=16)
+    def every(n_vocab: int, T: int, device: torch.device) -> "Pairs":
+        """Every pair of V tokens and T positions (made without Pairs.of's data-dependent nonzero, so
+        that torch.compile traces it)."""
+        tokens = torch.arange(n_vocab, device=device).repeat(T)
+        positions = torch.arange(T, device=device).repeat_interleave(n_vocab)
+        place = torch.arange(n_vocab * T, device=device).view(T, n_vocab).T.contiguous()
+        return Pairs(tokens, positions, place, (n_vocab,) * T)
+
+    def queries(self, Q: int) -> int:
+        """R_Q: how many of them lie at the last Q positions."""
+        return sum(self.per_position[len(self.per_position) - Q :])
 
 
 # ----------------------------------------------------------------------------- operand MLP

@@ -120,6 +120,12 @@ def weight_norm(model: nn.Module) -> Tensor:
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(list(model.parameters()))))
 
 
+def trained_through(model: nn.Module, tables: Optional[bool], train: Split, test: Split) -> nn.Module:
+    """The module a run trains and evaluates `model` through: fast(model, tables), whose test pass's
+    tables serve the next step, with rows for the (token, position) pairs of the two splits."""
+    return fast(model, shares_tables=True, tables=tables, inputs=torch.cat([train.inputs, test.inputs]))
+
+
 class Alone:
     """K = 1: one run's epoch on its own model, through fast(model, tables) (grok/models/tables.py: on
     a CPU the table path); with `compile`, as one compiled graph (grok/training/captured.py) where it
@@ -128,8 +134,7 @@ class Alone:
     def __init__(self, experiment: Experiment):
         self.experiment = experiment
         self.batch_size = experiment.cfg.batch_size  # read once: the epoch needs it, a config lookup costs ~10 µs
-        # the test pass's tables serve the next step
-        self.module = fast(experiment.model, shares_tables=True, tables=experiment.cfg.tables)
+        self.module = trained_through(experiment.model, experiment.cfg.tables, experiment.train, experiment.test)
         self.captured = captured_epoch(experiment, self.module) if experiment.cfg.compile else None
 
     def epoch(self, evaluated: bool) -> Optional[Tuple[List[str], Tensor]]:

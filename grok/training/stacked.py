@@ -39,8 +39,12 @@ class Stack:
 
     def __init__(self, experiments: List["Experiment"]):
         self.experiments = experiments
-        # any run's: torch.func.functional_call swaps in the stack
-        self.module = fast(experiments[0].model, tables=experiments[0].cfg.tables)
+        self.train = self._examples([e.train for e in experiments])
+        self.test = self._examples([e.test for e in experiments])
+        # any run's, its tables with rows for every run's (token, position) pairs, the padding's too:
+        # torch.func.functional_call swaps in the stack
+        inputs = torch.cat([self.train["inputs"].flatten(0, 1), self.test["inputs"].flatten(0, 1)])
+        self.module = fast(experiments[0].model, tables=experiments[0].cfg.tables, inputs=inputs)
         self.names = [name for name, _ in self.module.named_parameters()]  # in each run's parameters' order
         self.run_params = [list(e.model.parameters()) for e in experiments]
         self.params = {
@@ -53,8 +57,6 @@ class Stack:
                 param.data = self.params[name].data[k]  # the run's optimizer updates the stack in place
         self.loss_fn = experiments[0].loss_fn
         self.sequences = experiments[0].train.labels.dim() == 2
-        self.train = self._examples([e.train for e in experiments])
-        self.test = self._examples([e.test for e in experiments])
 
     def _examples(self, splits) -> Dict[str, Tensor]:
         examples = {
