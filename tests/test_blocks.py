@@ -170,8 +170,8 @@ def test_the_metrics_come_to_the_host_once_a_block(tmp_path, runs, device):
     metrics = {tag: [read for read in reads[tag] if read == "tolist in rows"] for tag in reads}
     assert metrics["every_epoch"] == ["tolist in rows"] * 30
     assert metrics["one_block"] == ["tolist in rows"], "one block: one transfer"
-    # besides, once a run: the (token, position) pairs its tables hold, made from its splits and checked
-    # against each batch of tokens once (grok/models/tables.py; a stack's batches are not checked)
-    once = {tag: [read for read in reads[tag] if read != "tolist in rows"] for tag in reads}
-    assert once["every_epoch"] == once["one_block"]
-    assert set(once["one_block"]) <= {"tolist in of", "__bool__ in transformer_indices"} and len(once["one_block"]) <= 3
+    # besides, on a CPU, once: the (token, position) pairs the tables hold, made from the splits
+    # (grok/models/tables.py), and the test split checked against them (p = 11's train split is too small
+    # for the tables; the batches of a stack, each run's own, are not checked)
+    once = [] if device == "cuda" else ["tolist in of", *["__bool__ in transformer_indices"] * (runs == 1)]
+    assert all([read for read in reads[tag] if read != "tolist in rows"] == once for tag in reads)

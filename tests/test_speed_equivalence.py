@@ -211,9 +211,11 @@ def test_the_tables_hold_rows_for_the_token_position_pairs_of_the_runs_splits_al
     torch.manual_seed(0)
     model = build_model(make_config(SMALL).model, data.n_vocab, data.n_classes, 3).double()
     module = fast(model, tables=True, inputs=data.inputs[data.train_idx])
-    foreign = data.inputs.clone()
-    foreign[0, 2] = 5  # an operand at the query position: a pair the train split does not show
-    for tokens, pairs in [(data.inputs[data.train_idx], shown(data.inputs[data.train_idx])), (foreign, None)]:
+    at_the_query, at_a_key = data.inputs.clone(), data.inputs.clone()
+    at_the_query[0, 2] = 5  # an operand at the query position: a pair the train split does not show
+    at_a_key[0, 0] = V - 1  # `=` at a key's position
+    train = data.inputs[data.train_idx]
+    for tokens, pairs in [(train, shown(train)), (at_the_query, None), (at_a_key, None)]:
         rows_made.clear()
         tables_path = module(tokens)
         assert by_embedding_bag(tables_path)
@@ -225,6 +227,32 @@ def test_the_tables_hold_rows_for_the_token_position_pairs_of_the_runs_splits_al
         assert torch.allclose(tables_path, plain, rtol=0, atol=1e-12)
         grads = [torch.autograd.grad(out.square().sum(), list(model.parameters())) for out in (tables_path, plain)]
         assert all(torch.allclose(f, p, rtol=1e-10, atol=1e-10) for f, p in zip(*grads))
+    # runs trained together (a stack: torch.vmap over the runs' weights and tokens, which are not checked)
+    # never read a pair the tables lack as another's row: the second run's first example has `=` at a key's
+    # position, and `=`'s query row is the second of two
+    two_queries = train.clone()
+    two_queries[0, 2] = 5
+    module = fast(model, tables=True, inputs=two_queries)
+    runs = {name: torch.stack([param.detach()] * 2) for name, param in module.named_parameters()}
+    with pytest.raises((RuntimeError, IndexError)):
+        torch.vmap(lambda weights, tokens: torch.func.functional_call(module, weights, (tokens,)))(
+            runs, torch.stack([train[:400], at_a_key[:400]])
+        )
+
+
+def test_the_pairs_of_tables_first_made_in_a_test_pass_serve_the_later_steps(monkeypatch):
+    """A module's pairs are made once and kept: made in a test pass (under torch.inference_mode), they
+    serve the training steps after it, whose backward saves what it gathered from them."""
+    monkeypatch.setattr(tables, "_EVERY", {})  # every pair's, as in a fresh process
+    data = make_dataset(make_config(SMALL).task, 0.5, 0)
+    model = build_model(make_config(SMALL).model, data.n_vocab, data.n_classes, 3)
+    with torch.inference_mode():
+        modules = [fast(model, tables=True), fast(model, tables=True, inputs=data.inputs.clone())]
+        for module in modules:
+            module(data.inputs)
+    for module in modules:
+        module(data.inputs).sum().backward()
+        assert all(param.grad is not None for param in model.parameters())
 
 
 @pytest.mark.parametrize("weighted", [True, False], ids=["weighted", "unweighted"])

@@ -52,7 +52,8 @@ class TableForward(nn.Module):
         super().__init__()
         self.model = model
         self.shares_tables = shares_tables
-        self.pairs = None if inputs is None else Pairs.of(inputs, model.W_E.shape[0])
+        held = inputs is not None and isinstance(model, Transformer)
+        self.pairs = Pairs.of(inputs, model.W_E.shape[0]) if held else None
         self.kept: Optional[Tuple[tuple, list, Tuple[Tensor, Tensor, Tensor]]] = None  # key, weights, tables
 
     def __getstate__(self):  # kept tables hold an autograd graph, which neither copies nor pickles
@@ -114,7 +115,8 @@ def takes_tables(device: torch.device, tables: Optional[bool]) -> bool:
 
 # ----------------------------------------------------------------------------- transformer
 def transformer_tables_pay(model: Transformer, tokens: Tensor, all_positions: bool) -> bool:
-    """Without LayerNorm, when the batch's B*Q rows through W_in outnumber the tables': (T + Q) * V of width D."""
+    """Without LayerNorm, when the batch's B*Q rows through W_in outnumber those of the tables of every
+    (token, position) pair, (T + Q) * V of width D (the tables of fewer pairs pay sooner: a bound that holds)."""
     T, V = tokens.shape[1], model.W_E.shape[0]
     Q = model.n_queries(T, all_positions)[0]
     return isinstance(model.ln_final, nn.Identity) and len(tokens) * Q >= (T + Q) * V
@@ -141,8 +143,8 @@ def first_block_by_tables(
 ) -> Tensor:
     """Block 0 at the last Q positions, without hooks or LayerNorm: Block.forward's math, grouped
     by table rows. Its input W_E[token] + W_pos[position] is one of V x T rows (`pairs`' rows, which
-    hold every (token, position) pair of `tokens`), so q, k, v are
-    computed once per row and the attention scores once per (query row, key row) pair. After the
+    hold every (token, position) pair of `tokens`), so q, k, v are computed once per row and the
+    attention scores once per (query row, key row) pair. After the
     softmax, all up to the MLP's activation is linear: the residual stream and the pre-activations
     are pattern-weighted sums of value rows (through W_O), plus the query's own row. embedding_bag
     forms such sums without gathering the rows; its backward scatters gradients into the tables.
@@ -195,8 +197,8 @@ def rest_of_block(
 # the next. A CPU's sums them COLUMNS pre-activations at a time too: that block of the tables (rows x 128
 # floats: 400 KB for the default experiment's 781 rows, against 1.9 MB at their whole width) and of
 # the activations stays in a core's L2 cache from one bag to the next and on into the product with
-# W_out (the default experiment's test pass: 1.06x faster at 2 threads, 1.17x at 1); the price, a copy
-# of the tables in blocks each pass
+# W_out (the default experiment's test pass, when its tables held 1274 rows: 1.06x faster at 2 threads,
+# 1.17x at 1); the price, a copy of the tables in blocks each pass
 SLICE, COLUMNS = 1024, 128
 
 
@@ -261,13 +263,15 @@ def transformer_indices(
     (key position, example, query) (T, B, Q), and the bags (by row too where they get a `backward`).
     With r the row of a token's pair among `pairs`' R (R_Q of them query rows, which come last), a bag
     per query holds the value rows of (head h, row r) at h*R + r, then the query's own residual row
-    at H*R + (r - (R - R_Q)), which carries the biases. None where `pairs` lacks a pair of `tokens`
-    (checked where it can be: not under torch.compile nor torch.func's transforms, where the tokens
-    are a run's own, of the pairs its module was made for)."""
+    at H*R + (r - (R - R_Q)), which carries the biases. None where `pairs` lacks a pair of `tokens`,
+    checked where it can be: not while torch.compile traces, nor for tokens that torch.func wraps
+    (runs trained together, each with its own tokens), which are the splits the module was made for.
+    Unchecked, a pair they lack still cannot be read as another: its place, far past every row,
+    makes each index that it enters fail."""
     (B, T), R, R_Q = tokens.shape, len(pairs.tokens), pairs.queries(Q)
     pos, heads = torch.arange(T, device=tokens.device), torch.arange(H, device=tokens.device)
     row = pairs.place[tokens, pos]  # (B, T)
-    if not torch.compiler.is_compiling() and _unwrapped(tokens) and bool((row < 0).any()):
+    if not torch.compiler.is_compiling() and _unwrapped(tokens) and bool((row >= R).any()):
         return None
     query_row = row[:, T - Q :] - (R - R_Q)  # (B, Q)
     pair = query_row * R + row.T[:, :, None]  # (T, B, Q)
@@ -278,6 +282,11 @@ def transformer_indices(
     return pair, bags.by_row(H * R + R_Q) if backward else bags
 
 
+# A pair's place where Pairs do not hold it: every index computed from it lies past every row (and
+# stays within int64), so that a pair they lack fails to be read rather than reads another's row
+NOT_HELD = 2**40
+
+
 @dataclass(eq=False)  # compared and hashed by identity: a key of the kept tables and of per_batch_of_tokens
 class Pairs:
     """The (token, position) pairs a transformer's first-block tables hold rows for, R of them,
@@ -286,32 +295,39 @@ class Pairs:
 
     tokens: Tensor  # (R,)
     positions: Tensor  # (R,)
-    place: Tensor  # (V, T): the row of pair (v, t) among them; -1 where they do not hold it
+    place: Tensor  # (V, T): the row of pair (v, t) among them; NOT_HELD where they do not hold it
     per_position: Tuple[int, ...]  # (T,): how many of them each position has
 
     @staticmethod
+    @torch.inference_mode(False)  # kept, and gathered from by forwards that record gradients
     def of(inputs: Tensor, n_vocab: int) -> "Pairs":
         """The pairs that `inputs` (N, T) show."""
-        shown = inputs.new_zeros(n_vocab, inputs.shape[1], dtype=torch.bool)
+        shown = torch.zeros(n_vocab, inputs.shape[1], dtype=torch.bool, device=inputs.device)
         shown[inputs, torch.arange(inputs.shape[1], device=inputs.device)] = True
         positions, tokens = shown.T.nonzero(as_tuple=True)  # by position, then token
-        place = torch.full(shown.shape, -1, dtype=torch.long, device=inputs.device)
+        place = torch.full(shown.shape, NOT_HELD, dtype=torch.long, device=inputs.device)
         place[tokens, positions] = torch.arange(len(tokens), device=inputs.device)
         return Pairs(tokens, positions, place, tuple(shown.sum(0).tolist()))
 
     @staticmethod
-    @functools.lru_cache(maxsize=16)
     def every(n_vocab: int, T: int, device: torch.device) -> "Pairs":
-        """Every pair of V tokens and T positions (made without Pairs.of's data-dependent nonzero, so
-        that torch.compile traces it)."""
-        tokens = torch.arange(n_vocab, device=device).repeat(T)
-        positions = torch.arange(T, device=device).repeat_interleave(n_vocab)
-        place = torch.arange(n_vocab * T, device=device).view(T, n_vocab).T.contiguous()
-        return Pairs(tokens, positions, place, (n_vocab,) * T)
+        """Every pair of V tokens and T positions, made once (without Pairs.of's data-dependent nonzero,
+        which torch.compile cannot trace)."""
+        key = (n_vocab, T, device)
+        if key not in _EVERY:
+            with torch.inference_mode(False):
+                tokens = torch.arange(n_vocab, device=device).repeat(T)
+                positions = torch.arange(T, device=device).repeat_interleave(n_vocab)
+                place = torch.arange(n_vocab * T, device=device).view(T, n_vocab).T.contiguous()
+            _EVERY[key] = Pairs(tokens, positions, place, (n_vocab,) * T)
+        return _EVERY[key]
 
     def queries(self, Q: int) -> int:
         """R_Q: how many of them lie at the last Q positions."""
         return sum(self.per_position[len(self.per_position) - Q :])
+
+
+_EVERY: Dict[tuple, Pairs] = {}  # (V, T, device) -> Pairs.every
 
 
 # ----------------------------------------------------------------------------- operand MLP

@@ -104,7 +104,7 @@ def progress_measures(
     losses apply (the task's own attribute; None elsewhere). `tables`: the run's config's."""
     was_training = model.training
     model.eval()
-    logits = fast(model, tables=tables)(inputs)  # (N, C), as training computes them
+    logits = fast(model, tables=tables, inputs=inputs)(inputs)  # (N, C), as training computes them
     model.train(was_training)
     measures = {f"weight_norm/{name}": param.norm().item() for name, param in model.named_parameters()}
     measures.update(softmax_collapse(logits, labels))

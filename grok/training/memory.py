@@ -198,7 +198,7 @@ def member_bytes(experiment: Experiment) -> int:
         return tensor
 
     model, train, test = experiment.model, experiment.train, experiment.test
-    forward = fast(model, tables=experiment.cfg.tables)  # what a stack runs
+    forward = fast(model, tables=experiment.cfg.tables, inputs=torch.cat([train.inputs, test.inputs]))  # as a stack
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         logits = forward(train.inputs, all_positions=train.labels.dim() == 2)
     saved += 2 * logits.numel() * 8  # the float64 loss' copy of the logits and its gradient
