@@ -66,16 +66,10 @@ class TableForward(nn.Module):
             tables = functools.partial(self.shared_tables, kept)
         if not hooks_attached(self):  # a hook on the model or any of its modules: the plain path
             if isinstance(model, Transformer) and transformer_tables_pay(model, tokens, all_positions):
-                return transformer_by_tables(model, tokens, all_positions, tables, self.pairs_of(tokens))
+                return transformer_by_tables(model, tokens, all_positions, tables, self.pairs)
             if isinstance(model, OperandMLP) and len(tokens) >= model.W_E.shape[0]:
                 return operand_mlp_by_tables(model, tokens)
         return model(tokens, all_positions=all_positions)
-
-    def pairs_of(self, tokens: Tensor) -> "Pairs":
-        """The pairs of the module's inputs, where they have as many positions as `tokens` (B, T); else every pair."""
-        if self.pairs is None or self.pairs.place.shape[1] != tokens.shape[1]:
-            return Pairs.every(self.model.W_E.shape[0], tokens.shape[1], tokens.device)
-        return self.pairs
 
     def shared_tables(self, kept, model: Transformer, pairs: "Pairs", Q: int, readout: Optional[Tensor]):
         """first_block_tables, or the `kept` ones of these weights; without gradients, kept for the next forward."""
@@ -123,7 +117,7 @@ def transformer_tables_pay(model: Transformer, tokens: Tensor, all_positions: bo
 
 
 def transformer_by_tables(
-    model: Transformer, tokens: Tensor, all_positions: bool, tables: Callable, pairs: "Pairs"
+    model: Transformer, tokens: Tensor, all_positions: bool, tables: Callable, pairs: Optional["Pairs"]
 ) -> Tensor:
     """Transformer.forward with its first block from tables (`tables`: first_block_tables, or
     TableForward's) of `pairs`' rows."""
@@ -139,12 +133,12 @@ def transformer_by_tables(
 
 
 def first_block_by_tables(
-    model: Transformer, tokens: Tensor, Q: int, readout: Optional[Tensor], tables: Callable, pairs: "Pairs"
+    model: Transformer, tokens: Tensor, Q: int, readout: Optional[Tensor], tables: Callable, pairs: Optional["Pairs"]
 ) -> Tensor:
     """Block 0 at the last Q positions, without hooks or LayerNorm: Block.forward's math, grouped
-    by table rows. Its input W_E[token] + W_pos[position] is one of V x T rows (`pairs`' rows, which
-    hold every (token, position) pair of `tokens`), so q, k, v are computed once per row and the
-    attention scores once per (query row, key row) pair. After the
+    by table rows. Its input W_E[token] + W_pos[position] is one of V x T rows (those of `pairs`;
+    of every pair where `pairs` is None, has other positions or lacks a pair of `tokens`), so q, k,
+    v are computed once per row and the attention scores once per (query row, key row) pair. After the
     softmax, all up to the MLP's activation is linear: the residual stream and the pre-activations
     are pattern-weighted sums of value rows (through W_O), plus the query's own row. embedding_bag
     forms such sums without gathering the rows; its backward scatters gradients into the tables.
@@ -154,8 +148,9 @@ def first_block_by_tables(
     (B, M) @ (M, C). What depends on the weights alone comes from `tables(model, pairs, Q, readout)`:
     first_block_tables, or TableForward's shared ones."""
     (B, T), (H, _, _) = tokens.shape, model.blocks[0].attn.W_Q.shape
-    indices = per_batch_of_tokens(transformer_indices, tokens, pairs, H, Q, gets_a_backward(tokens))
-    if indices is None:  # a pair of `tokens` that `pairs` does not hold
+    held = pairs is not None and pairs.place.shape[1] == T
+    indices = per_batch_of_tokens(transformer_indices, tokens, pairs, H, Q, gets_a_backward(tokens)) if held else None
+    if indices is None:  # no pairs of T positions, or a pair of `tokens` that they do not hold: every pair's
         pairs = Pairs.every(model.W_E.shape[0], T, tokens.device)
         indices = per_batch_of_tokens(transformer_indices, tokens, pairs, H, Q, gets_a_backward(tokens))
     pair, bags = indices
