@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from grok.config import validate
 from grok.errors import ConfigError
 from grok.sweeps.named import sweep_names
-from grok.sweeps.phase import is_log_spaced, phase
+from grok.sweeps.phase import is_log_spaced, median_epoch, phase
 from grok.sweeps.wandb_sweep import wandb_sweep_config
 from tests.conftest import EARLY_EPOCHS, FLOAT32_ROUNDINGS, ROOT, cli_env, make_config, run_cli, wandb_records
 
@@ -102,6 +102,8 @@ def test_the_summary_csv_has_one_row_per_job_equal_to_its_summary_json(grid_swee
         assert row["phase"] in ("comprehension", "grokking", "memorization", "confusion")
     for name in ["phase_diagram.png", "phase_map.png", "test_acc_curves.png"]:
         assert (sweep_dir / name).read_bytes()[:8] == PNG_MAGIC, name
+    # two keys, neither a seed: no curve of epochs against one key, no medians over seeds
+    assert not (sweep_dir / "epochs_curve.png").exists() and not (sweep_dir / "sweep_by_value.csv").exists()
     table = stdout.splitlines()
     assert table[1].split()[0] == "job" and [line.split()[0] for line in table[2:6]] == ["0", "1", "2", "3"]
 
@@ -342,6 +344,70 @@ def test_an_optuna_search_minimizes_the_objective_train_py_returns(tmp_path):
 )
 def test_phases_follow_the_documented_rule(memorized, grokked, expected):
     assert phase(memorized, grokked) == expected
+
+
+def test_a_sweep_repeated_over_seeds_reports_each_values_median_over_them(tmp_path):
+    """`seed=0,1,2 data_seed=${seed}`: three runs of each train_frac, each with its own initialisation
+    and split. sweep_by_value.csv and the table give per train_frac how many memorized and grokked and
+    the median epochs, a run that never got there counting as the latest (none where half never did);
+    the summary's W&B run holds the same table and the curve."""
+    sweep_dir = tmp_path / "sweep"
+    result = run_cli(["phase_diagram_small", *TINY, "train_frac=0.3,0.6", "optimizer.weight_decay=1",
+                      "seed=0,1,2", "data_seed=${seed}", f"hydra.sweep.dir={sweep_dir}"],
+                     cwd=tmp_path, script="sweep.py", check=True)  # fmt: skip
+    rows = read_csv(sweep_dir / "sweep_summary.csv")
+    assert list(rows[0])[: list(rows[0]).index("status")] == ["job", "train_frac", "seed"]  # data_seed follows seed
+    assert "never started" not in result.stdout
+    for row in rows:
+        config = OmegaConf.load(sweep_dir / row["job"] / "config.yaml")
+        assert config.data_seed == config.seed == int(row["seed"])
+    by_value = read_csv(sweep_dir / "sweep_by_value.csv")
+    assert [row["train_frac"] for row in by_value] == ["0.3", "0.6"]
+    for row in by_value:
+        runs = [r for r in rows if r["train_frac"] == row["train_frac"]]
+        assert sorted(r["seed"] for r in runs) == ["0", "1", "2"] and row["runs"] == "3"
+        for field, count in (("memorize_epoch", "memorized"), ("grok_epoch", "grokked")):
+            reached = sorted(int(r[field]) for r in runs if r[field])
+            assert row[count] == str(len(reached))
+            median = row[f"median_{field}"]  # of 3 runs, the second earliest, which must have got there
+            assert (float(median) if median else None) == (reached[1] if len(reached) >= 2 else None)
+    assert any(row["memorized"] != "0" for row in by_value)  # the medians above were not all empty
+    assert (sweep_dir / "epochs_curve.png").read_bytes()[:8] == PNG_MAGIC
+    table = result.stdout[result.stdout.index("over the seeds, by train_frac") :].splitlines()
+    assert table[1].split() == [
+        "train_frac",
+        "runs",
+        "memorized",
+        "grokked",
+        "median",
+        "memorized",
+        "median",
+        "grokked",
+    ]
+    assert [line.split()[:2] for line in table[2:4]] == [["0.3", "3"], ["0.6", "3"]]
+    records = wandb_records(sweep_dir)
+    (logged,) = [row for row in records["history"] if "sweep_by_value._type" in row]
+    (table_file,) = (sweep_dir / "wandb").glob(f"offline-run-*/files/{logged['sweep_by_value.path']}")
+    logged_table = json.loads(table_file.read_text())
+    assert logged_table["columns"] == list(by_value[0])
+    assert [[as_csv(value) for value in row] for row in logged_table["data"]] == [list(r.values()) for r in by_value]
+    assert records["summary"]["summary"]["epochs_curve"]["_type"] == "image-file"
+
+
+@pytest.mark.parametrize(
+    "epochs,median",
+    [
+        ([300, 100, 200], 200),
+        ([100, None, 200], 200),
+        ([100, None, None], None),
+        ([100, 200], 150),
+        ([100, None], None),
+        ([None], None),
+        ([70], 70),
+    ],
+)
+def test_the_median_epoch_over_seeds_counts_a_run_that_never_got_there_as_the_latest(epochs, median):
+    assert median_epoch(epochs) == median
 
 
 @pytest.mark.parametrize(

@@ -12,12 +12,15 @@ grok_epoch) within its epoch budget:
 """
 
 import math
+import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from grok.recording.plots import log_scale, pyplot
 
+# keys whose values repeat a setting rather than change it: a curve over the other keys takes their median
+REPLICATE_KEYS = ("seed", "data_seed")
 GROKKING_DELAY = 1.0  # generalizing later than this many memorization times after memorizing is grokking
 PHASE_COLOURS = {
     "comprehension": "tab:green",
@@ -253,26 +256,67 @@ def plot_test_curves(
     plt.close(fig)
 
 
+def median_epoch(epochs: Sequence[Optional[float]]) -> Optional[float]:
+    """The median of the runs' epochs, a run that never got there (None) counting as later than any
+    that did: None where half of them or more never did (of 2 runs, the median needs both)."""
+    median = statistics.median(math.inf if epoch is None else epoch for epoch in epochs)
+    return median if math.isfinite(median) else None
+
+
+def over_replicates(records: List[Dict[str, Any]], key: str) -> List[Dict[str, Any]]:
+    """The completed runs grouped by their value of `key`, whatever their REPLICATE_KEYS: per value
+    (numbers in their order, others as they first appear) how many runs, how many memorized and
+    grokked, and the median of each epoch."""
+    groups: Dict[str, List[Dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        if record["status"] == "completed":
+            groups[str(record[key])].append(record)
+    positions, _ = axis_positions(list(groups))
+    rows = []
+    for value in sorted(groups, key=positions.get):
+        runs = groups[value]
+        row: Dict[str, Any] = {key: value, "runs": len(runs)}
+        for field, count in (("memorize_epoch", "memorized"), ("grok_epoch", "grokked")):
+            epochs = [run[field] for run in runs]
+            row[count] = sum(epoch is not None for epoch in epochs)
+            row[f"median_{field}"] = median_epoch(epochs)
+        rows.append(row)
+    return rows
+
+
 def plot_epochs_curve(records: List[Dict[str, Any]], key: str, path: Path) -> None:
     """memorize_epoch and grok_epoch against one numeric swept key (Power et al. 2022's Figure 1 for
-    train_frac); a run that never grokked is an open marker at its epoch budget."""
-    values = _numbers([str(record[key]) for record in records])
-    if values is None:
+    train_frac): a marker per run (open, at its epoch budget, where it never got there) and a line
+    through each value's median (median_epoch) over the runs that repeat it with other seeds, with how
+    many of them grokked."""
+    if _numbers([str(record[key]) for record in records]) is None:
         return
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
-    done = [(x, r) for x, r in zip(values, records) if r["status"] == "completed"]
+    done = [(float(r[key]), r) for r in records if r["status"] == "completed"]
+    medians = over_replicates(records, key)
+    repeated = any(row["runs"] > 1 for row in medians)
     for field, colour, label in (("memorize_epoch", "tab:orange", "train acc >= 0.99"),
                                  ("grok_epoch", "tab:blue", "test acc >= 0.99")):  # fmt: skip
-        reached = sorted((x, r[field]) for x, r in done if r[field] is not None)
-        ax.plot([x for x, _ in reached], [y for _, y in reached], "o-", color=colour, label=label)
+        line = [(float(row[key]), row[f"median_{field}"]) for row in medians if row[f"median_{field}"] is not None]
+        ax.plot(*zip(*line) if line else ([], []), "-", color=colour, label=f"{label}, median" if repeated else label)
+        reached = [(x, r[field]) for x, r in done if r[field] is not None]
+        if reached:
+            ax.scatter(*zip(*reached), color=colour, alpha=0.6 if repeated else 1.0, zorder=3)
         never = [(x, r["epochs"]) for x, r in done if r[field] is None]
         if never:
             ax.scatter(*zip(*never), facecolors="none", edgecolors=colour, label=f"never ({label}), at the budget")
-    ax.set_xscale("log" if is_log_spaced(values) else "linear")
+    ax.set_xscale("log" if is_log_spaced([x for x, _ in done]) else "linear")
+    ax.set_xticks([float(row[key]) for row in medians], [row[key] for row in medians])  # the values as swept
+    ax.set_xticks([], minor=True)
     log_scale(ax, "y")
     ax.set_xlabel(key)
     ax.set_ylabel("epoch")
+    if repeated:  # markers at the budget overlap: how many of each value's runs grokked
+        ax.set_title("a marker per run; at the bottom, how many of each value's runs grokked", fontsize=9)
+        for row in medians:
+            ax.text(float(row[key]), 0.02, f"{row['grokked']}/{row['runs']}", transform=ax.get_xaxis_transform(),
+                    ha="center", fontsize=8, color="tab:blue")  # fmt: skip
     ax.legend(fontsize=8)
     fig.savefig(path, dpi=110)
     plt.close(fig)

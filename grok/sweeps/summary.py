@@ -14,7 +14,15 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from grok.recording.files import read_metrics
 from grok.sweeps.named import grid_axes, grid_jobs, job_dirs, job_status
-from grok.sweeps.phase import phase, plot_epochs_curve, plot_grok_epochs, plot_phase_map, plot_test_curves
+from grok.sweeps.phase import (
+    REPLICATE_KEYS,
+    over_replicates,
+    phase,
+    plot_epochs_curve,
+    plot_grok_epochs,
+    plot_phase_map,
+    plot_test_curves,
+)
 
 FIELDS = [
     "status",
@@ -34,8 +42,9 @@ FIGURES = {
     "phase_diagram": "phase_diagram.png",
     "phase_map": "phase_map.png",
     "test_acc_curves": "test_acc_curves.png",
-    "epochs_curve": "epochs_curve.png",  # one numeric swept key: the epochs against it
+    "epochs_curve": "epochs_curve.png",  # one numeric swept key besides seeds: the epochs against it
 }
+BY_VALUE_FIELDS = ["runs", "memorized", "grokked", "median_memorize_epoch", "median_grok_epoch"]
 
 
 @dataclass
@@ -129,7 +138,10 @@ def expected_jobs(sweep_dir: Path) -> Optional[List[List[str]]]:
         if "n_trials" in hydra_cfg.sweeper:
             return None
         params = OmegaConf.to_container(hydra_cfg.sweeper.params or {})
-        return grid_jobs(grid_axes(params, list(hydra_cfg.overrides.task)))
+        # unresolved (`list()` would resolve data_seed=${seed} to data_seed=0): grid_axes writes it as a job's
+        # overrides.yaml does, data_seed=$\{seed\}
+        overrides = OmegaConf.to_container(hydra_cfg.overrides.task)
+        return grid_jobs(grid_axes(params, overrides))
     except Exception:  # no or damaged multirun.yaml (a partial copy): the job dirs are all there is
         return None
 
@@ -153,6 +165,16 @@ class SweepSummary:
 
     def failed(self) -> List[Dict[str, Any]]:
         return [r for r in self.records if r["status"] in ("failed", "unreadable")]
+
+    def curve_key(self) -> Optional[str]:
+        """The swept key the epochs are plotted against: the one besides the seeds (REPLICATE_KEYS)."""
+        others = [key for key in self.keys if key not in REPLICATE_KEYS]
+        return others[0] if len(others) == 1 else None
+
+    def by_value(self) -> Optional[List[Dict[str, Any]]]:
+        """over_replicates by the curve key, where the sweep repeats each of its values with other seeds."""
+        key = self.curve_key()
+        return over_replicates(self.records, key) if key is not None and len(self.keys) > 1 else None
 
 
 def sweep_table(sweep_dir: Path) -> Tuple[SweepSummary, List[JobDir]]:
@@ -179,11 +201,17 @@ def summarize(sweep_dir: Path, log_wandb: bool = True) -> SweepSummary:
         writer = csv.DictWriter(f, fieldnames=["job", *keys, *FIELDS], lineterminator="\n")
         writer.writeheader()
         writer.writerows({k: "" if v is None else v for k, v in record.items()} for record in records)
+    by_value = summary.by_value()
+    if by_value is not None:
+        with open(sweep_dir / "sweep_by_value.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=[summary.curve_key(), *BY_VALUE_FIELDS], lineterminator="\n")
+            writer.writeheader()
+            writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in by_value)
     if records:
         plot_grok_epochs(records, keys, sweep_dir / FIGURES["phase_diagram"])
         plot_phase_map(records, keys, sweep_dir / FIGURES["phase_map"])
-        if len(keys) == 1:
-            plot_epochs_curve(records, keys[0], sweep_dir / FIGURES["epochs_curve"])
+        if summary.curve_key() is not None:
+            plot_epochs_curve(records, summary.curve_key(), sweep_dir / FIGURES["epochs_curve"])
         plot_test_curves(
             [(record, job.rows) for record, job in zip(records, jobs)], keys, sweep_dir / FIGURES["test_acc_curves"]
         )
@@ -208,6 +236,10 @@ def log_summary_run(summary: SweepSummary) -> Optional[str]:
     logger = WandbLogger(logger_cfg, config, summary.sweep_dir, uuid.uuid4().hex[:8], "summary")
     columns = ["job", *summary.keys, *FIELDS]
     logger.log_table("sweep_summary", columns, [[record[c] for c in columns] for record in summary.records])
+    by_value = summary.by_value()
+    if by_value is not None:
+        columns = [summary.curve_key(), *BY_VALUE_FIELDS]
+        logger.log_table("sweep_by_value", columns, [[row[c] for c in columns] for row in by_value])
     for key, name in FIGURES.items():
         if (summary.sweep_dir / name).exists():
             logger.log_image(key, summary.sweep_dir / name)
@@ -227,6 +259,11 @@ def _cell(value: Any) -> str:
         return text
 
 
+def _fixed_width(cells: List[List[str]]) -> List[str]:
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    return ["  ".join(text.ljust(width) for text, width in zip(row, widths)).rstrip() for row in cells]
+
+
 def format_table(summary: SweepSummary) -> str:
     """The sweep as a fixed-width table, one line per job, problems listed underneath."""
     columns = [
@@ -242,9 +279,17 @@ def format_table(summary: SweepSummary) -> str:
         "wall_seconds",
     ]
     headers = {"memorize_epoch": "memorized", "grok_epoch": "grokked", "wall_seconds": "seconds"}
-    cells = [[headers.get(c, c) for c in columns]] + [[_cell(r[c]) for c in columns] for r in summary.records]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    lines = ["  ".join(text.ljust(width) for text, width in zip(row, widths)).rstrip() for row in cells]
+    lines = _fixed_width(
+        [[headers.get(c, c) for c in columns]] + [[_cell(r[c]) for c in columns] for r in summary.records]
+    )
+    by_value = summary.by_value()
+    if by_value is not None:
+        columns = [summary.curve_key(), *BY_VALUE_FIELDS]
+        headers = {"median_memorize_epoch": "median memorized", "median_grok_epoch": "median grokked"}
+        lines.append(f"over the seeds, by {summary.curve_key()} (a run that never got there counts as latest):")
+        lines += _fixed_width(
+            [[headers.get(c, c) for c in columns]] + [[_cell(r[c]) for c in columns] for r in by_value]
+        )
     for record in summary.failed():
         values = " ".join(f"{key}={record[key]}" for key in summary.keys)
         error = (record["error"] or "summary.json is unreadable").strip().splitlines()[-1]
