@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from grok.config import validate
 from grok.errors import ConfigError
 from grok.sweeps.named import sweep_names
-from grok.sweeps.phase import is_log_spaced, median_epoch, phase
+from grok.sweeps.phase import is_log_spaced, median_epoch, over_seeds, phase
 from grok.sweeps.wandb_sweep import wandb_sweep_config
 from tests.conftest import EARLY_EPOCHS, FLOAT32_ROUNDINGS, ROOT, cli_env, make_config, run_cli, wandb_records
 
@@ -103,7 +103,7 @@ def test_the_summary_csv_has_one_row_per_job_equal_to_its_summary_json(grid_swee
     for name in ["phase_diagram.png", "phase_map.png", "test_acc_curves.png"]:
         assert (sweep_dir / name).read_bytes()[:8] == PNG_MAGIC, name
     # two keys, neither a seed: no curve of epochs against one key, no medians over seeds
-    assert not (sweep_dir / "epochs_curve.png").exists() and not (sweep_dir / "sweep_by_value.csv").exists()
+    assert not (sweep_dir / "epochs_curve.png").exists() and not (sweep_dir / "sweep_over_seeds.csv").exists()
     table = stdout.splitlines()
     assert table[1].split()[0] == "job" and [line.split()[0] for line in table[2:6]] == ["0", "1", "2", "3"]
 
@@ -348,7 +348,7 @@ def test_phases_follow_the_documented_rule(memorized, grokked, expected):
 
 def test_a_sweep_repeated_over_seeds_reports_each_values_median_over_them(tmp_path):
     """`seed=0,1,2 data_seed=${seed}`: three runs of each train_frac, each with its own initialisation
-    and split. sweep_by_value.csv and the table give per train_frac how many memorized and grokked and
+    and split. sweep_over_seeds.csv and the table give per train_frac how many memorized and grokked and
     the median epochs, a run that never got there counting as the latest (none where half never did);
     the summary's W&B run holds the same table and the curve."""
     sweep_dir = tmp_path / "sweep"
@@ -361,37 +361,58 @@ def test_a_sweep_repeated_over_seeds_reports_each_values_median_over_them(tmp_pa
     for row in rows:
         config = OmegaConf.load(sweep_dir / row["job"] / "config.yaml")
         assert config.data_seed == config.seed == int(row["seed"])
-    by_value = read_csv(sweep_dir / "sweep_by_value.csv")
-    assert [row["train_frac"] for row in by_value] == ["0.3", "0.6"]
-    for row in by_value:
+    over_seeds = read_csv(sweep_dir / "sweep_over_seeds.csv")
+    assert [row["train_frac"] for row in over_seeds] == ["0.3", "0.6"]
+    for row in over_seeds:
         runs = [r for r in rows if r["train_frac"] == row["train_frac"]]
-        assert sorted(r["seed"] for r in runs) == ["0", "1", "2"] and row["runs"] == "3"
+        assert sorted(r["seed"] for r in runs) == ["0", "1", "2"] and (row["runs"], row["unfinished"]) == ("3", "0")
         for field, count in (("memorize_epoch", "memorized"), ("grok_epoch", "grokked")):
             reached = sorted(int(r[field]) for r in runs if r[field])
             assert row[count] == str(len(reached))
             median = row[f"median_{field}"]  # of 3 runs, the second earliest, which must have got there
             assert (float(median) if median else None) == (reached[1] if len(reached) >= 2 else None)
-    assert any(row["memorized"] != "0" for row in by_value)  # the medians above were not all empty
+        assert sum(int(n) for n in re.findall(r":(\d+)", row["phases"])) == 3
+    assert any(row["memorized"] != "0" for row in over_seeds)  # the medians above were not all empty
     assert (sweep_dir / "epochs_curve.png").read_bytes()[:8] == PNG_MAGIC
     table = result.stdout[result.stdout.index("over the seeds, by train_frac") :].splitlines()
-    assert table[1].split() == [
-        "train_frac",
-        "runs",
-        "memorized",
-        "grokked",
-        "median",
-        "memorized",
-        "median",
-        "grokked",
-    ]
+    assert table[1].split()[:5] == ["train_frac", "runs", "unfinished", "memorized", "grokked"]
     assert [line.split()[:2] for line in table[2:4]] == [["0.3", "3"], ["0.6", "3"]]
     records = wandb_records(sweep_dir)
-    (logged,) = [row for row in records["history"] if "sweep_by_value._type" in row]
-    (table_file,) = (sweep_dir / "wandb").glob(f"offline-run-*/files/{logged['sweep_by_value.path']}")
+    (logged,) = [row for row in records["history"] if "sweep_over_seeds._type" in row]
+    (table_file,) = (sweep_dir / "wandb").glob(f"offline-run-*/files/{logged['sweep_over_seeds.path']}")
     logged_table = json.loads(table_file.read_text())
-    assert logged_table["columns"] == list(by_value[0])
-    assert [[as_csv(value) for value in row] for row in logged_table["data"]] == [list(r.values()) for r in by_value]
+    assert logged_table["columns"] == list(over_seeds[0])
+    assert [[as_csv(value) for value in row] for row in logged_table["data"]] == [list(r.values()) for r in over_seeds]
     assert records["summary"]["summary"]["epochs_curve"]["_type"] == "image-file"
+
+
+def run_record(status="completed", memorized=None, grokked=None, **values) -> dict:
+    return {**values, "status": status, "memorize_epoch": memorized, "grok_epoch": grokked,
+            "phase": phase(memorized, grokked) if status == "completed" else None}  # fmt: skip
+
+
+def test_over_seeds_groups_runs_by_their_setting_and_leaves_unfinished_ones_out_of_the_counts():
+    records = [
+        run_record(task="divide", memorized=50, grokked=100, seed="0"),
+        run_record(task="divide", memorized=60, seed="1"),  # memorized, never grokked
+        run_record(task="divide", memorized=70, grokked=300, seed="2"),
+        run_record("failed", task="divide", seed="3"),
+        run_record("incomplete", memorized=10, task="add", seed="0"),  # running: may grok yet
+        run_record(task="add", memorized=40, grokked=50, seed="1"),
+        run_record(task=None, memorized=1, grokked=2, seed="4"),  # its overrides are unknown
+    ]
+    divide, add = over_seeds(records, ["task"])  # in the order the values first appear
+    assert divide == {"task": "divide", "runs": 3, "unfinished": 1, "memorized": 3, "grokked": 2,
+                      "median_memorize_epoch": 60, "median_grok_epoch": 300,  # 100, 300, never: not 200
+                      "phases": "comprehension:1 grokking:1 memorization:1"}  # fmt: skip
+    assert (add["runs"], add["unfinished"], add["median_grok_epoch"], add["phases"]) == (1, 1, 50, "comprehension:1")
+    (everything,) = over_seeds(records, [])  # a sweep over seeds alone: one row of every run
+    assert (everything["runs"], everything["unfinished"], everything["grokked"]) == (5, 2, 4)
+
+
+def test_over_seeds_orders_numeric_settings_by_value():
+    records = [run_record(train_frac=f, seed=s) for f in ("0.5", "0.25", "0.75") for s in ("0", "1")]
+    assert [row["train_frac"] for row in over_seeds(records, ["train_frac"])] == ["0.25", "0.5", "0.75"]
 
 
 @pytest.mark.parametrize(
@@ -399,11 +420,13 @@ def test_a_sweep_repeated_over_seeds_reports_each_values_median_over_them(tmp_pa
     [
         ([300, 100, 200], 200),
         ([100, None, 200], 200),
+        ([100, None, 300], 300),
         ([100, None, None], None),
         ([100, 200], 150),
         ([100, None], None),
         ([None], None),
         ([70], 70),
+        ([], None),
     ],
 )
 def test_the_median_epoch_over_seeds_counts_a_run_that_never_got_there_as_the_latest(epochs, median):

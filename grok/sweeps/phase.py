@@ -258,29 +258,50 @@ def plot_test_curves(
 
 def median_epoch(epochs: Sequence[Optional[float]]) -> Optional[float]:
     """The median of the runs' epochs, a run that never got there (None) counting as later than any
-    that did: None where half of them or more never did (of 2 runs, the median needs both)."""
+    that did: None where half of them or more never did (of 2 runs, the median needs both), or no runs."""
+    if not epochs:
+        return None
     median = statistics.median(math.inf if epoch is None else epoch for epoch in epochs)
     return median if math.isfinite(median) else None
 
 
-def over_replicates(records: List[Dict[str, Any]], key: str) -> List[Dict[str, Any]]:
-    """The completed runs grouped by their value of `key`, whatever their REPLICATE_KEYS: per value
-    (numbers in their order, others as they first appear) how many runs, how many memorized and
-    grokked, and the median of each epoch."""
-    groups: Dict[str, List[Dict[str, Any]]] = defaultdict(list)
+OVER_SEEDS_FIELDS = [
+    "runs",
+    "unfinished",
+    "memorized",
+    "grokked",
+    "median_memorize_epoch",
+    "median_grok_epoch",
+    "phases",
+]
+
+
+def over_seeds(records: List[Dict[str, Any]], keys: Sequence[str]) -> List[Dict[str, Any]]:
+    """The runs grouped by their values of `keys` (the swept keys besides REPLICATE_KEYS; with none,
+    one group of all), in the order of their axes (numbers by value, others as they first appear):
+    per group its values, then OVER_SEEDS_FIELDS: how many runs completed and how many did not
+    (failed, unreadable or still running, left out of the rest: a running one may grok yet), how many
+    memorized and grokked, the median of each epoch (median_epoch) and the count of each phase."""
+    groups: Dict[Tuple[str, ...], List[Dict[str, Any]]] = defaultdict(list)
     for record in records:
-        if record["status"] == "completed":
-            groups[str(record[key])].append(record)
-    positions, _ = axis_positions(list(groups))
+        if all(record[key] is not None for key in keys):  # None: a job whose overrides are unknown
+            groups[tuple(str(record[key]) for key in keys)].append(record)
+    axes = [axis_positions([values[i] for values in groups])[0] for i in range(len(keys))]
     rows = []
-    for value in sorted(groups, key=positions.get):
-        runs = groups[value]
-        row: Dict[str, Any] = {key: value, "runs": len(runs)}
-        for field, count in (("memorize_epoch", "memorized"), ("grok_epoch", "grokked")):
-            epochs = [run[field] for run in runs]
-            row[count] = sum(epoch is not None for epoch in epochs)
-            row[f"median_{field}"] = median_epoch(epochs)
-        rows.append(row)
+    for values in sorted(groups, key=lambda values: [axis[value] for axis, value in zip(axes, values)]):
+        done = [record for record in groups[values] if record["status"] == "completed"]
+        memorized, grokked = ([run[field] for run in done] for field in ("memorize_epoch", "grok_epoch"))
+        phases = [sum(run["phase"] == name for run in done) for name in PHASE_COLOURS]
+        rows.append({
+            **dict(zip(keys, values)),
+            "runs": len(done),
+            "unfinished": len(groups[values]) - len(done),
+            "memorized": sum(epoch is not None for epoch in memorized),
+            "grokked": sum(epoch is not None for epoch in grokked),
+            "median_memorize_epoch": median_epoch(memorized),
+            "median_grok_epoch": median_epoch(grokked),
+            "phases": " ".join(f"{name}:{n}" for name, n in zip(PHASE_COLOURS, phases) if n),
+        })  # fmt: skip
     return rows
 
 
@@ -288,35 +309,34 @@ def plot_epochs_curve(records: List[Dict[str, Any]], key: str, path: Path) -> No
     """memorize_epoch and grok_epoch against one numeric swept key (Power et al. 2022's Figure 1 for
     train_frac): a marker per run (open, at its epoch budget, where it never got there) and a line
     through each value's median (median_epoch) over the runs that repeat it with other seeds, with how
-    many of them grokked."""
-    if _numbers([str(record[key]) for record in records]) is None:
+    many of them grokked under the value."""
+    done = [record for record in records if record["status"] == "completed" and record[key] is not None]
+    if _numbers([str(record[key]) for record in done]) is None:
         return
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
-    done = [(float(r[key]), r) for r in records if r["status"] == "completed"]
-    medians = over_replicates(records, key)
+    medians = over_seeds(done, [key])
     repeated = any(row["runs"] > 1 for row in medians)
     for field, colour, label in (("memorize_epoch", "tab:orange", "train acc >= 0.99"),
                                  ("grok_epoch", "tab:blue", "test acc >= 0.99")):  # fmt: skip
         line = [(float(row[key]), row[f"median_{field}"]) for row in medians if row[f"median_{field}"] is not None]
-        ax.plot(*zip(*line) if line else ([], []), "-", color=colour, label=f"{label}, median" if repeated else label)
-        reached = [(x, r[field]) for x, r in done if r[field] is not None]
-        if reached:
-            ax.scatter(*zip(*reached), color=colour, alpha=0.6 if repeated else 1.0, zorder=3)
-        never = [(x, r["epochs"]) for x, r in done if r[field] is None]
+        xs, ys = zip(*line) if line else ((), ())
+        ax.plot(xs, ys, "-" if repeated else "o-", color=colour, label=f"{label}, median" if repeated else label)
+        reached = [(float(r[key]), r[field]) for r in done if r[field] is not None]
+        if repeated and reached:
+            ax.scatter(*zip(*reached), color=colour, alpha=0.6, zorder=3)
+        never = [(float(r[key]), r["epochs"]) for r in done if r[field] is None]
         if never:
             ax.scatter(*zip(*never), facecolors="none", edgecolors=colour, label=f"never ({label}), at the budget")
-    ax.set_xscale("log" if is_log_spaced([x for x, _ in done]) else "linear")
-    ax.set_xticks([float(row[key]) for row in medians], [row[key] for row in medians])  # the values as swept
-    ax.set_xticks([], minor=True)
+    ax.set_xscale("log" if is_log_spaced([float(row[key]) for row in medians]) else "linear")
     log_scale(ax, "y")
+    if repeated:  # markers at the budget overlap: how many of each value's runs grokked, under it
+        labels = [f"{row[key]}\n{row['grokked']}/{row['runs']}" for row in medians]
+        ax.set_xticks([float(row[key]) for row in medians], labels)
+        ax.set_xticks([], minor=True)
+        ax.set_title("a marker per run; under each value, how many of its runs grokked", fontsize=9)
     ax.set_xlabel(key)
     ax.set_ylabel("epoch")
-    if repeated:  # markers at the budget overlap: how many of each value's runs grokked
-        ax.set_title("a marker per run; at the bottom, how many of each value's runs grokked", fontsize=9)
-        for row in medians:
-            ax.text(float(row[key]), 0.02, f"{row['grokked']}/{row['runs']}", transform=ax.get_xaxis_transform(),
-                    ha="center", fontsize=8, color="tab:blue")  # fmt: skip
     ax.legend(fontsize=8)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -15,8 +15,9 @@ from typing import Any, Dict, List, Optional, Tuple
 from grok.recording.files import read_metrics
 from grok.sweeps.named import grid_axes, grid_jobs, job_dirs, job_status
 from grok.sweeps.phase import (
+    OVER_SEEDS_FIELDS,
     REPLICATE_KEYS,
-    over_replicates,
+    over_seeds,
     phase,
     plot_epochs_curve,
     plot_grok_epochs,
@@ -44,7 +45,6 @@ FIGURES = {
     "test_acc_curves": "test_acc_curves.png",
     "epochs_curve": "epochs_curve.png",  # one numeric swept key besides seeds: the epochs against it
 }
-BY_VALUE_FIELDS = ["runs", "memorized", "grokked", "median_memorize_epoch", "median_grok_epoch"]
 
 
 @dataclass
@@ -166,15 +166,17 @@ class SweepSummary:
     def failed(self) -> List[Dict[str, Any]]:
         return [r for r in self.records if r["status"] in ("failed", "unreadable")]
 
-    def curve_key(self) -> Optional[str]:
-        """The swept key the epochs are plotted against: the one besides the seeds (REPLICATE_KEYS)."""
-        others = [key for key in self.keys if key not in REPLICATE_KEYS]
-        return others[0] if len(others) == 1 else None
+    def settings(self) -> List[str]:
+        """The swept keys that change the setting: all but the seeds (REPLICATE_KEYS)."""
+        return [key for key in self.keys if key not in REPLICATE_KEYS]
 
-    def by_value(self) -> Optional[List[Dict[str, Any]]]:
-        """over_replicates by the curve key, where the sweep repeats each of its values with other seeds."""
-        key = self.curve_key()
-        return over_replicates(self.records, key) if key is not None and len(self.keys) > 1 else None
+    def curve_key(self) -> Optional[str]:
+        """The swept key the epochs are plotted against: the one setting swept, if one is."""
+        return self.settings()[0] if len(self.settings()) == 1 else None
+
+    def over_seeds(self) -> Optional[List[Dict[str, Any]]]:
+        """over_seeds by setting, where the sweep repeats its settings with other seeds; else None."""
+        return over_seeds(self.records, self.settings()) if len(self.settings()) < len(self.keys) else None
 
 
 def sweep_table(sweep_dir: Path) -> Tuple[SweepSummary, List[JobDir]]:
@@ -201,17 +203,18 @@ def summarize(sweep_dir: Path, log_wandb: bool = True) -> SweepSummary:
         writer = csv.DictWriter(f, fieldnames=["job", *keys, *FIELDS], lineterminator="\n")
         writer.writeheader()
         writer.writerows({k: "" if v is None else v for k, v in record.items()} for record in records)
-    by_value = summary.by_value()
-    if by_value is not None:
-        with open(sweep_dir / "sweep_by_value.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=[summary.curve_key(), *BY_VALUE_FIELDS], lineterminator="\n")
+    seeds = summary.over_seeds()
+    if seeds is not None:
+        with open(sweep_dir / "sweep_over_seeds.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=[*summary.settings(), *OVER_SEEDS_FIELDS], lineterminator="\n")
             writer.writeheader()
-            writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in by_value)
+            writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in seeds)
     if records:
         plot_grok_epochs(records, keys, sweep_dir / FIGURES["phase_diagram"])
         plot_phase_map(records, keys, sweep_dir / FIGURES["phase_map"])
-        if summary.curve_key() is not None:
-            plot_epochs_curve(records, summary.curve_key(), sweep_dir / FIGURES["epochs_curve"])
+        curve_key = summary.curve_key()
+        if curve_key is not None:
+            plot_epochs_curve(records, curve_key, sweep_dir / FIGURES["epochs_curve"])
         plot_test_curves(
             [(record, job.rows) for record, job in zip(records, jobs)], keys, sweep_dir / FIGURES["test_acc_curves"]
         )
@@ -236,10 +239,10 @@ def log_summary_run(summary: SweepSummary) -> Optional[str]:
     logger = WandbLogger(logger_cfg, config, summary.sweep_dir, uuid.uuid4().hex[:8], "summary")
     columns = ["job", *summary.keys, *FIELDS]
     logger.log_table("sweep_summary", columns, [[record[c] for c in columns] for record in summary.records])
-    by_value = summary.by_value()
-    if by_value is not None:
-        columns = [summary.curve_key(), *BY_VALUE_FIELDS]
-        logger.log_table("sweep_by_value", columns, [[row[c] for c in columns] for row in by_value])
+    seeds = summary.over_seeds()
+    if seeds is not None:
+        columns = [*summary.settings(), *OVER_SEEDS_FIELDS]
+        logger.log_table("sweep_over_seeds", columns, [[row[c] for c in columns] for row in seeds])
     for key, name in FIGURES.items():
         if (summary.sweep_dir / name).exists():
             logger.log_image(key, summary.sweep_dir / name)
@@ -282,14 +285,13 @@ def format_table(summary: SweepSummary) -> str:
     lines = _fixed_width(
         [[headers.get(c, c) for c in columns]] + [[_cell(r[c]) for c in columns] for r in summary.records]
     )
-    by_value = summary.by_value()
-    if by_value is not None:
-        columns = [summary.curve_key(), *BY_VALUE_FIELDS]
+    seeds = summary.over_seeds()
+    if seeds is not None:
+        columns = [*summary.settings(), *OVER_SEEDS_FIELDS]
         headers = {"median_memorize_epoch": "median memorized", "median_grok_epoch": "median grokked"}
-        lines.append(f"over the seeds, by {summary.curve_key()} (a run that never got there counts as latest):")
-        lines += _fixed_width(
-            [[headers.get(c, c) for c in columns]] + [[_cell(r[c]) for c in columns] for r in by_value]
-        )
+        by = f", by {', '.join(summary.settings())}" if summary.settings() else ""
+        lines.append(f"over the seeds{by} (a median counts a run that never got there as the latest):")
+        lines += _fixed_width([[headers.get(c, c) for c in columns]] + [[_cell(r[c]) for c in columns] for r in seeds])
     for record in summary.failed():
         values = " ".join(f"{key}={record[key]}" for key in summary.keys)
         error = (record["error"] or "summary.json is unreadable").strip().splitlines()[-1]
