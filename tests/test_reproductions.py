@@ -103,7 +103,7 @@ def test_a_runs_phases_are_read_by_the_stated_rule(tmp_path):
 @pytest.mark.slow
 def test_a_reproduction_runs_to_its_end_and_writes_its_figure_and_table(tmp_path):
     sweep_dir = tmp_path / "omnigrok"
-    result = run_cli(["reproduce", "omnigrok2023_small", "init_scale=2,8", "epochs=100", "logger=none",
+    result = run_cli(["reproduce", "omnigrok2023_small", "init_scale=2,8", "seed=0", "epochs=100", "logger=none",
                       f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path, script="sweep.py", timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stderr
     rows = [json.loads((sweep_dir / job / "summary.json").read_text()) for job in ("0", "1")]
