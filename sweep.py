@@ -24,7 +24,8 @@ def _summarize(sweep_dir: Path, log_wandb: bool) -> int:
     failed = summary.failed()
     if failed:
         print(
-            f"error: {len(failed)} of {len(summary.records)} jobs failed: job {', '.join(r['job'] for r in failed)}",
+            f"error: {len(failed)} of {len(summary.records)} jobs did not complete: "
+            + ", ".join(f"job {r['job']} ({r['status']})" for r in failed),
             file=sys.stderr,
         )
     return 1 if failed else 0

@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -18,6 +19,7 @@ from grok.config import validate
 from grok.errors import ConfigError
 from grok.sweeps.named import sweep_names
 from grok.sweeps.phase import is_log_spaced, median_epoch, over_seeds, phase
+from grok.sweeps.summary import SweepSummary, summarize
 from grok.sweeps.wandb_sweep import wandb_sweep_config
 from tests.conftest import EARLY_EPOCHS, FLOAT32_ROUNDINGS, ROOT, cli_env, make_config, run_cli, wandb_records
 
@@ -192,7 +194,7 @@ def test_a_failing_job_is_recorded_the_others_complete_and_the_command_exits_non
         script="sweep.py",
     )
     assert result.returncode == 1
-    assert "error: 1 of 3 jobs failed: job 1" in result.stderr
+    assert "error: 1 of 3 jobs did not complete: job 1 (failed)" in result.stderr
     rows = read_csv(tmp_path / "sweep" / "sweep_summary.csv")
     assert [(row["optimizer.lr"], row["status"]) for row in rows] == [
         ("0.001", "completed"),
@@ -231,6 +233,24 @@ def test_summarize_reports_missing_and_truncated_job_files_instead_of_crashing(g
     assert finished["memorize_epoch"] is not None
     for key in ["memorize_epoch", "grok_epoch", "epochs", "test_acc"]:  # read off metrics.csv, as training saw them
         assert rows[0][key] == as_csv(finished[key]), key
+
+
+def test_a_job_stopped_by_a_signal_is_summarized_as_interrupted_and_fails_the_exit_status(grid_sweep, tmp_path):
+    """Ctrl-C during `sweep.py NAME`: the jobs it stopped write an 'interrupted' summary.json, and the
+    summary that follows still draws every figure and names them."""
+    stopped = tmp_path / "stopped"
+    shutil.copytree(grid_sweep[0], stopped, ignore=shutil.ignore_patterns("wandb", "sweep_summary.csv", "*.png"))
+    summary_file = stopped / "1" / "summary.json"
+    summary = json.loads(summary_file.read_text())
+    summary.update(status="interrupted", signal="SIGINT", error="interrupted by SIGINT at epoch 20")
+    summary_file.write_text(json.dumps(summary))
+
+    result = run_cli(["summarize", str(stopped), "--no-wandb"], cwd=tmp_path, script="sweep.py")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert re.search(r"^interrupted: job 1 \(.*\): interrupted by SIGINT at epoch 20$", result.stdout, re.M)
+    assert "error: 1 of 4 jobs did not complete: job 1 (interrupted)" in result.stderr
+    for name in ["phase_diagram.png", "phase_map.png", "test_acc_curves.png"]:
+        assert (stopped / name).read_bytes()[:8] == PNG_MAGIC, name
 
 
 def _agent_command(config: dict, point: dict) -> list:
@@ -385,6 +405,12 @@ def test_a_sweep_repeated_over_seeds_reports_each_values_median_over_them(tmp_pa
     assert [[as_csv(value) for value in row] for row in logged_table["data"]] == [list(r.values()) for r in over_seeds]
     assert records["summary"]["summary"]["epochs_curve"]["_type"] == "image-file"
 
+    # the same sweep as if its last job had not started yet: counted among 0.6's unfinished
+    last = max((r for r in rows), key=lambda r: int(r["job"]))
+    shutil.rmtree(sweep_dir / last["job"])
+    partial = {row["train_frac"]: row for row in summarize(sweep_dir, log_wandb=False).seed_table}
+    assert (partial["0.6"]["runs"], partial["0.6"]["unfinished"]) == (2, 1) and partial["0.3"]["unfinished"] == 0
+
 
 def run_record(status="completed", memorized=None, grokked=None, **values) -> dict:
     return {**values, "status": status, "memorize_epoch": memorized, "grok_epoch": grokked,
@@ -408,6 +434,13 @@ def test_over_seeds_groups_runs_by_their_setting_and_leaves_unfinished_ones_out_
     assert (add["runs"], add["unfinished"], add["median_grok_epoch"], add["phases"]) == (1, 1, 50, "comprehension:1")
     (everything,) = over_seeds(records, [])  # a sweep over seeds alone: one row of every run
     assert (everything["runs"], everything["unfinished"], everything["grokked"]) == (5, 2, 4)
+
+
+def test_a_search_that_drew_each_setting_once_has_no_table_over_seeds():
+    records = [run_record(**{"optimizer.lr": lr, "seed": seed}) for lr, seed in (("0.0021", "3"), ("0.0107", "1"))]
+    assert SweepSummary(Path("sweep"), ["optimizer.lr", "seed"], records, []).seed_table is None
+    records.append(run_record(**{"optimizer.lr": "0.0021", "seed": "4"}))
+    assert SweepSummary(Path("sweep"), ["optimizer.lr", "seed"], records, []).seed_table[0]["runs"] == 2
 
 
 def test_over_seeds_orders_numeric_settings_by_value():

@@ -30,6 +30,7 @@ PHASE_COLOURS = {
 }
 NOT_DONE_STYLE = {
     "failed": ("white", "failed", "xx"),
+    "interrupted": ("white", "stopped", "//"),
     "incomplete": ("white", "…", ""),
     "unreadable": ("white", "?", ".."),
 }
@@ -262,7 +263,9 @@ def median_epoch(epochs: Sequence[Optional[float]]) -> Optional[float]:
     if not epochs:
         return None
     median = statistics.median(math.inf if epoch is None else epoch for epoch in epochs)
-    return median if math.isfinite(median) else None
+    if not math.isfinite(median):
+        return None
+    return int(median) if median == int(median) else median  # an epoch, or halfway between two
 
 
 OVER_SEEDS_FIELDS = [
@@ -309,34 +312,35 @@ def plot_epochs_curve(records: List[Dict[str, Any]], key: str, path: Path) -> No
     """memorize_epoch and grok_epoch against one numeric swept key (Power et al. 2022's Figure 1 for
     train_frac): a marker per run (open, at its epoch budget, where it never got there) and a line
     through each value's median (median_epoch) over the runs that repeat it with other seeds, with how
-    many of them grokked under the value."""
+    many of them grokked under the value. The values sit where axis_positions puts them (a log axis
+    with 0 one step below the smallest positive value)."""
     done = [record for record in records if record["status"] == "completed" and record[key] is not None]
     if _numbers([str(record[key]) for record in done]) is None:
         return
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
     medians = over_seeds(done, [key])
+    at, log = axis_positions([row[key] for row in medians])
     repeated = any(row["runs"] > 1 for row in medians)
     for field, colour, label in (("memorize_epoch", "tab:orange", "train acc >= 0.99"),
                                  ("grok_epoch", "tab:blue", "test acc >= 0.99")):  # fmt: skip
-        line = [(float(row[key]), row[f"median_{field}"]) for row in medians if row[f"median_{field}"] is not None]
+        line = [(at[row[key]], row[f"median_{field}"]) for row in medians if row[f"median_{field}"] is not None]
         xs, ys = zip(*line) if line else ((), ())
         ax.plot(xs, ys, "-" if repeated else "o-", color=colour, label=f"{label}, median" if repeated else label)
-        reached = [(float(r[key]), r[field]) for r in done if r[field] is not None]
+        reached = [(at[str(r[key])], r[field]) for r in done if r[field] is not None]
         if repeated and reached:
             ax.scatter(*zip(*reached), color=colour, alpha=0.6, zorder=3)
-        never = [(float(r[key]), r["epochs"]) for r in done if r[field] is None]
+        never = [(at[str(r[key])], r["epochs"]) for r in done if r[field] is None]
         if never:
             ax.scatter(*zip(*never), facecolors="none", edgecolors=colour, label=f"never ({label}), at the budget")
-    ax.set_xscale("log" if is_log_spaced([float(row[key]) for row in medians]) else "linear")
     log_scale(ax, "y")
-    if repeated:  # markers at the budget overlap: how many of each value's runs grokked, under it
-        labels = [f"{row[key]}\n{row['grokked']}/{row['runs']}" for row in medians]
-        ax.set_xticks([float(row[key]) for row in medians], labels)
-        ax.set_xticks([], minor=True)
-        ax.set_title("a marker per run; under each value, how many of its runs grokked", fontsize=9)
-    ax.set_xlabel(key)
+    every = math.ceil(len(medians) / 12)  # at most 12 labels
+    labels = [f"{float(row[key]):.4g}" + (f"\n{row['grokked']}/{row['runs']}" if repeated else "") for row in medians]
+    ax.set_xticks([at[row[key]] for row in medians[::every]], labels[::every])
+    ax.set_xlabel(f"{key} (log scale)" if log else key)
     ax.set_ylabel("epoch")
+    if repeated:  # markers at the budget overlap: how many of each value's runs grokked, under it
+        ax.set_title("a marker per run; under each value, how many of its runs grokked", fontsize=9)
     ax.legend(fontsize=8)
     fig.savefig(path, dpi=110)
     plt.close(fig)

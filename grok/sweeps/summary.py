@@ -6,6 +6,7 @@ missing or cut short is reported, never a crash.
 """
 
 import csv
+import functools
 import json
 import uuid
 from dataclasses import dataclass, field
@@ -162,9 +163,11 @@ class SweepSummary:
     keys: List[str]
     records: List[Dict[str, Any]]
     problems: List[str]
+    never_started: List[List[str]] = field(default_factory=list)  # the grid's jobs without a job dir: overrides
 
     def failed(self) -> List[Dict[str, Any]]:
-        return [r for r in self.records if r["status"] in ("failed", "unreadable")]
+        """The jobs that ended without completing: failed, interrupted (by a signal) or unreadable."""
+        return [r for r in self.records if r["status"] in ("failed", "interrupted", "unreadable")]
 
     def settings(self) -> List[str]:
         """The swept keys that change the setting: all but the seeds (REPLICATE_KEYS)."""
@@ -174,9 +177,19 @@ class SweepSummary:
         """The swept key the epochs are plotted against: the one setting swept, if one is."""
         return self.settings()[0] if len(self.settings()) == 1 else None
 
-    def over_seeds(self) -> Optional[List[Dict[str, Any]]]:
-        """over_seeds by setting, where the sweep repeats its settings with other seeds; else None."""
-        return over_seeds(self.records, self.settings()) if len(self.settings()) < len(self.keys) else None
+    @functools.cached_property
+    def seed_table(self) -> Optional[List[Dict[str, Any]]]:
+        """over_seeds by setting, the grid's jobs that never started among the unfinished, where the
+        sweep repeats a setting with other seeds; else None (no seeds swept, or a search drew each
+        setting once)."""
+        if len(self.settings()) == len(self.keys):
+            return None
+        not_started = [
+            {**{key: value for key, value in (item.split("=", 1) for item in overrides)}, "status": "never started"}
+            for overrides in self.never_started
+        ]
+        rows = over_seeds([*self.records, *not_started], self.settings())
+        return rows if any(row["runs"] + row["unfinished"] > 1 for row in rows) else None
 
 
 def sweep_table(sweep_dir: Path) -> Tuple[SweepSummary, List[JobDir]]:
@@ -190,9 +203,9 @@ def sweep_table(sweep_dir: Path) -> Tuple[SweepSummary, List[JobDir]]:
     records = [job_record(job, keys) for job in jobs]
     problems = [f"job {job.name}: {problem}" for job in jobs for problem in job.problems]
     found = {tuple(job.overrides) for job in jobs}
-    never = [" ".join(overrides) for overrides in expected or [] if tuple(overrides) not in found]
-    problems += [f"never started (no job dir has these overrides): {overrides}" for overrides in never]
-    return SweepSummary(sweep_dir, keys, records, problems), jobs
+    never = [overrides for overrides in expected or [] if tuple(overrides) not in found]
+    problems += [f"never started (no job dir has these overrides): {' '.join(overrides)}" for overrides in never]
+    return SweepSummary(sweep_dir, keys, records, problems, never), jobs
 
 
 def summarize(sweep_dir: Path, log_wandb: bool = True) -> SweepSummary:
@@ -203,7 +216,7 @@ def summarize(sweep_dir: Path, log_wandb: bool = True) -> SweepSummary:
         writer = csv.DictWriter(f, fieldnames=["job", *keys, *FIELDS], lineterminator="\n")
         writer.writeheader()
         writer.writerows({k: "" if v is None else v for k, v in record.items()} for record in records)
-    seeds = summary.over_seeds()
+    seeds = summary.seed_table
     if seeds is not None:
         with open(sweep_dir / "sweep_over_seeds.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=[*summary.settings(), *OVER_SEEDS_FIELDS], lineterminator="\n")
@@ -239,7 +252,7 @@ def log_summary_run(summary: SweepSummary) -> Optional[str]:
     logger = WandbLogger(logger_cfg, config, summary.sweep_dir, uuid.uuid4().hex[:8], "summary")
     columns = ["job", *summary.keys, *FIELDS]
     logger.log_table("sweep_summary", columns, [[record[c] for c in columns] for record in summary.records])
-    seeds = summary.over_seeds()
+    seeds = summary.seed_table
     if seeds is not None:
         columns = [*summary.settings(), *OVER_SEEDS_FIELDS]
         logger.log_table("sweep_over_seeds", columns, [[row[c] for c in columns] for row in seeds])
@@ -285,7 +298,7 @@ def format_table(summary: SweepSummary) -> str:
     lines = _fixed_width(
         [[headers.get(c, c) for c in columns]] + [[_cell(r[c]) for c in columns] for r in summary.records]
     )
-    seeds = summary.over_seeds()
+    seeds = summary.seed_table
     if seeds is not None:
         columns = [*summary.settings(), *OVER_SEEDS_FIELDS]
         headers = {"median_memorize_epoch": "median memorized", "median_grok_epoch": "median grokked"}
@@ -295,6 +308,6 @@ def format_table(summary: SweepSummary) -> str:
     for record in summary.failed():
         values = " ".join(f"{key}={record[key]}" for key in summary.keys)
         error = (record["error"] or "summary.json is unreadable").strip().splitlines()[-1]
-        lines.append(f"failed: job {record['job']} ({values}): {error}")
+        lines.append(f"{record['status']}: job {record['job']} ({values}): {error}")
     lines += summary.problems
     return "\n".join(lines)
