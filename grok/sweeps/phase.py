@@ -283,7 +283,7 @@ def over_seeds(records: List[Dict[str, Any]], keys: Sequence[str]) -> List[Dict[
     """The runs grouped by their values of `keys` (the swept keys besides REPLICATE_KEYS; with none,
     one group of all), in the order of their axes (numbers by value, others as they first appear):
     per group its values, then OVER_SEEDS_FIELDS: how many runs completed and how many did not
-    (failed, unreadable or still running, left out of the rest: a running one may grok yet), how many
+    (failed, interrupted, unreadable, still running or not started: left out of the rest), how many
     memorized and grokked, the median of each epoch (median_epoch) and the count of each phase."""
     groups: Dict[Tuple[str, ...], List[Dict[str, Any]]] = defaultdict(list)
     for record in records:

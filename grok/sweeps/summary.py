@@ -185,7 +185,7 @@ class SweepSummary:
         if len(self.settings()) == len(self.keys):
             return None
         not_started = [
-            {**{key: value for key, value in (item.split("=", 1) for item in overrides)}, "status": "never started"}
+            {**dict(item.split("=", 1) for item in overrides), "status": "never started"}
             for overrides in self.never_started
         ]
         rows = over_seeds([*self.records, *not_started], self.settings())
