@@ -54,6 +54,7 @@ class Sweep:
     table: List[Dict[str, Any]]  # a row per job: its swept values and outcome (sweep_summary.csv's)
     keys: List[str]  # the swept keys, the table's first columns
     problems: List[str]  # jobs missing, damaged or never started
+    over_seeds: Optional[List[Dict[str, Any]]]  # where seeds are swept: a row per setting (sweep_over_seeds.csv's)
 
 
 def load_run(path: Union[str, Path], epoch: Optional[int] = None) -> Run:
@@ -98,7 +99,7 @@ def load_sweep(path: Union[str, Path]) -> Sweep:
             runs.append(load_run(path / record["job"]))
         except ConfigError as error:  # a job that failed before it began, or has not begun yet
             problems.append(f"job {record['job']}: {error}")
-    return Sweep(path, runs, summary.records, summary.keys, problems)
+    return Sweep(path, runs, summary.records, summary.keys, problems, summary.seed_table)
 
 
 def _config(path: Path) -> DictConfig:

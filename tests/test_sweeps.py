@@ -15,6 +15,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
+import grok
 from grok.config import validate
 from grok.errors import ConfigError
 from grok.sweeps.named import sweep_names
@@ -404,6 +405,11 @@ def test_a_sweep_repeated_over_seeds_reports_each_values_median_over_them(tmp_pa
     assert logged_table["columns"] == list(over_seeds[0])
     assert [[as_csv(value) for value in row] for row in logged_table["data"]] == [list(r.values()) for r in over_seeds]
     assert records["summary"]["summary"]["epochs_curve"]["_type"] == "image-file"
+
+    loaded = grok.load_sweep(sweep_dir)  # in a notebook: the same rows, as numbers
+    assert [[as_csv(value) for value in row.values()] for row in loaded.over_seeds] == [
+        list(row.values()) for row in over_seeds
+    ]
 
     # the same sweep as if its last job had not started yet: counted among 0.6's unfinished
     last = max((r for r in rows), key=lambda r: int(r["job"]))
