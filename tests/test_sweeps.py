@@ -382,9 +382,9 @@ def test_a_sweep_repeated_over_seeds_reports_each_values_median_over_them(tmp_pa
     for row in rows:
         config = OmegaConf.load(sweep_dir / row["job"] / "config.yaml")
         assert config.data_seed == config.seed == int(row["seed"])
-    over_seeds = read_csv(sweep_dir / "sweep_over_seeds.csv")
-    assert [row["train_frac"] for row in over_seeds] == ["0.3", "0.6"]
-    for row in over_seeds:
+    by_setting = read_csv(sweep_dir / "sweep_over_seeds.csv")
+    assert [row["train_frac"] for row in by_setting] == ["0.3", "0.6"]
+    for row in by_setting:
         runs = [r for r in rows if r["train_frac"] == row["train_frac"]]
         assert sorted(r["seed"] for r in runs) == ["0", "1", "2"] and (row["runs"], row["unfinished"]) == ("3", "0")
         for field, count in (("memorize_epoch", "memorized"), ("grok_epoch", "grokked")):
@@ -393,7 +393,7 @@ def test_a_sweep_repeated_over_seeds_reports_each_values_median_over_them(tmp_pa
             median = row[f"median_{field}"]  # of 3 runs, the second earliest, which must have got there
             assert (float(median) if median else None) == (reached[1] if len(reached) >= 2 else None)
         assert sum(int(n) for n in re.findall(r":(\d+)", row["phases"])) == 3
-    assert any(row["memorized"] != "0" for row in over_seeds)  # the medians above were not all empty
+    assert any(row["memorized"] != "0" for row in by_setting)  # the medians above were not all empty
     assert (sweep_dir / "epochs_curve.png").read_bytes()[:8] == PNG_MAGIC
     table = result.stdout[result.stdout.index("over the seeds, by train_frac") :].splitlines()
     assert table[1].split()[:5] == ["train_frac", "runs", "unfinished", "memorized", "grokked"]
@@ -402,17 +402,17 @@ def test_a_sweep_repeated_over_seeds_reports_each_values_median_over_them(tmp_pa
     (logged,) = [row for row in records["history"] if "sweep_over_seeds._type" in row]
     (table_file,) = (sweep_dir / "wandb").glob(f"offline-run-*/files/{logged['sweep_over_seeds.path']}")
     logged_table = json.loads(table_file.read_text())
-    assert logged_table["columns"] == list(over_seeds[0])
-    assert [[as_csv(value) for value in row] for row in logged_table["data"]] == [list(r.values()) for r in over_seeds]
+    assert logged_table["columns"] == list(by_setting[0])
+    assert [[as_csv(value) for value in row] for row in logged_table["data"]] == [list(r.values()) for r in by_setting]
     assert records["summary"]["summary"]["epochs_curve"]["_type"] == "image-file"
 
     loaded = grok.load_sweep(sweep_dir)  # in a notebook: the same rows, as numbers
     assert [[as_csv(value) for value in row.values()] for row in loaded.over_seeds] == [
-        list(row.values()) for row in over_seeds
+        list(row.values()) for row in by_setting
     ]
 
     # the same sweep as if its last job had not started yet: counted among 0.6's unfinished
-    last = max((r for r in rows), key=lambda r: int(r["job"]))
+    last = max(rows, key=lambda r: int(r["job"]))
     shutil.rmtree(sweep_dir / last["job"])
     partial = {row["train_frac"]: row for row in summarize(sweep_dir, log_wandb=False).seed_table}
     assert (partial["0.6"]["runs"], partial["0.6"]["unfinished"]) == (2, 1) and partial["0.3"]["unfinished"] == 0
