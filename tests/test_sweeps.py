@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 import grok
 from grok.config import validate
 from grok.errors import ConfigError
-from grok.sweeps.named import sweep_names
+from grok.sweeps.named import claim_new_dir, sweep_names
 from grok.sweeps.phase import is_log_spaced, median_epoch, over_seeds, phase
 from grok.sweeps.summary import SweepSummary, summarize
 from grok.sweeps.wandb_sweep import wandb_sweep_config
@@ -234,6 +234,18 @@ def test_summarize_reports_missing_and_truncated_job_files_instead_of_crashing(g
     assert finished["memorize_epoch"] is not None
     for key in ["memorize_epoch", "grok_epoch", "epochs", "test_acc"]:  # read off metrics.csv, as training saw them
         assert rows[0][key] == as_csv(finished[key]), key
+
+
+def test_sweeps_and_reproductions_started_in_the_same_second_get_directories_of_their_own(tmp_path):
+    """Their directories are named by the time to the second; four processes claiming one name at
+    once get four directories, empty, one of them the name itself."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    stamp = tmp_path / "outputs" / "sweeps" / "noise" / "2026-12-04_23-00-31"
+    with ProcessPoolExecutor(4) as pool:
+        claimed = list(pool.map(claim_new_dir, [stamp] * 4))
+    assert sorted(path.name for path in claimed) == [stamp.name] + [f"{stamp.name}_{n}" for n in (2, 3, 4)]
+    assert all(path.is_dir() and not any(path.iterdir()) for path in claimed)
 
 
 def test_a_job_stopped_by_a_signal_is_summarized_as_interrupted_and_fails_the_exit_status(grid_sweep, tmp_path):

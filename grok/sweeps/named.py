@@ -114,6 +114,19 @@ def job_dirs(sweep_dir: Path) -> List[Path]:
     )
 
 
+def claim_new_dir(path: Path) -> Path:
+    """`path`, made here; where it exists, `path_2`, `path_3`, ...: a directory named by the time
+    (Hydra's ${now:...}) is another's when two sweeps or reproductions start in the same second.
+    mkdir decides which process gets a name."""
+    for n in itertools.count(1):
+        claimed = path if n == 1 else path.with_name(f"{path.name}_{n}")
+        try:
+            claimed.mkdir(parents=True)
+            return claimed
+        except FileExistsError:
+            continue
+
+
 def run_sweep(
     name: str, overrides: Sequence[str], jobs: Optional[int] = None, batched: bool = False
 ) -> Tuple[Path, int]:
@@ -130,7 +143,9 @@ def run_sweep(
     sweep_dir = Path(hydra_cfg.sweep.dir).absolute()  # resolved once, here: passed on to Hydra below
     keys = {override.get_key_element().lstrip("+~") for override in _parse(overrides)}
     args = [sys.executable, str(ROOT / "train.py"), "-m", f"+sweep={name}", *overrides]
-    args += [] if "hydra.sweep.dir" in keys else [f"hydra.sweep.dir={sweep_dir}"]
+    if "hydra.sweep.dir" not in keys:
+        sweep_dir = claim_new_dir(sweep_dir)
+        args += [f"hydra.sweep.dir={sweep_dir}"]
     if jobs is not None:
         args += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"]
         args += [] if "threads" in keys else [f"threads={max(1, (os.cpu_count() or 1) // jobs)}"]

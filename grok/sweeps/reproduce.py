@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence
 
 from grok.config import CONF_DIR, ROOT
 from grok.recording.files import read_metrics
-from grok.sweeps.named import SweepError, sweep_names
+from grok.sweeps.named import SweepError, claim_new_dir, sweep_names
 from grok.training.experiment import GROKKED, MEMORIZED, generalization_key
 
 
@@ -33,7 +33,7 @@ def reproductions() -> List[str]:
 
 def run_preset(name: str, overrides: Sequence[str]) -> Path:
     """`python train.py experiment=NAME overrides` into outputs/reproduce/NAME/<time>; its run dir."""
-    run_dir = Path("outputs", "reproduce", name, time.strftime("%Y-%m-%d_%H-%M-%S")).absolute()
+    run_dir = claim_new_dir(Path("outputs", "reproduce", name, time.strftime("%Y-%m-%d_%H-%M-%S")).absolute())
     command = [sys.executable, str(ROOT / "train.py"), f"experiment={name}", *overrides, f"hydra.run.dir={run_dir}"]
     print(f"reproduce {name}: {' '.join(command[1:])}", flush=True)
     if subprocess.run(command).returncode != 0:
