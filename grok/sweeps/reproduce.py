@@ -10,7 +10,6 @@ The phases of one run (Nanda et al. 2023), read off its metrics.csv and analysis
   cleanup            to grok_epoch (test accuracy first >= 0.99: the table is gone)
 """
 
-import csv
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from typing import Dict, List, Optional, Sequence
 from grok.config import CONF_DIR, ROOT
 from grok.recording.files import read_metrics
 from grok.sweeps.named import SweepError, claim_new_dir, sweep_names
+from grok.sweeps.summary import write_csv
 from grok.training.experiment import GROKKED, MEMORIZED, generalization_key
 
 
@@ -59,11 +59,7 @@ def phases(run_dir: Path) -> List[Dict[str, Optional[float]]]:
 def report_run(run_dir: Path) -> str:
     """phases.csv in the run dir, and the table as text."""
     table = phases(run_dir)
-    with open(run_dir / "phases.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["phase", "ends_at_epoch"], lineterminator="\n")
-        writer.writeheader()
-        writer.writerows({**row, "ends_at_epoch": "" if row["ends_at_epoch"] is None else row["ends_at_epoch"]}
-                         for row in table)  # fmt: skip
+    write_csv(run_dir / "phases.csv", ["phase", "ends_at_epoch"], table)
     measured = (run_dir / "analysis.csv").exists()
     unknown = lambda row: (
         "not measured (no analysis.csv)" if row["phase"] == "circuit formation" and not measured else "not reached"

@@ -208,20 +208,21 @@ def sweep_table(sweep_dir: Path) -> Tuple[SweepSummary, List[JobDir]]:
     return SweepSummary(sweep_dir, keys, records, problems, never), jobs
 
 
+def write_csv(path: Path, columns: List[str], rows: List[Dict[str, Any]]) -> None:
+    """`rows` under `columns`, None as an empty cell."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
+
+
 def summarize(sweep_dir: Path, log_wandb: bool = True) -> SweepSummary:
     """Write sweep_summary.csv and the figures into sweep_dir; log the W&B summary run."""
     summary, jobs = sweep_table(sweep_dir)
     sweep_dir, keys, records = summary.sweep_dir, summary.keys, summary.records
-    with open(sweep_dir / "sweep_summary.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["job", *keys, *FIELDS], lineterminator="\n")
-        writer.writeheader()
-        writer.writerows({k: "" if v is None else v for k, v in record.items()} for record in records)
-    seeds = summary.seed_table
-    if seeds is not None:
-        with open(sweep_dir / "sweep_over_seeds.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=[*summary.settings(), *OVER_SEEDS_FIELDS], lineterminator="\n")
-            writer.writeheader()
-            writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in seeds)
+    write_csv(sweep_dir / "sweep_summary.csv", ["job", *keys, *FIELDS], records)
+    if summary.seed_table is not None:
+        write_csv(sweep_dir / "sweep_over_seeds.csv", [*summary.settings(), *OVER_SEEDS_FIELDS], summary.seed_table)
     if records:
         plot_grok_epochs(records, keys, sweep_dir / FIGURES["phase_diagram"])
         plot_phase_map(records, keys, sweep_dir / FIGURES["phase_map"])
