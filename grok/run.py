@@ -13,6 +13,7 @@ refused before the run began writes nothing into it.
 """
 
 import errno
+import itertools
 import os
 import time
 import traceback
@@ -87,13 +88,26 @@ def resolve_device(name: str) -> torch.device:
 
 
 def process_age() -> Optional[float]:
-    """Seconds since this process started (Linux /proc; None elsewhere): the per-job start-up cost."""
+    """Seconds since this process started (Linux /proc; None elsewhere)."""
     try:
         start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
         uptime = float(Path("/proc/uptime").read_text().split()[0])
     except (OSError, IndexError, ValueError):
         return None
     return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+
+
+_jobs_started = itertools.count()  # in this process
+
+
+def startup_seconds(job_started: float) -> Optional[float]:
+    """The job's start-up, until now (its first epoch). A process's first job counts from the process's
+    start, imports included; a later job in the same process (a joblib worker's next, the next of a
+    sequential `-m`, a batched sweep's) from its own start, as the process's age would count the jobs
+    before it."""
+    if next(_jobs_started) == 0:
+        return process_age()
+    return time.perf_counter() - job_started
 
 
 _ABSENT = "(absent)"
@@ -225,7 +239,7 @@ def start(cfg: DictConfig, out_dir: Path, run_name: str, started: float) -> Expe
         state=state,
         loggers=loggers,
         started=started,
-        startup_seconds=process_age(),
+        startup_seconds=startup_seconds(started),
     )
 
 

@@ -3,6 +3,7 @@ the saved weights, early stop and minibatches behave as configured, and a diverg
 
 import copy
 import csv
+import time
 import types
 from pathlib import Path
 
@@ -157,6 +158,15 @@ def test_figures_false_leaves_out_the_figures_and_nothing_else(tmp_path):
     assert {k: v for k, v in summary.items() if k not in timings} == {
         k: v for k, v in drawn.items() if k not in timings
     }
+
+
+def test_a_later_job_of_the_same_process_counts_its_start_up_from_its_own_start(tmp_path):
+    """A joblib worker, a sequential `-m` or a batched sweep runs several jobs in one process: the
+    process's age would count the jobs before this one as its start-up."""
+    train(tmp_path, "task.p=11", "epochs=3", name="first")
+    before = time.perf_counter()
+    summary, _ = train(tmp_path, "task.p=11", "epochs=3", name="second")
+    assert 0 < summary["startup_seconds"] <= time.perf_counter() - before
 
 
 def test_a_run_resumed_with_figures_false_keeps_no_figures_of_its_earlier_epochs(tmp_path):
