@@ -97,17 +97,16 @@ def process_age() -> Optional[float]:
     return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
 
 
-_jobs_started = itertools.count()  # in this process
+_jobs_started = itertools.count()  # in this process, failed starts included
 
 
-def startup_seconds(job_started: float) -> Optional[float]:
+def startup_seconds(first_job: bool, job_started: float) -> Optional[float]:
     """The job's start-up, until now (its first epoch). A process's first job counts from the process's
     start, imports included; a later job in the same process (a joblib worker's next, the next of a
     sequential `-m`, a batched sweep's) from its own start, as the process's age would count the jobs
     before it."""
-    if next(_jobs_started) == 0:
-        return process_age()
-    return time.perf_counter() - job_started
+    age = process_age() if first_job else None
+    return time.perf_counter() - job_started if age is None else age
 
 
 _ABSENT = "(absent)"
@@ -174,6 +173,7 @@ def objective(summary: Dict[str, Any], cfg) -> float:
 
 def start(cfg: DictConfig, out_dir: Path, run_name: str, started: float) -> Experiment:
     """Everything before the first epoch: validation, data, model, optimizer, checkpoint, loggers."""
+    first_job = next(_jobs_started) == 0
     run_dir = run_dir_of(cfg, out_dir)
     flush_denormals()  # first, before anything starts PyTorch's threads (grok/system/speed.py)
     skip_final_collections()  # whatever runs it: train.py with any launcher, a SLURM job, a joblib worker
@@ -239,7 +239,7 @@ def start(cfg: DictConfig, out_dir: Path, run_name: str, started: float) -> Expe
         state=state,
         loggers=loggers,
         started=started,
-        startup_seconds=startup_seconds(started),
+        startup_seconds=startup_seconds(first_job, started),
     )
 
 

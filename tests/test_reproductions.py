@@ -37,6 +37,13 @@ def test_each_cpu_scale_reproduction_runs_at_its_grid_points(name, tmp_path):
         assert run(cfg, tmp_path / str(i))["status"] == "completed", point
 
 
+@pytest.mark.parametrize("name", [*SWEEPS, *SMALL])
+def test_each_reproduction_runs_three_seeds_a_point_each_on_its_own_split(name):
+    cfg = compose_sweep(name, [])
+    assert cfg.hydra.sweeper.params["seed"] == "0,1,2"
+    assert OmegaConf.to_container(cfg, resolve=False)["data_seed"] == "${seed}"
+
+
 @pytest.mark.parametrize("name", SWEEPS)
 def test_the_papers_settings_run_at_their_first_and_last_grid_points(name, tmp_path):
     points = grid_points(name)

@@ -3,6 +3,8 @@ the saved weights, early stop and minibatches behave as configured, and a diverg
 
 import copy
 import csv
+import subprocess
+import sys
 import time
 import types
 from pathlib import Path
@@ -14,7 +16,7 @@ from grok.data import make_dataset
 from grok.models import build_model, fast
 from grok.run import run
 from grok.training.loop import set_mode
-from tests.conftest import GROKS_FAST, make_config, run_cli
+from tests.conftest import GROKS_FAST, ROOT, make_config, run_cli
 
 
 def train(tmp_path: Path, *overrides: str, name: str = "run"):
@@ -167,6 +169,17 @@ def test_a_later_job_of_the_same_process_counts_its_start_up_from_its_own_start(
     before = time.perf_counter()
     summary, _ = train(tmp_path, "task.p=11", "epochs=3", name="second")
     assert 0 < summary["startup_seconds"] <= time.perf_counter() - before
+
+
+def test_a_processs_first_job_counts_its_start_up_from_the_processs_start():
+    """The imports before it are its start-up; a later job's start is its own."""
+    probe = (
+        "import time; time.sleep(1.0); from grok.run import startup_seconds; "
+        "now = time.perf_counter(); print(startup_seconds(True, now), startup_seconds(False, now))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    first, later = map(float, result.stdout.split())
+    assert first >= 1.0 and 0 <= later < 1.0
 
 
 def test_a_run_resumed_with_figures_false_keeps_no_figures_of_its_earlier_epochs(tmp_path):

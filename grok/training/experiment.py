@@ -75,7 +75,7 @@ class Experiment:
     state: TrainState
     loggers: Loggers
     started: float  # perf_counter() when the run began
-    startup_seconds: Optional[float]  # imports, Hydra, data, model, W&B: everything before the first epoch
+    startup_seconds: Optional[float]  # everything before the first epoch (grok.run.startup_seconds)
 
     @cached_property
     def schedule(self) -> "Schedule":
