@@ -169,6 +169,14 @@ class SweepSummary:
         """The jobs that ended without completing: failed, interrupted (by a signal) or unreadable."""
         return [r for r in self.records if r["status"] in ("failed", "interrupted", "unreadable")]
 
+    def columns(self) -> List[str]:
+        """sweep_summary.csv's (and its W&B table's) columns."""
+        return ["job", *self.keys, *FIELDS]
+
+    def seed_columns(self) -> List[str]:
+        """sweep_over_seeds.csv's (and its W&B and terminal tables') columns."""
+        return [*self.settings(), *OVER_SEEDS_FIELDS]
+
     def settings(self) -> List[str]:
         """The swept keys that change the setting: all but the seeds (REPLICATE_KEYS)."""
         return [key for key in self.keys if key not in REPLICATE_KEYS]
@@ -220,9 +228,9 @@ def summarize(sweep_dir: Path, log_wandb: bool = True) -> SweepSummary:
     """Write sweep_summary.csv and the figures into sweep_dir; log the W&B summary run."""
     summary, jobs = sweep_table(sweep_dir)
     sweep_dir, keys, records = summary.sweep_dir, summary.keys, summary.records
-    write_csv(sweep_dir / "sweep_summary.csv", ["job", *keys, *FIELDS], records)
+    write_csv(sweep_dir / "sweep_summary.csv", summary.columns(), records)
     if summary.seed_table is not None:
-        write_csv(sweep_dir / "sweep_over_seeds.csv", [*summary.settings(), *OVER_SEEDS_FIELDS], summary.seed_table)
+        write_csv(sweep_dir / "sweep_over_seeds.csv", summary.seed_columns(), summary.seed_table)
     if records:
         plot_grok_epochs(records, keys, sweep_dir / FIGURES["phase_diagram"])
         plot_phase_map(records, keys, sweep_dir / FIGURES["phase_map"])
@@ -251,11 +259,11 @@ def log_summary_run(summary: SweepSummary) -> Optional[str]:
     logger_cfg.job_type = "summary"
     config = {"sweep_dir": str(summary.sweep_dir), "swept": summary.keys, "jobs": len(summary.records)}
     logger = WandbLogger(logger_cfg, config, summary.sweep_dir, uuid.uuid4().hex[:8], "summary")
-    columns = ["job", *summary.keys, *FIELDS]
+    columns = summary.columns()
     logger.log_table("sweep_summary", columns, [[record[c] for c in columns] for record in summary.records])
     seeds = summary.seed_table
     if seeds is not None:
-        columns = [*summary.settings(), *OVER_SEEDS_FIELDS]
+        columns = summary.seed_columns()
         logger.log_table("sweep_over_seeds", columns, [[row[c] for c in columns] for row in seeds])
     for key, name in FIGURES.items():
         if (summary.sweep_dir / name).exists():
@@ -301,7 +309,7 @@ def format_table(summary: SweepSummary) -> str:
     )
     seeds = summary.seed_table
     if seeds is not None:
-        columns = [*summary.settings(), *OVER_SEEDS_FIELDS]
+        columns = summary.seed_columns()
         headers = {"median_memorize_epoch": "median memorized", "median_grok_epoch": "median grokked"}
         by = f", by {', '.join(summary.settings())}" if summary.settings() else ""
         lines.append(f"over the seeds{by} (a median counts a run that never got there as the latest):")
